@@ -1,0 +1,171 @@
+"""Run profiles: dataclasses read from params/<name>.yaml (configuration is data, not code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+DEFAULT_PROFILE = "cpu"
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "../shared/data"
+    # A path relative to data_dir (a .txt/.txt.gz file or a folder holding sentences.txt.gz),
+    # or "hub:<dataset id>[:<config>]" (every string column) for users with internet.
+    corpus: str = "nli_sentences"
+    n_sentences: int = 10000
+    min_chars: int = 21  # the paper keeps sentences longer than 20 characters
+    seed: int = 0
+    # STS files (relative to data_dir) whose sentences never enter training.
+    exclude_sts: list[str] = field(default_factory=lambda: ["stsb/dev.tsv", "stsb/test.tsv"])
+    sts_eval: str = "stsb/test.tsv"
+    sts_dev: str = "stsb/dev.tsv"
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = "sentence-transformers/all-mpnet-base-v2"
+    student_init: str = "sentence-transformers/all-MiniLM-L6-v2"
+    student_layers: int = 12
+    layer_init: str = "cyclic"  # how the source's layers fill the deeper student: cyclic | doubled
+    max_length: int = 64
+    teacher_batch_size: int = 64
+
+
+@dataclass
+class ObjectiveConfig:
+    """L = L_final + alpha L_inter + beta L_exit + delta L_contrast + late L_late + redund L_redund."""
+
+    alpha: float = 0.3
+    beta: float = 0.4
+    delta: float = 0.3
+    late: float = 0.2
+    redund: float = 0.05
+    student_target_factor: float = 0.7  # L_exit = L_exit^t + factor * ramp * L_exit^s
+    tau: float = 0.98  # soft-margin target similarity
+    sharpness: float = 10.0
+    exit_weight_from: int = 6  # w_l = 1 from this layer (1-indexed) on ...
+    exit_weight_low: float = 0.1  # ... and this below it
+    ramp_start: float = 0.1  # student-target weight ramps in over this fraction of training ...
+    ramp_end: float = 0.6
+    contrast_temperature: float = 0.05
+    late_layers: list[int] | None = None  # 1-indexed; None = the three layers below the last
+    redund_margin: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 1e-3  # the width projection learns from scratch: it needs a larger rate
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    device: str = "auto"
+    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_threads: int = 0  # 0 = torch default
+
+
+@dataclass
+class ExitConfig:
+    theta: float = 0.95
+    k: int = 1
+    l_min: int = 6
+
+
+@dataclass
+class Profile:
+    name: str = DEFAULT_PROFILE
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    exit: ExitConfig = field(default_factory=ExitConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Each arm is a set of objective overrides: an arm of the experiment is a configuration.
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output_dir: str = "runs"
+
+    def objective_for(self, arm: str) -> ObjectiveConfig:
+        if arm not in self.arms:
+            raise KeyError(f"profile {self.name!r} has no arm {arm!r}; arms: {sorted(self.arms)}")
+        return _build(ObjectiveConfig, {**dataclasses.asdict(self.objective), **self.arms[arm]}, f"arms.{arm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
+            value = _build(type(default), {**dataclasses.asdict(default), **value}, f"{where}.{name}")
+        elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and not isinstance(value, type(default)) and value is not None:
+            raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def profile_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return PARAMS_DIR / f"{name_or_path}.yaml"
+
+
+def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read a profile by name (params/<name>.yaml) or path; `overrides` is a nested dict applied on top.
+
+    LEAP_DATA_DIR, when set, replaces data.data_dir (the data directory is a run parameter).
+    """
+    path = profile_path(name_or_path or os.environ.get("LEAP_PROFILE", DEFAULT_PROFILE))
+    if not path.is_file():
+        raise ConfigError(f"profile file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            values = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    values = _merge(values, overrides or {})
+    if os.environ.get("LEAP_DATA_DIR"):
+        values = _merge(values, {"data": {"data_dir": os.environ["LEAP_DATA_DIR"]}})
+    values.setdefault("name", path.stem)
+    profile = _build(Profile, values, str(path))
+    for arm in profile.arms:
+        profile.objective_for(arm)  # validate every arm now, not mid-run
+    return profile
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,37 @@
+"""Data readers: distillation sentences, STS pairs, BEIR retrieval sets.
+
+Every reader raises `DataError` (a ValueError) for bad input, naming the file and, where it
+applies, the 1-based line number and field.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file (and line / field where relevant)."""
+
+
+from leap_core.data.beir import load_beir  # noqa: E402
+from leap_core.data.corpus import (  # noqa: E402
+    extract_sentences,
+    load_corpus,
+    read_sentences,
+    read_sentences_parquet,
+    sentence_key,
+    write_sentences_parquet,
+)
+from leap_core.data.sts import StsPairs, read_sts, sts_sentences  # noqa: E402
+
+__all__ = [
+    "DataError",
+    "StsPairs",
+    "extract_sentences",
+    "load_beir",
+    "load_corpus",
+    "read_sentences",
+    "read_sentences_parquet",
+    "read_sts",
+    "sentence_key",
+    "sts_sentences",
+    "write_sentences_parquet",
+]

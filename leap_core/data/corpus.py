@@ -1,0 +1,178 @@
+"""Distillation sentences: read a one-sentence-per-line corpus, clean, hold out, dedupe, subsample."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import re
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from leap_core.data import DataError
+from leap_core.io import atomic_path
+
+_NOT_KEY = re.compile(r"[^0-9a-z]+")
+CORPUS_FILES = ("sentences.txt.gz", "sentences.txt")
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    return path
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line without its newline) of a UTF-8 text file, plain or .gz.
+
+    Decoded line by line so that a bad byte is reported with its line number.
+    """
+    path = _existing_file(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as handle:
+            for raw in handle:
+                lineno += 1
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{path}, line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                    ) from None
+                yield lineno, text.rstrip("\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}, after line {lineno}: cannot read ({exc})") from exc
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """Sentences of a .txt or .txt.gz file, one per line, stripped; blank lines are skipped."""
+    sentences = [text.strip() for _, text in iter_lines(path)]
+    sentences = [s for s in sentences if s]
+    if not sentences:
+        raise DataError(f"{path}: no sentence in the file")
+    return sentences
+
+
+def _hub_sentences(dataset_id: str, config: str | None) -> list[str]:
+    import datasets  # lazy: only hub users pay for it
+
+    data = datasets.load_dataset(dataset_id, config, split="train")
+    columns = [
+        name
+        for name, feature in data.features.items()
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+    ]
+    if not columns:
+        raise DataError(f"hub:{dataset_id}: no string column in the train split")
+    return [text for name in columns for text in data[name] if isinstance(text, str) and text.strip()]
+
+
+def load_corpus(spec: str, data_dir: str | Path) -> list[str]:
+    """Raw sentences named by `spec`.
+
+    spec: a path (relative to data_dir, or absolute) to a .txt/.txt.gz file or to a folder holding
+    sentences.txt.gz or sentences.txt; or "hub:<dataset id>[:<config>]", whose train split gives
+    every value of every string column (needs internet).
+    """
+    if spec.startswith("hub:"):
+        dataset_id, _, config = spec[len("hub:"):].partition(":")
+        return _hub_sentences(dataset_id, config or None)
+    path = Path(spec)
+    if not path.is_absolute():
+        path = Path(data_dir) / path
+    if path.is_dir():
+        for name in CORPUS_FILES:
+            if (path / name).is_file():
+                return read_sentences(path / name)
+        raise DataError(f"{path}: folder holds none of {', '.join(CORPUS_FILES)}")
+    if not path.name.endswith((".txt", ".txt.gz")):
+        raise DataError(f"{path}: expected a .txt or .txt.gz file, or a folder holding one")
+    return read_sentences(path)
+
+
+def sentence_key(sentence: str) -> str:
+    """Dedup / held-out key: lower-cased, only [0-9a-z] kept ("It's OK!" -> "itsok")."""
+    return _NOT_KEY.sub("", sentence.lower())
+
+
+def extract_sentences(
+    sentences: Iterable[str],
+    n: int | None,
+    min_chars: int,
+    seed: int,
+    exclude: Iterable[str] = (),
+) -> list[str]:
+    """Clean, filter, dedupe and subsample distillation sentences.
+
+    Each sentence has its whitespace collapsed; it is kept if len >= min_chars, its key
+    (`sentence_key`) is non-empty and not the key of any `exclude` sentence (the held-out
+    evaluation sets), and it is the first with its key. Then n of the survivors are drawn with
+    random.Random(seed) and returned in their input order; n=None or n >= survivors keeps all.
+    """
+    if n is not None and n < 1:
+        raise DataError(f"n must be >= 1 or None, got {n}")
+    held_out = {sentence_key(s) for s in exclude}
+    held_out.discard("")
+    seen: set[str] = set()
+    kept: list[str] = []
+    total = short = no_key = excluded = duplicate = 0
+    for raw in sentences:
+        total += 1
+        text = " ".join(raw.split())
+        if len(text) < min_chars:
+            short += 1
+            continue
+        key = sentence_key(text)
+        if not key:
+            no_key += 1
+        elif key in held_out:
+            excluded += 1
+        elif key in seen:
+            duplicate += 1
+        else:
+            seen.add(key)
+            kept.append(text)
+    if not kept:
+        raise DataError(
+            f"no sentence left: {total} given, {short} shorter than {min_chars} characters, "
+            f"{no_key} without letters or digits, {excluded} held out, {duplicate} duplicates"
+        )
+    if n is None or n >= len(kept):
+        return kept
+    chosen = sorted(random.Random(seed).sample(range(len(kept)), n))
+    return [kept[i] for i in chosen]
+
+
+def write_sentences_parquet(sentences: Iterable[str], path: str | Path) -> None:
+    """Write sentences atomically as a parquet file with one string column, `sentence`."""
+    table = pa.table({"sentence": pa.array(list(sentences), type=pa.string())})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_sentences_parquet(path: str | Path) -> list[str]:
+    """Sentences from a parquet file written by `write_sentences_parquet`."""
+    path = _existing_file(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
+    schema = table.schema
+    if schema.names != ["sentence"] or not (
+        pa.types.is_string(schema.field("sentence").type)
+        or pa.types.is_large_string(schema.field("sentence").type)
+    ):
+        found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise DataError(f"{path}: expected one string column 'sentence', found ({found})")
+    sentences = table.column("sentence").to_pylist()
+    for row, text in enumerate(sentences, start=1):
+        if text is None:
+            raise DataError(f"{path}, row {row}: field 'sentence' is null")
+    return sentences

@@ -1,0 +1,112 @@
+"""The stages of an experiment, each reading and writing files: what the CLI and the flow's steps call.
+
+extract -> sentences Parquet; cache_teacher -> teacher Parquet; train_arm -> student folder;
+evaluate_model -> metrics dict. Paths default to <profile.output_dir>/<profile.name>/...; teacher
+caches live in <profile.output_dir>/cache/ so every profile, arm, seed and run shares them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from leap_core.config import Profile
+from leap_core.io import sha256_strings
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(profile: Profile) -> Path:
+    return Path(profile.output_dir) / profile.name
+
+
+def cache_dir(profile: Profile) -> Path:
+    return Path(profile.output_dir) / "cache"
+
+
+def data_path(profile: Profile, relative: str) -> Path:
+    path = Path(relative)
+    return path if path.is_absolute() else Path(profile.data.data_dir) / path
+
+
+def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
+    """Corpus -> unique, long-enough sentences, evaluation sentences removed, subsampled -> Parquet."""
+    from leap_core.data import extract_sentences, load_corpus, sts_sentences, write_sentences_parquet
+
+    data = profile.data
+    corpus = load_corpus(data.corpus, data.data_dir)
+    held_out = sts_sentences(data.data_dir, data.exclude_sts)
+    sentences = extract_sentences(corpus, data.n_sentences, data.min_chars, data.seed, exclude=held_out)
+    out_path = Path(out_path) if out_path else run_dir(profile) / "sentences.parquet"
+    write_sentences_parquet(sentences, out_path)
+    log.info("extracted %d sentences from %d (%s) into %s", len(sentences), len(corpus), data.corpus, out_path)
+    return out_path
+
+
+def teacher_layer_map(profile: Profile) -> list[int]:
+    """The teacher layer (1-indexed) each student layer is compared with; the last is the teacher's final."""
+    from leap_core.losses import uniform_layer_map
+    from leap_core.models import resolve_model
+
+    teacher_layers = AutoConfig.from_pretrained(resolve_model(profile.models.teacher)).num_hidden_layers
+    return uniform_layer_map(profile.models.student_layers, teacher_layers)
+
+
+def cache_teacher(profile: Profile, sentences_path: str | Path, show_progress: bool = True) -> Path:
+    """Teacher embeddings for the extracted sentences, at every layer the objective needs (reused if valid)."""
+    from leap_core.data import read_sentences_parquet
+    from leap_core.teacher_cache import build_teacher_cache
+
+    sentences = read_sentences_parquet(sentences_path)
+    models = profile.models
+    return build_teacher_cache(models.teacher, sentences, teacher_layer_map(profile), cache_dir(profile),
+                               max_length=models.max_length, batch_size=models.teacher_batch_size,
+                               device=profile.training.device, show_progress=show_progress)
+
+
+def arm_dir(profile: Profile, arm: str, seed: int) -> Path:
+    return run_dir(profile) / f"{arm}-seed{seed}"
+
+
+def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | Path,
+              out_dir: str | Path | None = None, on_step=None):
+    """Train one arm (a configuration of the objective) with one seed; resumes a killed run."""
+    from leap_core.losses import LeapObjective
+    from leap_core.models import build_student
+    from leap_core.teacher_cache import load_teacher_cache
+    from leap_core.training import LeapTrainer, seed_everything
+
+    cache = load_teacher_cache(teacher_cache_path)
+    log.info("teacher embeddings read from %s (%d sentences): no teacher forward pass", cache.path, len(cache.sentences))
+    mapping = teacher_layer_map(profile)
+    missing = sorted(set(mapping) - set(cache.layers))
+    if missing:
+        raise ValueError(f"{teacher_cache_path} lacks teacher layers {missing}")
+    cache.embeddings = cache.embeddings[[cache.layers.index(layer) for layer in mapping]]
+    cache.layers = mapping
+    seed_everything(seed)  # the projection head's initialisation depends on it
+    student, tokenizer = build_student(profile.models.student_init, profile.models.student_layers,
+                                       profile.models.layer_init)
+    objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
+                              student.config.hidden_size, cache.dim)
+    fingerprint = sha256_strings([str(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
+    trainer = LeapTrainer(student, tokenizer, objective, cache, profile.training,
+                          out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
+                          exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)
+    return trainer.train()
+
+
+def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
+    """STS (full depth and exited), exit statistics and per-layer similarity on the profile's STS set."""
+    from leap_core.data import read_sts
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.evaluation.sts import evaluate_sts
+    from leap_core.models import resolve_model
+
+    exit_settings = profile.exit
+    encoder = EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), theta=exit_settings.theta,
+                                               k=exit_settings.k, l_min=exit_settings.l_min)
+    pairs = read_sts(data_path(profile, profile.data.sts_eval))
+    return evaluate_sts(encoder, pairs, batch_size=batch_size)

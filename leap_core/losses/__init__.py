@@ -1,0 +1,37 @@
+"""The LEAP loss terms, one per module, and the objective that weighs them.
+
+Conventions: embeddings are L2-normalised mean pools; `student_layers` is (L, B, d) with index
+l-1 holding student layer l (layers are 1-indexed in every config and API); `teacher_layers` is
+(L, B, D) with index l-1 holding teacher layer pi(l), so its last index is the teacher's final layer.
+"""
+
+from leap_core.losses.contrast import contrastive_kl
+from leap_core.losses.exit import (
+    exit_layer_weights,
+    exit_loss_self,
+    exit_loss_teacher,
+    soft_margin,
+    student_target_ramp,
+)
+from leap_core.losses.final import final_loss
+from leap_core.losses.inter import inter_loss, uniform_layer_map
+from leap_core.losses.late import LATE_EPS, default_late_layers, late_loss
+from leap_core.losses.objective import LeapObjective
+from leap_core.losses.redundancy import redundancy_loss
+
+__all__ = [
+    "LATE_EPS",
+    "LeapObjective",
+    "contrastive_kl",
+    "default_late_layers",
+    "exit_layer_weights",
+    "exit_loss_self",
+    "exit_loss_teacher",
+    "final_loss",
+    "inter_loss",
+    "late_loss",
+    "redundancy_loss",
+    "soft_margin",
+    "student_target_ramp",
+    "uniform_layer_map",
+]

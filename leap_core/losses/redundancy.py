@@ -1,0 +1,19 @@
+"""L_redund: adjacent layers keep a small distance, so the convergence test still measures something."""
+
+from __future__ import annotations
+
+import torch
+
+
+def redundancy_loss(student_layers: torch.Tensor, margin: float) -> torch.Tensor:
+    """L_redund = -1/(L-1) sum_{l=1..L-1} mean_b min(||e_{l+1} - e_l||_2, margin).
+
+    student_layers: (L, B, d). Negative: minimising it spreads adjacent layers apart, but only up
+    to `margin`, beyond which there is no reward (and no gradient). One layer gives 0.
+    """
+    if student_layers.dim() != 3:
+        raise ValueError(f"redundancy_loss: student_layers must be (L, B, d), got {tuple(student_layers.shape)}")
+    if student_layers.shape[0] < 2:
+        return student_layers.sum() * 0.0
+    steps = torch.linalg.vector_norm(student_layers[1:] - student_layers[:-1], dim=-1)  # (L-1, B)
+    return -steps.clamp(max=margin).mean()

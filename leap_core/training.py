@@ -1,0 +1,213 @@
+"""The trainer: AdamW with warm-up, seeded batches, checkpoints with exact resume, per-term logging.
+
+A run lives in one output folder:
+  checkpoint.pt      the latest checkpoint (student, projection, optimiser, schedule, RNG, step)
+  train_log.jsonl    per-term losses every `log_every` steps
+  model/             the trained student, a standard sentence-transformers folder + leap_exit.json
+  projection.pt      the learned width projection (training only; inference does not need it)
+  train_result.json  written last: its presence means the run is complete
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from leap_core.config import ExitConfig, TrainConfig
+from leap_core.io import atomic_path, sha256_strings, write_json_atomic
+from leap_core.losses import LeapObjective
+from leap_core.models import save_sentence_transformer
+from leap_core.pooling import pooled_layers
+from leap_core.teacher_cache import TeacherCache, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    train_seconds: float
+    steps: int
+    final_losses: dict[str, float]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class LeapTrainer:
+    """Distils `teacher` (cached embeddings) into `student` under `objective`.
+
+    teacher.embeddings[l-1] must be the teacher layer mapped to student layer l (the last is the
+    teacher's final layer); teacher.sentences are the training sentences.
+    """
+
+    def __init__(self, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, objective: LeapObjective,
+                 teacher: TeacherCache, config: TrainConfig, output_dir: str | Path, seed: int = 0,
+                 max_length: int = 128, exit_settings: ExitConfig | None = None,
+                 run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None):
+        n_layers = student.config.num_hidden_layers
+        if teacher.embeddings.shape[0] != n_layers:
+            raise ValueError(f"teacher cache has {teacher.embeddings.shape[0]} mapped layers; student has {n_layers}")
+        self.student, self.tokenizer, self.objective, self.teacher = student, tokenizer, objective, teacher
+        self.config, self.seed, self.max_length = config, seed, max_length
+        self.output_dir = Path(output_dir)
+        self.exit_settings = exit_settings or ExitConfig()
+        self.on_step = on_step
+        self.device = pick_device(config.device)
+        # A checkpoint is only resumed by the run that wrote it.
+        self.fingerprint = sha256_strings([run_fingerprint, json.dumps(dataclasses.asdict(config), sort_keys=True),
+                                           str(seed), str(len(teacher.sentences))])
+        self.steps_per_epoch = math.ceil(len(teacher.sentences) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+    # -- data order -------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Seeded batches; within windows of 50 batches rows are grouped by length (less padding)."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.teacher.sentences), generator=generator).tolist()
+        size = self.config.batch_size
+        window = size * 50
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: len(self.teacher.sentences[i]))
+            batches.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
+        shuffle = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffle]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _state(self, step: int) -> dict:
+        return {
+            "fingerprint": self.fingerprint, "step": step,
+            "student": self.student.state_dict(), "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def save_checkpoint(self, step: int) -> None:
+        with atomic_path(self.output_dir / "checkpoint.pt") as tmp:
+            torch.save(self._state(step), tmp)
+
+    def load_checkpoint(self) -> int:
+        path = self.output_dir / "checkpoint.pt"
+        if not path.is_file():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["fingerprint"] != self.fingerprint:
+            raise RuntimeError(f"{path} belongs to a run with another configuration; remove it or use another output dir")
+        self.student.load_state_dict(state["student"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log.info("resumed %s at step %d of %d", self.output_dir, state["step"], self.total_steps)
+        return state["step"]
+
+    # -- training -----------------------------------------------------------------------------
+    def _build_optimizer(self) -> None:
+        decay, no_decay = [], []
+        for name, param in self.student.named_parameters():
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        groups = [
+            {"params": decay, "lr": self.config.lr, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "lr": self.config.lr, "weight_decay": 0.0},
+        ]
+        head = [p for p in self.objective.parameters() if p.requires_grad]
+        if head:
+            groups.append({"params": head, "lr": self.config.head_lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups)
+        warmup = int(self.config.warmup_ratio * self.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
+
+    def train_step(self, rows: list[int], progress: float) -> dict[str, float]:
+        batch = self.tokenizer([self.teacher.sentences[i] for i in rows], padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt").to(self.device)
+        targets = self.teacher.embeddings[:, rows].to(self.device)
+        use_amp = self.device.type == "cuda" and self.config.mixed_precision
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            hidden = self.student(**batch, output_hidden_states=True).hidden_states
+        student_layers = pooled_layers(tuple(h.float() for h in hidden), batch["attention_mask"])
+        loss, terms = self.objective(student_layers, targets, progress)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.student.parameters()) + list(self.objective.parameters())
+        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms
+
+    def train(self) -> TrainResult:
+        result_path = self.output_dir / "train_result.json"
+        if result_path.is_file():
+            done = json.loads(result_path.read_text())
+            log.info("%s is already trained: reusing it", self.output_dir)
+            return TrainResult(Path(done["model_dir"]), done["train_seconds"], done["steps"], done["final_losses"])
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(self.seed)
+        self.student.to(self.device).train()
+        self.objective.to(self.device).train()
+        self._build_optimizer()
+        step = self.load_checkpoint()
+        log_path = self.output_dir / "train_log.jsonl"
+        if step == 0 and log_path.exists():
+            log_path.unlink()
+        elif step and log_path.exists():  # drop lines logged after the checkpoint we resume from
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            log_path.write_text("".join(line + "\n" for line in kept))
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        terms: dict[str, float] = {}
+        with tqdm(total=self.total_steps, initial=step, desc=f"train {self.output_dir.name}", unit="step") as bar, \
+                open(log_path, "a", encoding="utf-8") as log_file:
+            for epoch in range(step // self.steps_per_epoch, self.config.epochs):
+                batches = self.epoch_batches(epoch)
+                for rows in batches[step - epoch * self.steps_per_epoch:]:
+                    terms = self.train_step(rows, progress=step / self.total_steps)
+                    step += 1
+                    if step % self.config.log_every == 0 or step == self.total_steps:
+                        log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+                                                   **terms}) + "\n")
+                        log_file.flush()
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k in ("total", "final", "exit_teacher")})
+                    if step % self.config.checkpoint_every == 0 and step < self.total_steps:
+                        self.save_checkpoint(step)
+                    bar.update(1)
+                    if self.on_step is not None:
+                        self.on_step(step, terms)
+        seconds = time.perf_counter() - started
+        model_dir = self.save()
+        result = TrainResult(model_dir, seconds, step, terms)
+        write_json_atomic(result_path, {"model_dir": str(model_dir), "train_seconds": seconds, "steps": step,
+                                        "final_losses": terms})
+        (self.output_dir / "checkpoint.pt").unlink(missing_ok=True)
+        return result
+
+    def save(self) -> Path:
+        model_dir = self.output_dir / "model"
+        self.student.eval()
+        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.max_length)
+        write_json_atomic(model_dir / "leap_exit.json", dataclasses.asdict(self.exit_settings))
+        with atomic_path(self.output_dir / "projection.pt") as tmp:
+            torch.save(self.objective.state_dict(), tmp)
+        return model_dir

@@ -1,0 +1,94 @@
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from leap_core import teacher_cache as tc
+from leap_core.models import resolve_model
+from leap_core.pooling import pooled_layers
+
+TEACHER = "random-bert:layers=4,hidden=32,heads=2,seed=3"
+SENTENCES = [f"Sentence number {i} is about {'cats ' * (i % 5)}and dogs." for i in range(40)]
+
+
+def _expected(sentences, layers):
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = resolve_model(TEACHER)
+    model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        batch = tokenizer(sentences, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        pooled = pooled_layers(model(**batch, output_hidden_states=True).hidden_states, batch["attention_mask"])
+    return pooled[[layer - 1 for layer in layers]]
+
+
+def test_round_trip_matches_a_direct_forward_pass(tmp_path):
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path, max_length=32, batch_size=8,
+                                  show_progress=False)
+    cache = tc.load_teacher_cache(path, SENTENCES)
+    assert cache.layers == [2, 4] and cache.sentences == SENTENCES
+    assert cache.embeddings.shape == (2, 40, 32)
+    torch.testing.assert_close(cache.embeddings, _expected(SENTENCES, [2, 4]), atol=2e-3, rtol=0)
+
+
+def test_second_build_reuses_the_file_without_a_forward_pass(tmp_path, monkeypatch, caplog):
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    monkeypatch.setattr(tc, "_encode_chunk", lambda *a, **k: pytest.fail("teacher forward pass on a cache hit"))
+    with caplog.at_level(logging.INFO):
+        again = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert again == path
+    assert "no teacher forward pass" in caplog.text
+
+
+def test_other_inputs_get_another_key(tmp_path):
+    base = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert tc.build_teacher_cache(TEACHER, SENTENCES[:-1], [4], tmp_path, max_length=32, show_progress=False) != base
+    assert tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=16, show_progress=False) != base
+    assert tc.build_teacher_cache(TEACHER, SENTENCES, [3, 4], tmp_path, max_length=32, show_progress=False) != base
+
+
+def test_corrupt_file_is_rebuilt_not_used(tmp_path):
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    good = tc.load_teacher_cache(path).embeddings
+    path.write_bytes(path.read_bytes()[:200])
+    rebuilt = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    torch.testing.assert_close(tc.load_teacher_cache(rebuilt).embeddings, good)
+
+
+def test_stale_file_under_the_same_name_is_rebuilt(tmp_path):
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"leap_cache_key": b"stale"}), path)
+    tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert pq.read_table(path).schema.metadata[b"leap_cache_key"] != b"stale"
+
+
+def test_killed_build_resumes_from_finished_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(tc, "CHUNK", 16)
+    real = tc._encode_chunk
+    calls = []
+
+    def dies_on_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tc, "_encode_chunk", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert not list(tmp_path.glob("*.parquet"))  # nothing half-written
+    calls.clear()
+    monkeypatch.setattr(tc, "_encode_chunk", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert len(calls) == 2  # chunks 2 and 3 of 3; chunk 1 came from disk
+    torch.testing.assert_close(tc.load_teacher_cache(path).embeddings, _expected(SENTENCES, [4]), atol=2e-3, rtol=0)
+
+
+def test_a_file_that_is_no_cache_is_refused(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"a": [1]}), path)
+    with pytest.raises(ValueError, match="not a leap teacher cache"):
+        tc.load_teacher_cache(path)
