@@ -74,6 +74,7 @@ class TrainConfig:
     device: str = "auto"
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_threads: int = 0  # 0 = torch default
+    max_steps: int = 0  # 0 = every batch of every epoch; > 0 stops early (reduced-budget arms)
 
 
 @dataclass
@@ -81,6 +82,17 @@ class ExitConfig:
     theta: float = 0.95
     k: int = 1
     l_min: int = 6
+
+
+@dataclass
+class RegistryConfig:
+    """Deployment gate (the paper's checklist) and the registered model's name."""
+
+    model_name: str = "leap-student"
+    min_exit_rate: float = 0.5
+    min_similarity_at_exit: float = 0.94
+    min_nn10: float = 0.80
+    stsb_tolerance: float = 0.005  # used when no confidence interval is known
 
 
 @dataclass
@@ -94,7 +106,17 @@ class Profile:
     seeds: list[int] = field(default_factory=lambda: [0])
     # Each arm is a set of objective overrides: an arm of the experiment is a configuration.
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Arms trained once (first seed) on a reduced budget, as the paper did for its ablation and sweep.
+    ablation_arms: list[str] = field(default_factory=list)
+    sweep_arms: list[str] = field(default_factory=list)
+    reduced_budget: dict[str, Any] = field(default_factory=dict)  # training overrides for those arms
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     output_dir: str = "runs"
+
+    def training_for(self, arm: str) -> TrainConfig:
+        if arm in self.ablation_arms or arm in self.sweep_arms:
+            return _build(TrainConfig, {**dataclasses.asdict(self.training), **self.reduced_budget}, "reduced_budget")
+        return self.training
 
     def objective_for(self, arm: str) -> ObjectiveConfig:
         if arm not in self.arms:
@@ -158,6 +180,10 @@ def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | No
     profile = _build(Profile, values, str(path))
     for arm in profile.arms:
         profile.objective_for(arm)  # validate every arm now, not mid-run
+    for arm in profile.ablation_arms + profile.sweep_arms:
+        if arm not in profile.arms:
+            raise ConfigError(f"{path}: ablation/sweep arm {arm!r} is not defined under arms")
+    _build(TrainConfig, {**dataclasses.asdict(profile.training), **profile.reduced_budget}, f"{path}: reduced_budget")
     return profile
 
 

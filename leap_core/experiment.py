@@ -92,7 +92,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
     fingerprint = sha256_strings([str(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
-    trainer = LeapTrainer(student, tokenizer, objective, cache, profile.training,
+    trainer = LeapTrainer(student, tokenizer, objective, cache, profile.training_for(arm),
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)
     return trainer.train()

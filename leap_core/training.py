@@ -73,6 +73,8 @@ class LeapTrainer:
                                            str(seed), str(len(teacher.sentences))])
         self.steps_per_epoch = math.ceil(len(teacher.sentences) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
 
     # -- data order -------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -183,6 +185,8 @@ class LeapTrainer:
             for epoch in range(step // self.steps_per_epoch, self.config.epochs):
                 batches = self.epoch_batches(epoch)
                 for rows in batches[step - epoch * self.steps_per_epoch:]:
+                    if step >= self.total_steps:
+                        break
                     terms = self.train_step(rows, progress=step / self.total_steps)
                     step += 1
                     if step % self.config.log_every == 0 or step == self.total_steps:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics computed from embeddings and exit layers (STS, layer analyses, ...)."""

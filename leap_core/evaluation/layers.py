@@ -1,0 +1,45 @@
+"""Per-layer analyses: where rows exit, and how close each layer's embedding is to the final one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# The paper's headline "exit rate by layer 7" (of a 12-layer student).
+HEADLINE_LAYER = 7
+
+
+def exit_statistics(exit_layers: np.ndarray, n_layers: int) -> dict[str, Any]:
+    """Summary of 1-indexed exit layers of a model with `n_layers` layers.
+
+    exit_rate = share exiting before layer L; exit_by_layer_7 = share exiting before L at a layer
+    <= 7; mean_exit_layer = mean l; layer_reduction = L / mean l; exit_distribution[l-1] = share
+    whose exit layer is l (layers 1..L, sums to 1).
+    """
+    layers = np.asarray(exit_layers)
+    if layers.ndim != 1 or layers.size == 0:
+        raise ValueError(f"exit_layers: expected a non-empty 1-D array, got shape {layers.shape}")
+    if not np.issubdtype(layers.dtype, np.integer):
+        raise TypeError(f"exit_layers: expected integers, got dtype {layers.dtype}")
+    if layers.min() < 1 or layers.max() > n_layers:
+        raise ValueError(f"exit_layers: values must lie in 1..{n_layers}, got {layers.min()}..{layers.max()}")
+    early = layers < n_layers
+    mean_layer = float(layers.mean())
+    return {
+        "exit_rate": float(early.mean()),
+        "exit_by_layer_7": float((early & (layers <= HEADLINE_LAYER)).mean()),
+        "mean_exit_layer": mean_layer,
+        "layer_reduction": n_layers / mean_layer,
+        "exit_distribution": (np.bincount(layers - 1, minlength=n_layers) / layers.size).tolist(),
+    }
+
+
+def similarity_to_final(layer_embs: np.ndarray) -> list[float]:
+    """Mean over rows of cos(e_l, e_L) for each layer l; layer_embs is (L, N, d), index l-1 = layer l."""
+    embs = np.asarray(layer_embs, dtype=np.float64)
+    if embs.ndim != 3 or embs.shape[1] == 0:
+        raise ValueError(f"layer_embs: expected a non-empty (L, N, d) array, got shape {embs.shape}")
+    norms = np.linalg.norm(embs, axis=-1, keepdims=True)
+    unit = embs / np.maximum(norms, 1e-12)
+    return [float(v) for v in (unit * unit[-1]).sum(-1).mean(-1)]
