@@ -14,8 +14,27 @@ from leap_core.config import load_profile
 log = logging.getLogger("leap")
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["training.lr=1e-4", "arms.leap.beta=0.8"] -> nested dict; values are parsed as YAML."""
+    import yaml
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected dotted.key=value")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return overrides
+
+
 def _profile(args: argparse.Namespace):
-    overrides = {"data": {"data_dir": args.data_dir}} if getattr(args, "data_dir", None) else {}
+    overrides = parse_overrides(getattr(args, "set", None) or [])
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("data", {})["data_dir"] = args.data_dir
     return load_profile(args.profile, overrides)
 
 
@@ -90,6 +109,88 @@ def cmd_foundation(args: argparse.Namespace) -> None:
     print(json.dumps({arm: report[arm] for arm in results} | {"train_seconds_per_arm": seconds}, indent=2))
 
 
+def _write_and_print(result: dict, out: str | None, shown: dict | None = None) -> None:
+    from leap_core.io import write_json_atomic
+
+    if out:
+        write_json_atomic(out, result)
+    print(json.dumps(shown if shown is not None else result, indent=2))
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"{flag} {item!r}: expected NAME=VALUE")
+        pairs[name] = value
+    return pairs
+
+
+def cmd_eval_suite(args: argparse.Namespace) -> None:
+    """Every analysis for several models -> one JSON (--out) and a markdown summary (--markdown)."""
+    from leap_core.evaluation.suite import evaluate_all, render_markdown
+    from leap_core.io import write_json_atomic, write_text_atomic
+
+    profile = _profile(args)
+    models = _pairs(args.model, "--model")
+    if not models:
+        raise SystemExit("--model NAME=PATH: give at least one model")
+    groups = {group: names.split(",") for group, names in _pairs(args.seed_group, "--seed-group").items()}
+    floor = {key: value for key, value in (("max_sts_drop", args.max_sts_drop), ("min_nn10", args.min_nn10))
+             if value is not None}
+    results = evaluate_all(
+        models, profile.data.data_dir, reference=args.reference, seed_groups=groups, theta=args.theta, k=args.k,
+        l_min=args.l_min, n_resamples=args.n_resamples, calibration_floor=floor or None,
+        sts_test=profile.data.sts_eval, sts_dev=profile.data.sts_dev, beir_sets=args.beir or ["beir/scifact", "beir/nfcorpus"],
+        beir_modes=args.modes.split(","), batch_size=args.batch_size, max_docs=args.max_docs,
+        max_queries=args.max_queries, measure_overhead=not args.no_overhead)
+    write_json_atomic(args.out, results)
+    markdown = render_markdown(results)
+    write_text_atomic(args.markdown or str(Path(args.out).with_suffix(".md")), markdown)
+    print(markdown)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    """The paper's exit-compatibility diagnostics, verdict and deployment checklist for any model."""
+    from leap_core.evaluation.diagnose import diagnose
+
+    result = diagnose(args.model, _profile(args).data.data_dir, sts_file=args.sts, max_sentences=args.max_sentences,
+                      theta=args.theta, k=args.k if args.k is not None else 1, l_min=args.l_min, batch_size=args.batch_size, runs=args.runs,
+                      measure_overhead=not args.no_overhead)
+    _write_and_print(result, args.out)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    """Choose theta on held-out STS data for a quality floor; report its expected layer reduction."""
+    from leap_core.evaluation.calibrate import calibrate
+
+    if args.max_sts_drop is None and args.min_nn10 is None:
+        raise SystemExit("give a quality floor: --max-sts-drop and/or --min-nn10")
+    profile = _profile(args)
+    result = calibrate(args.model, profile.data.data_dir, sts_file=args.sts or profile.data.sts_dev,
+                       max_sts_drop=args.max_sts_drop, min_nn10=args.min_nn10, k=args.k, l_min=args.l_min,
+                       batch_size=args.batch_size)
+    _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "points"})
+
+
+def cmd_retrofit(args: argparse.Namespace) -> None:
+    """Retrofit each MODEL; results merge into --out (one entry per model), so models can run separately."""
+    from leap_core.io import write_json_atomic
+    from leap_core.retrofit import retrofit
+
+    profile = _profile(args)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    for model in args.models:
+        summary = retrofit(profile, model, seed=args.seed)
+        report[model] = summary
+        write_json_atomic(out, report)
+        keys = ["original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
+                "train_seconds", "vs_truncated_original"]
+        print(json.dumps({model: {key: summary[key] for key in keys}}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--profile", default=None, help="params/<name>.yaml or a path (default: cpu)")
         command.add_argument("--data-dir", default=None, help="data directory (default: the profile's)")
+        command.add_argument("--set", action="append", metavar="KEY=VALUE",
+                             help="override a profile field, e.g. --set training.lr=1e-4 (repeatable)")
         command.set_defaults(func=func)
         return command
 
@@ -112,6 +215,45 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out")
     add("foundation", cmd_foundation, "baseline and LEAP from one cache -> reports/foundation.json").add_argument(
         "--out", default="reports/foundation.json")
+    suite = add("eval-suite", cmd_eval_suite, "every analysis (STS, layers, NN@10, sweep, BEIR, diagnostics) "
+                "for several models, with bootstrap CIs")
+    suite.add_argument("--model", action="append", metavar="NAME=PATH", help="a model to evaluate (repeatable)")
+    suite.add_argument("--reference", help="model NAME the others are compared with (default: the first)")
+    suite.add_argument("--seed-group", action="append", metavar="GROUP=NAME,NAME",
+                       help="models that differ only by seed, summarised with t-intervals (repeatable)")
+    suite.add_argument("--beir", action="append", metavar="FOLDER",
+                       help="BEIR folder, relative to the data dir (repeatable; default beir/scifact, beir/nfcorpus)")
+    suite.add_argument("--modes", default="full,compact", help="encoder modes for BEIR (default full,compact)")
+    suite.add_argument("--max-docs", type=int, help="quick runs: keep at most N documents per BEIR set")
+    suite.add_argument("--max-queries", type=int, help="quick runs: keep at most N queries per BEIR set")
+    suite.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    suite.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
+    suite.add_argument("--out", default="reports/eval_cpu.json")
+    suite.add_argument("--markdown", help="markdown summary (default: --out with .md)")
+    diagnose = add("diagnose", cmd_diagnose, "is a model exit-compatible? diagnostics, verdict, checklist")
+    diagnose.add_argument("model", help="model folder, hub id or random-bert: spec")
+    diagnose.add_argument("--sts", default="stsb/test.tsv", help="probe STS file, relative to the data dir")
+    diagnose.add_argument("--max-sentences", type=int, help="probe at most N sentences (default: all)")
+    diagnose.add_argument("--runs", type=int, default=5, help="timed runs per mode for the overhead (default 5)")
+    diagnose.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
+    diagnose.add_argument("--out", help="write the JSON here too (e.g. reports/diagnose/<model>.json)")
+    calibrate = add("calibrate", cmd_calibrate, "choose theta on held-out data for a quality floor")
+    calibrate.add_argument("model", help="model folder, hub id or random-bert: spec")
+    calibrate.add_argument("--max-sts-drop", type=float, help="floor: largest allowed STS Spearman drop vs full depth")
+    calibrate.add_argument("--min-nn10", type=float, help="floor: smallest allowed NN@10 vs full depth")
+    calibrate.add_argument("--sts", help="held-out STS file, relative to the data dir (default: the profile's sts_dev)")
+    calibrate.add_argument("--out", help="write the JSON (with every theta's point) here")
+    for command, theta_default in ((suite, None), (diagnose, 0.95)):
+        command.add_argument("--theta", type=float, default=theta_default)
+    for command in (suite, diagnose, calibrate):
+        saved = "" if command is diagnose else "the model's leap_exit.json, else "
+        command.add_argument("--k", type=int, help=f"exit test distance (default: {saved}1)")
+        command.add_argument("--l-min", type=int, help=f"first layer that may exit (default: {saved}half the depth)")
+        command.add_argument("--batch-size", type=int, default=32)
+    retro = add("retrofit", cmd_retrofit, "make existing models exit-compatible -> reports/retrofit.json")
+    retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    retro.add_argument("--seed", type=int, default=0)
+    retro.add_argument("--out", default="reports/retrofit.json")
     return parser
 
 

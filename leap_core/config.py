@@ -75,6 +75,7 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_threads: int = 0  # 0 = torch default
     max_steps: int = 0  # 0 = every batch of every epoch; > 0 stops early (reduced-budget arms)
+    dropout: float | None = None  # None keeps the model's own dropout rates
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Profile:
     sweep_arms: list[str] = field(default_factory=list)
     reduced_budget: dict[str, Any] = field(default_factory=dict)  # training overrides for those arms
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    # Profile overrides applied by `leap retrofit` on top of MODEL-as-teacher-and-student.
+    retrofit: dict[str, Any] = field(default_factory=dict)
     output_dir: str = "runs"
 
     def training_for(self, arm: str) -> TrainConfig:

@@ -76,6 +76,8 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     from leap_core.losses import LeapObjective
     from leap_core.models import build_student
     from leap_core.teacher_cache import load_teacher_cache
+    import torch
+
     from leap_core.training import LeapTrainer, seed_everything
 
     cache = load_teacher_cache(teacher_cache_path)
@@ -89,10 +91,15 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     seed_everything(seed)  # the projection head's initialisation depends on it
     student, tokenizer = build_student(profile.models.student_init, profile.models.student_layers,
                                        profile.models.layer_init)
+    training = profile.training_for(arm)
+    if training.dropout is not None:
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = training.dropout
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
     fingerprint = sha256_strings([str(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
-    trainer = LeapTrainer(student, tokenizer, objective, cache, profile.training_for(arm),
+    trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)
     return trainer.train()

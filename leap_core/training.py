@@ -69,7 +69,10 @@ class LeapTrainer:
         self.on_step = on_step
         self.device = pick_device(config.device)
         # A checkpoint is only resumed by the run that wrote it.
-        self.fingerprint = sha256_strings([run_fingerprint, json.dumps(dataclasses.asdict(config), sort_keys=True),
+        # Settings that do not change what is learned stay out of it: a run may resume with other ones.
+        semantic = {k: v for k, v in dataclasses.asdict(config).items()
+                    if k not in ("checkpoint_every", "log_every", "num_threads", "device")}
+        self.fingerprint = sha256_strings([run_fingerprint, json.dumps(semantic, sort_keys=True),
                                            str(seed), str(len(teacher.sentences))])
         self.steps_per_epoch = math.ceil(len(teacher.sentences) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -160,6 +163,8 @@ class LeapTrainer:
         result_path = self.output_dir / "train_result.json"
         if result_path.is_file():
             done = json.loads(result_path.read_text())
+            if done.get("fingerprint") != self.fingerprint:
+                raise RuntimeError(f"{self.output_dir} holds a run with another configuration; use another output dir")
             log.info("%s is already trained: reusing it", self.output_dir)
             return TrainResult(Path(done["model_dir"]), done["train_seconds"], done["steps"], done["final_losses"])
         if self.config.num_threads:
@@ -203,7 +208,7 @@ class LeapTrainer:
         model_dir = self.save()
         result = TrainResult(model_dir, seconds, step, terms)
         write_json_atomic(result_path, {"model_dir": str(model_dir), "train_seconds": seconds, "steps": step,
-                                        "final_losses": terms})
+                                        "final_losses": terms, "fingerprint": self.fingerprint})
         (self.output_dir / "checkpoint.pt").unlink(missing_ok=True)
         return result
 

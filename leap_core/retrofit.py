@@ -1,0 +1,120 @@
+"""Retrofit: make a model users already run exit-compatible by a short LEAP fine-tune against itself.
+
+The student is a copy of MODEL and the teacher is MODEL (its pooled embeddings cached like any
+teacher's; same width, so no projection). L_inter is off — it would pin each layer to where it was,
+the opposite of the goal — while L_final holds the final layer where it was and L_exit pulls the
+intermediate layers toward it. l_min defaults to half the depth.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from leap_core import experiment
+from leap_core.config import Profile, _build, _merge
+from leap_core.models import resolve_model
+
+log = logging.getLogger(__name__)
+RETROFIT_ARM = "retrofit"
+
+
+def model_slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name)
+
+
+def retrofit_profile(base: Profile, model: str) -> Profile:
+    """`base` with MODEL as both teacher and student, l_min at half depth and the profile's retrofit overrides."""
+    from transformers import AutoConfig
+
+    depth = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
+    l_min = max(2, depth // 2)
+    values = base.to_dict()
+    values = _merge(values, {
+        "models": {"teacher": model, "student_init": model, "student_layers": depth},
+        "exit": {"l_min": l_min},
+        "objective": {"exit_weight_from": l_min - 1, "late_layers": None},
+    })
+    values = _merge(values, copy.deepcopy(base.retrofit))
+    if RETROFIT_ARM not in values["arms"]:
+        raise ValueError(f"profile {base.name!r} defines no {RETROFIT_ARM!r} arm")
+    return _build(Profile, values, f"{base.name} (retrofit of {model})")
+
+
+def retrofit_dir(base: Profile, model: str, seed: int) -> Path:
+    return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-seed{seed}"
+
+
+def paired_spearman_difference(cos_a: np.ndarray, cos_b: np.ndarray, gold: np.ndarray, seed: int = 0,
+                               n_resamples: int = 2000) -> dict[str, float]:
+    """Spearman(cos_a, gold) - Spearman(cos_b, gold) with a 95% bootstrap CI over pairs (paired resampling)."""
+    from scipy.stats import spearmanr
+
+    def difference(a, b, g):
+        return spearmanr(a, g).statistic - spearmanr(b, g).statistic
+
+    result = bootstrap((cos_a, cos_b, gold), difference, paired=True, vectorized=False, n_resamples=n_resamples,
+                       confidence_level=0.95, method="percentile", random_state=np.random.default_rng(seed))
+    return {"difference": float(difference(cos_a, cos_b, gold)), "ci_low": float(result.confidence_interval.low),
+            "ci_high": float(result.confidence_interval.high)}
+
+
+def _pair_cosines(embeddings: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
+    return (embeddings[idx1] * embeddings[idx2]).sum(-1)
+
+
+def compare_with_truncation(profile: Profile, original: str, retrofitted: str | Path, mean_exit_layer: float) -> dict:
+    """The retrofit's exited embeddings vs the original cut to depth round(mean exit layer), on the STS set."""
+    from leap_core.data import read_sts
+    from leap_core.encoder import EarlyExitEncoder
+
+    pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
+    unique = list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
+    position = {sentence: i for i, sentence in enumerate(unique)}
+    idx1 = np.array([position[s] for s in pairs.sentences1])
+    idx2 = np.array([position[s] for s in pairs.sentences2])
+    depth = int(round(mean_exit_layer))
+    settings = {"theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min}
+    exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=64, mode="compact")
+    cut = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), **settings).encode(
+        unique, batch_size=64, mode=f"fixed:{depth}")
+    gold = np.asarray(pairs.scores)
+    return {"truncated_depth": depth,
+            **paired_spearman_difference(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), gold)}
+
+
+def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune MODEL against itself, evaluate original and retrofit with the same code; return the summary."""
+    profile = retrofit_profile(base, model)
+    sentences_path = sentences_path or experiment.extract(base)
+    cache = experiment.cache_teacher(profile, sentences_path)
+    trained = experiment.train_arm(profile, RETROFIT_ARM, seed, cache, out_dir=retrofit_dir(base, model, seed))
+    original = experiment.evaluate_model(profile, model)
+    result = experiment.evaluate_model(profile, trained.model_dir)
+    summary = {
+        "model": model,
+        "model_dir": str(trained.model_dir),
+        "depth": result["n_layers"],
+        "theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min,
+        "original_stsb": original["stsb_full"],
+        "original_exit_rate": original["exit_rate"],
+        "stsb_full": result["stsb_full"],
+        "stsb_exited": result["stsb_exited"],
+        "exit_rate": result["exit_rate"],
+        "mean_exit_layer": result["mean_exit_layer"],
+        "layer_reduction": result["layer_reduction"],
+        "train_seconds": round(trained.train_seconds, 1),
+        "exit_distribution": result["exit_distribution"],
+        "similarity_to_final": result["similarity_to_final"],
+        "original_similarity_to_final": original["similarity_to_final"],
+        "original_stsb_per_layer": original["stsb_per_layer"],
+    }
+    summary["vs_truncated_original"] = compare_with_truncation(profile, model, trained.model_dir,
+                                                               result["mean_exit_layer"])
+    return summary

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leap_core import experiment
+from leap_core.config import load_profile
+from leap_core.models import resolve_model
+from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_profile
+
+MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
+
+
+@pytest.fixture()
+def base(tmp_path, data_dir):
+    return load_profile("smoke", {"output_dir": str(tmp_path / "runs"), "data": {"data_dir": str(data_dir)}})
+
+
+def test_retrofit_profile_uses_the_model_as_teacher_and_student(base):
+    profile = retrofit_profile(base, MODEL)
+    assert profile.models.teacher == profile.models.student_init == MODEL
+    assert profile.models.student_layers == 4 and profile.exit.l_min == 2
+    assert profile.objective_for(RETROFIT_ARM).alpha == 0.0  # no L_inter: it would pin every layer
+
+
+def test_student_starts_identical_and_final_term_is_zero_at_step_0(base, tmp_path):
+    profile = retrofit_profile(base, MODEL)
+    cache = experiment.cache_teacher(profile, experiment.extract(base), show_progress=False)
+    first = {}
+
+    def record(step, terms):
+        if step == 1:
+            first.update(terms)
+
+    from leap_core.models import build_student
+
+    student, _ = build_student(MODEL, 4)
+    original = load_file(str(resolve_model(MODEL) / "model.safetensors"))
+    for name, value in student.state_dict().items():
+        assert torch.equal(value, original[name]), name
+    experiment.train_arm(profile, RETROFIT_ARM, 0, cache, out_dir=tmp_path / "r", on_step=record)
+    assert first["final"] < 1e-4  # the loss of the first batch, before any update
+    assert first["exit_teacher"] > 0.1  # while intermediate layers are still far from the final one
+
+
+def test_smoke_retrofit_runs_end_to_end(base):
+    summary = retrofit(base, MODEL)
+    for key in ("original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
+                "train_seconds"):
+        assert isinstance(summary[key], float), key
+    low, high = summary["vs_truncated_original"]["ci_low"], summary["vs_truncated_original"]["ci_high"]
+    assert low <= summary["vs_truncated_original"]["difference"] <= high
+    saved = json.loads((resolve_model(summary["model_dir"]) / "leap_exit.json").read_text())
+    assert saved["l_min"] == 2
