@@ -142,7 +142,8 @@ def cmd_eval_suite(args: argparse.Namespace) -> None:
     results = evaluate_all(
         models, profile.data.data_dir, reference=args.reference, seed_groups=groups, theta=args.theta, k=args.k,
         l_min=args.l_min, n_resamples=args.n_resamples, calibration_floor=floor or None,
-        sts_test=profile.data.sts_eval, sts_dev=profile.data.sts_dev, beir_sets=args.beir or ["beir/scifact", "beir/nfcorpus"],
+        sts_test=profile.data.sts_eval, sts_dev=profile.data.sts_dev,
+        beir_sets=args.beir or ["beir/scifact", "beir/nfcorpus"],
         beir_modes=args.modes.split(","), batch_size=args.batch_size, max_docs=args.max_docs,
         max_queries=args.max_queries, measure_overhead=not args.no_overhead)
     write_json_atomic(args.out, results)
@@ -156,7 +157,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     from leap_core.evaluation.diagnose import diagnose
 
     result = diagnose(args.model, _profile(args).data.data_dir, sts_file=args.sts, max_sentences=args.max_sentences,
-                      theta=args.theta, k=args.k if args.k is not None else 1, l_min=args.l_min, batch_size=args.batch_size, runs=args.runs,
+                      theta=args.theta, k=args.k if args.k is not None else 1, l_min=args.l_min,
+                      batch_size=args.batch_size, runs=args.runs,
                       measure_overhead=not args.no_overhead)
     _write_and_print(result, args.out)
 
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--max-queries", type=int, help="quick runs: keep at most N queries per BEIR set")
     suite.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     suite.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
+    suite.add_argument("--max-sts-drop", type=float, help="calibration floor on STS-B dev (default 0.01)")
+    suite.add_argument("--min-nn10", type=float, help="calibration floor: smallest NN@10 vs full depth")
     suite.add_argument("--out", default="reports/eval_cpu.json")
     suite.add_argument("--markdown", help="markdown summary (default: --out with .md)")
     diagnose = add("diagnose", cmd_diagnose, "is a model exit-compatible? diagnostics, verdict, checklist")

@@ -1,0 +1,107 @@
+"""Choose the exit threshold theta on held-out data for a quality floor the user sets.
+
+For each theta of a grid, exits are replayed from one full-depth pass over the held-out STS
+sentences (leap_core.evaluation.sweep), and two qualities are measured on the exited embeddings:
+sts_drop = Spearman(full depth) - Spearman(exited) over the STS pairs, and nn10 = mean NN@10 of the
+exited embeddings' neighbours against the full-depth ones. Among the thetas meeting every floor
+given (sts_drop <= max_sts_drop, nn10 >= min_nn10), the chosen one has the largest layer reduction
+(ties: the larger theta, the safer). Its layer reduction is what to expect on data like the held-out set.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from leap_core.evaluation.neighbours import knn, overlap
+from leap_core.evaluation.sts import spearman
+from leap_core.evaluation.sweep import threshold_sweep
+
+log = logging.getLogger(__name__)
+
+THETAS = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))  # 0.80 .. 0.99
+
+
+def calibration_points(layer_embs: np.ndarray, idx1: np.ndarray, idx2: np.ndarray, gold: Any,
+                       thetas: Iterable[float] = THETAS, k: int = 1, l_min: int = 6,
+                       nn_k: int = 10) -> list[dict[str, Any]]:
+    """A threshold_sweep point per theta with stsb, sts_drop and nn10 (layer_embs rows = unique sentences).
+
+    idx1[i], idx2[i]: the rows of pair i's two sentences; gold[i]: its score.
+    """
+    full = layer_embs[-1]
+    full_sts = spearman(full[idx1], full[idx2], gold)
+    full_neighbours = knn(full, nn_k)
+
+    def quality(embs: np.ndarray) -> dict[str, float]:
+        sts = spearman(embs[idx1], embs[idx2], gold)
+        nn10 = float(overlap(knn(embs, nn_k), full_neighbours).mean())
+        return {"stsb": sts, "sts_drop": full_sts - sts, "nn10": nn10}
+
+    return threshold_sweep(layer_embs, quality, thetas, k, l_min)
+
+
+def choose_theta(points: list[dict[str, Any]], max_sts_drop: float | None = None,
+                 min_nn10: float | None = None) -> dict[str, Any] | None:
+    """The point meeting every given floor with the largest layer_reduction (ties: larger theta); None if none does."""
+    if max_sts_drop is None and min_nn10 is None:
+        raise ValueError("give a quality floor: max_sts_drop and/or min_nn10")
+    meeting = [p for p in points if (max_sts_drop is None or p["sts_drop"] <= max_sts_drop)
+               and (min_nn10 is None or p["nn10"] >= min_nn10)]
+    return max(meeting, key=lambda p: (p["layer_reduction"], p["theta"])) if meeting else None
+
+
+def calibrate_encoder(encoder: Any, pairs: Any, max_sts_drop: float | None = None, min_nn10: float | None = None,
+                      thetas: Iterable[float] = THETAS, batch_size: int = 32) -> dict[str, Any]:
+    """Calibrate an EarlyExitEncoder's theta (its k and l_min kept) on STS pairs (.sentences1/.sentences2/.scores)."""
+    if max_sts_drop is None and min_nn10 is None:
+        raise ValueError("give a quality floor: max_sts_drop and/or min_nn10")
+    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
+    row = {sentence: i for i, sentence in enumerate(unique)}
+    idx1 = np.array([row[s] for s in pairs.sentences1])
+    idx2 = np.array([row[s] for s in pairs.sentences2])
+    layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
+    points = calibration_points(layer_embs, idx1, idx2, pairs.scores, thetas, encoder.k, encoder.l_min)
+    chosen = choose_theta(points, max_sts_drop, min_nn10)
+    return {
+        "floor": {"max_sts_drop": max_sts_drop, "min_nn10": min_nn10},
+        "theta": chosen["theta"] if chosen else None,
+        "expected_layer_reduction": chosen["layer_reduction"] if chosen else None,
+        "chosen": chosen,
+        "stsb_full": spearman(layer_embs[-1][idx1], layer_embs[-1][idx2], pairs.scores),
+        "k": encoder.k, "l_min": encoder.l_min, "n_pairs": len(idx1), "n_sentences": len(unique),
+        "points": points,
+    }
+
+
+def calibrate(model: str, data_dir: str | Path | None = None, sts_file: str = "stsb/dev.tsv",
+              max_sts_drop: float | None = None, min_nn10: float | None = None,
+              thetas: Iterable[float] = THETAS, k: int | None = None, l_min: int | None = None,
+              batch_size: int = 32, device: str | None = None) -> dict[str, Any]:
+    """calibrate_encoder for a model folder / hub id on an STS file (default STS-B dev, relative to data_dir).
+
+    k and l_min: given, else the model's leap_exit.json, else k = 1 and l_min = half the depth.
+    """
+    from transformers import AutoConfig
+
+    from leap_core.config import DataConfig
+    from leap_core.data import read_sts
+    from leap_core.encoder import EarlyExitEncoder, read_exit_settings
+    from leap_core.evaluation.diagnose import default_l_min
+    from leap_core.models import resolve_model
+
+    folder = resolve_model(str(model))
+    saved = read_exit_settings(folder)
+    n_layers = AutoConfig.from_pretrained(str(folder)).num_hidden_layers
+    encoder = EarlyExitEncoder.from_pretrained(
+        folder, device=device, k=k if k is not None else saved.get("k", 1),
+        l_min=l_min if l_min is not None else saved.get("l_min", default_l_min(n_layers)))
+    path = Path(sts_file)
+    if not path.is_absolute():
+        path = Path(data_dir if data_dir is not None else DataConfig().data_dir) / path
+    result = calibrate_encoder(encoder, read_sts(path), max_sts_drop, min_nn10, thetas, batch_size)
+    log.info("%s: theta %s, expected layer reduction %s", model, result["theta"], result["expected_layer_reduction"])
+    return {"model": str(model), "model_path": str(folder), "data": str(path), **result}

@@ -1,0 +1,340 @@
+"""Every analysis of the paper for several models at once, as one JSON-able dict, and its markdown summary.
+
+Per model: STS (full depth and exited, bootstrap CIs over pairs), layer dynamics, NN@10, the sweep
+(thresholds, fixed depths, patience, Pareto front), theta calibration on the dev set, the diagnostics
+with the deployment checklist, and BEIR retrieval per encoder mode. Across models: paired bootstrap
+differences against a reference model, and t-intervals over seed groups.
+
+The diagnosis here uses each model's exit settings as evaluated (`leap diagnose` always uses the
+paper's theta 0.95, k 1, l_min = half the depth). results["models"][name]["sts"] carries the keys leap_core.registry's gate reads (stsb_exited,
+stsb_exited_ci, exit_rate, mean_exit_layer, similarity_to_final, nn10_per_layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from leap_core.evaluation.calibrate import THETAS as CALIBRATION_THETAS
+from leap_core.evaluation.calibrate import calibration_points, choose_theta
+from leap_core.evaluation.diagnose import checklist, diagnostics, monitoring_overhead
+from leap_core.evaluation.layers import (contraction_ratios, cumulative_exit_rate, exit_statistics,
+                                         inter_layer_stability, similarity_to_final)
+from leap_core.evaluation.neighbours import nn_statistics
+from leap_core.evaluation.sweep import THETAS, full_sweep
+from leap_core.stats import paired_difference_ci, seed_summary, spearman_ci, spearman_difference_ci
+
+log = logging.getLogger(__name__)
+
+BEIR_SETS = ("beir/scifact", "beir/nfcorpus")
+SEED_KEYS = ("stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction")
+
+
+def _pair_index(pairs: Any) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
+    row = {sentence: i for i, sentence in enumerate(unique)}
+    idx1 = np.array([row[s] for s in pairs.sentences1], dtype=np.int64)
+    idx2 = np.array([row[s] for s in pairs.sentences2], dtype=np.int64)
+    return unique, idx1, idx2, np.asarray(pairs.scores, dtype=np.float64)
+
+
+def _pair_cosines(embs: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
+    a, b = embs[idx1].astype(np.float64), embs[idx2].astype(np.float64)
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterable[float] = THETAS,
+                 ci: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """STS, layer dynamics, NN@10 and the sweep of an EarlyExitEncoder on STS pairs.
+
+    ci: options for the bootstrap (confidence, n_resamples, method, seed). Returns (results, per-pair
+    cosines {"full", "exited"} for paired comparisons across models).
+    """
+    ci = dict(ci or {})
+    unique, idx1, idx2, gold = _pair_index(pairs)
+    layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
+    exited, exit_layers = encoder.encode(unique, batch_size=batch_size, mode="compact", return_exit_layers=True)
+    n_layers = layer_embs.shape[0]
+    cos = {"full": _pair_cosines(layer_embs[-1], idx1, idx2), "exited": _pair_cosines(exited, idx1, idx2)}
+    full_ci, exited_ci = spearman_ci(cos["full"], gold, **ci), spearman_ci(cos["exited"], gold, **ci)
+
+    def quality(embs: np.ndarray) -> dict[str, float]:
+        from leap_core.evaluation.sts import spearman
+
+        return {"stsb": spearman(embs[idx1], embs[idx2], gold)}
+
+    results = {
+        "stsb_full": full_ci["estimate"], "stsb_full_ci": full_ci,
+        "stsb_exited": exited_ci["estimate"], "stsb_exited_ci": exited_ci,
+        "stsb_exited_minus_full_ci": spearman_difference_ci(cos["exited"], cos["full"], gold, **ci),
+        "stsb_per_layer": [quality(layer)["stsb"] for layer in layer_embs],
+        **exit_statistics(exit_layers, n_layers),
+        "cumulative_exit_rate": cumulative_exit_rate(exit_layers, n_layers),
+        "similarity_to_final": similarity_to_final(layer_embs),
+        "inter_layer_stability": inter_layer_stability(layer_embs),
+        "contraction": contraction_ratios(layer_embs),
+        **nn_statistics(layer_embs, exit_layers),
+        "sweep": full_sweep(layer_embs, quality, "stsb", thetas, encoder.k, encoder.l_min),
+        "n_pairs": len(gold), "n_sentences": len(unique), "n_layers": n_layers,
+    }
+    return results, cos
+
+
+def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | None, device: str | None) -> Any:
+    """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else 0.95, 1, L/2."""
+    from transformers import AutoConfig
+
+    from leap_core.encoder import EarlyExitEncoder, read_exit_settings
+    from leap_core.evaluation.diagnose import default_l_min
+    from leap_core.models import resolve_model
+
+    folder = resolve_model(str(path))
+    saved = read_exit_settings(folder)
+    n_layers = AutoConfig.from_pretrained(str(folder)).num_hidden_layers
+    settings = {"theta": theta if theta is not None else saved.get("theta", 0.95),
+                "k": k if k is not None else saved.get("k", 1),
+                "l_min": l_min if l_min is not None else saved.get("l_min", default_l_min(n_layers))}
+    return EarlyExitEncoder.from_pretrained(folder, device=device, **settings)
+
+
+def evaluate_model(encoder: Any, data_dir: str | Path, sts_test: str = "stsb/test.tsv",
+                   sts_dev: str | None = "stsb/dev.tsv", beir_sets: Iterable[str] = BEIR_SETS,
+                   beir_modes: Iterable[str] = ("full", "compact"), batch_size: int = 32,
+                   max_docs: int | None = None, max_queries: int | None = None,
+                   calibration_floor: Mapping[str, float] | None = None, measure_overhead: bool = True,
+                   ci: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every analysis of one encoder. Returns (results, per-pair STS cosines {"full", "exited"} for comparisons)."""
+    from leap_core.data import read_sts
+    from leap_core.evaluation.retrieval import evaluate_retrieval
+
+    data_dir = Path(data_dir)
+    ci = dict(ci or {})
+    started = time.perf_counter()
+    test_pairs = read_sts(data_dir / sts_test)
+    sts, cos = sts_analysis(encoder, test_pairs, batch_size, ci=ci)
+    sweep = sts.pop("sweep")
+    result: dict[str, Any] = {"theta": encoder.theta, "k": encoder.k, "l_min": encoder.l_min,
+                              "n_layers": encoder.num_layers, "sts": sts, "sweep": sweep}
+
+    overhead = None
+    if measure_overhead:
+        overhead = monitoring_overhead(encoder, test_pairs.unique_sentences()[:256], batch_size)
+    verdict = diagnostics(sts["similarity_to_final"], sts["exit_rate"], overhead["overhead"] if overhead else None)
+    result["diagnosis"] = {**verdict, "monitoring": overhead,
+                           "checklist": checklist(sts["similarity_to_final"], sts["nn10_per_layer"],
+                                                  sts["exit_rate"], sts["mean_exit_layer"])}
+
+    if sts_dev and calibration_floor:
+        unique, idx1, idx2, gold = _pair_index(read_sts(data_dir / sts_dev))
+        points = calibration_points(encoder.layer_embeddings(unique, batch_size=batch_size), idx1, idx2, gold,
+                                    CALIBRATION_THETAS, encoder.k, encoder.l_min)
+        chosen = choose_theta(points, **calibration_floor)
+        result["calibration"] = {"data": sts_dev, "floor": dict(calibration_floor),
+                                 "theta": chosen["theta"] if chosen else None,
+                                 "expected_layer_reduction": chosen["layer_reduction"] if chosen else None,
+                                 "chosen": chosen, "points": points}
+
+    result["beir"] = {}
+    bootstrap = {key: ci[key] for key in ("n_resamples", "seed", "confidence") if key in ci}
+    for folder in beir_sets:
+        path = Path(folder) if Path(folder).is_absolute() else data_dir / folder
+        result["beir"][path.name] = evaluate_retrieval(encoder, path, beir_modes, max_docs=max_docs,
+                                                       max_queries=max_queries, batch_size=batch_size, **bootstrap)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result, cos
+
+
+def _compare(name: str, reference: str, results: dict[str, Any], cosines: dict[str, Any], gold: np.ndarray,
+             ci: Mapping[str, Any]) -> dict[str, Any]:
+    """Paired bootstrap differences name minus reference: STS over pairs, NDCG@10 over shared queries."""
+    out: dict[str, Any] = {"reference": reference}
+    for kind in ("full", "exited"):
+        out[f"stsb_{kind}_diff_ci"] = spearman_difference_ci(cosines[name][kind], cosines[reference][kind], gold, **ci)
+    out["beir"] = {}
+    for dataset, mine in results[name]["beir"].items():
+        theirs = results[reference]["beir"].get(dataset)
+        if theirs is None:
+            continue
+        out["beir"][dataset] = {}
+        for mode, scores in mine["modes"].items():
+            if mode not in theirs["modes"]:
+                continue
+            a, b = scores["ndcg@10_per_query"], theirs["modes"][mode]["ndcg@10_per_query"]
+            shared = sorted(set(a) & set(b))
+            if len(shared) > 1:
+                out["beir"][dataset][mode] = paired_difference_ci([a[q] for q in shared], [b[q] for q in shared], **ci)
+    return out
+
+
+def _seed_groups(groups: Mapping[str, list[str]], results: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for group, names in groups.items():
+        missing = [n for n in names if n not in results]
+        if missing:
+            raise ValueError(f"seed group {group!r}: unknown model name(s) {missing}; known: {sorted(results)}")
+        summary = {key: seed_summary([results[n]["sts"][key] for n in names]) for key in SEED_KEYS}
+        if not names:
+            raise ValueError(f"seed group {group!r}: no model names")
+        datasets = set.intersection(*(set(results[n]["beir"]) for n in names))
+        for dataset in sorted(datasets):
+            modes = set.intersection(*(set(results[n]["beir"][dataset]["modes"]) for n in names))
+            for mode in sorted(modes):
+                summary[f"{dataset}/{mode}/ndcg@10"] = seed_summary(
+                    [results[n]["beir"][dataset]["modes"][mode]["ndcg@10"] for n in names])
+        out[group] = {"models": list(names), **summary}
+    return out
+
+
+def evaluate_all(model_paths: Mapping[str, str], data_dir: str | Path, reference: str | None = None,
+                 seed_groups: Mapping[str, list[str]] | None = None, theta: float | None = None,
+                 k: int | None = None, l_min: int | None = None, device: str | None = None,
+                 n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95,
+                 calibration_floor: Mapping[str, float] | None = None, **options: Any) -> dict[str, Any]:
+    """Every analysis for every model {name: folder or hub id}, on STS-B test/dev and BEIR sets under data_dir.
+
+    reference: a model name; every other model gets paired differences against it (default: the first).
+    seed_groups: {group: [model names]} summarised across seeds. theta, k, l_min: the exit rule for all
+    models (None: each model's leap_exit.json, else 0.95, 1, half the depth). calibration_floor:
+    {"max_sts_drop": ..., "min_nn10": ...} (default max_sts_drop 0.01). options: evaluate_model's
+    (sts_test, sts_dev, beir_sets, beir_modes, batch_size, max_docs, max_queries, measure_overhead).
+    """
+    from leap_core.data import read_sts
+
+    if not model_paths:
+        raise ValueError("model_paths: give at least one {name: path}")
+    names = list(model_paths)
+    reference = reference if reference is not None else names[0]
+    if reference not in model_paths:
+        raise ValueError(f"reference {reference!r} is not a model name; known: {names}")
+    ci = {"n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    floor = dict(calibration_floor) if calibration_floor is not None else {"max_sts_drop": 0.01}
+    results: dict[str, Any] = {}
+    cosines: dict[str, Any] = {}
+    for name in names:
+        log.info("evaluating %s (%s)", name, model_paths[name])
+        encoder = _load_encoder(model_paths[name], theta, k, l_min, device)
+        result, cosines[name] = evaluate_model(encoder, data_dir, calibration_floor=floor, ci=ci, **options)
+        results[name] = {"path": str(model_paths[name]), **result}
+    gold = np.asarray(read_sts(Path(data_dir) / options.get("sts_test", "stsb/test.tsv")).scores, dtype=np.float64)
+    comparisons = {name: _compare(name, reference, results, cosines, gold, ci) for name in names if name != reference}
+    return {
+        "settings": {"data_dir": str(data_dir), "reference": reference, "theta": theta, "k": k, "l_min": l_min,
+                     "bootstrap": {"n_resamples": n_resamples, "confidence": confidence, "seed": seed,
+                                   "method": "percentile"},
+                     "calibration_floor": floor, **{key: value for key, value in options.items()}},
+        "models": results,
+        "comparisons": comparisons,
+        "seed_groups": _seed_groups(seed_groups or {}, results),
+    }
+
+
+# ---------------------------------------------------------------- markdown
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def _with_ci(interval: Mapping[str, Any] | None, digits: int = 3) -> str:
+    if not interval:
+        return "-"
+    if interval.get("low") is None:
+        return _num(interval["estimate"], digits)
+    return f"{_num(interval['estimate'], digits)} [{_num(interval['low'], digits)}, {_num(interval['high'], digits)}]"
+
+
+def _rule(point: Mapping[str, Any]) -> tuple[str, str]:
+    """(method, setting) naming a sweep point."""
+    setting = {"threshold": f"theta={point.get('theta')}", "fixed": f"depth={point.get('depth')}",
+               "patience": f"patience={point.get('patience')}, theta={point.get('theta')}"}[point["method"]]
+    return point["method"], setting
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """A markdown summary of evaluate_all's dict: every number is read from it."""
+    models = results["models"]
+    confidence = int(round(100 * results["settings"]["bootstrap"]["confidence"]))
+    lines = ["# Evaluation summary", "",
+             f"Data: `{results['settings']['data_dir']}`. Intervals: {confidence}% bootstrap "
+             f"({results['settings']['bootstrap']['n_resamples']} resamples) over STS pairs or queries.", "",
+             "## STS-B test", ""]
+    lines += _table(
+        ["model", "theta / k / l_min", "STS full", "STS exited", "exit rate", "exit by L7", "mean exit layer",
+         "reduction", "verdict", "checklist"],
+        [[name, f"{m['theta']} / {m['k']} / {m['l_min']}", _with_ci(m["sts"]["stsb_full_ci"]),
+          _with_ci(m["sts"]["stsb_exited_ci"]), _num(m["sts"]["exit_rate"]), _num(m["sts"]["exit_by_layer_7"]),
+          _num(m["sts"]["mean_exit_layer"], 2), _num(m["sts"]["layer_reduction"], 2) + "x",
+          m["diagnosis"]["verdict"], "pass" if m["diagnosis"]["checklist"]["passes"] else "fail"]
+         for name, m in models.items()])
+
+    for name, m in models.items():
+        sts = m["sts"]
+        lines += [f"## {name}: layer dynamics", "",
+                  f"Median contraction ratio gamma: {_num(sts['contraction']['median'])}; monitoring overhead: "
+                  f"{_num((m['diagnosis']['monitoring'] or {}).get('overhead'))}.", ""]
+        lines += _table(
+            ["layer", "sim. to final", "stability", "NN@10", "NN@10 < 0.5", "NN@10 < 0.5 (exited here)",
+             "exits here", "cumulative exit", "STS"],
+            [[str(l + 1), _num(sts["similarity_to_final"][l]), _num(sts["inter_layer_stability"][l]),
+              _num(sts["nn10_per_layer"][l]), _num(sts["nn10_low_share_per_layer"][l]),
+              _num(sts["nn10_low_share_by_exit_layer"][l]), _num(sts["exit_distribution"][l]),
+              _num(sts["cumulative_exit_rate"][l]), _num(sts["stsb_per_layer"][l])]
+             for l in range(m["n_layers"])])
+        sweep = m["sweep"]
+        front = {_rule(p) for p in sweep["pareto"]}
+        rows = [[p["method"], _rule(p)[1], _num(p["exit_rate"]), _num(p["mean_exit_layer"], 2),
+                 _num(p["layer_reduction"], 2) + "x", _num(p[sweep["quality_key"]]), "yes" if _rule(p) in front else ""]
+                for p in sweep["threshold"] + sweep["fixed"] + sweep["patience"]]
+        lines += [f"## {name}: early exit vs truncation (STS-B test)", "",
+                  f"Early exit beats truncation: {_num(sweep['early_exit_beats_truncation'])}.", ""]
+        lines += _table(["rule", "setting", "exit rate", "mean exit layer", "reduction", "STS", "Pareto"], rows)
+        calibration = m.get("calibration")
+        if calibration:
+            lines += [f"Calibrated on `{calibration['data']}` for {calibration['floor']}: theta "
+                      f"{_num(calibration['theta'], 2)}, expected layer reduction "
+                      f"{_num(calibration['expected_layer_reduction'], 2)}.", ""]
+
+    rows = []
+    for name, m in models.items():
+        for dataset, scored in m["beir"].items():
+            for mode, s in scored["modes"].items():
+                rows.append([name, dataset, mode, _num(s["ndcg@1"]), _num(s["ndcg@3"]), _num(s["ndcg@5"]),
+                             _with_ci(s["ndcg@10_ci"]) if s.get("ndcg@10_ci") else _num(s["ndcg@10"]),
+                             _num(s["recall@100"]), _num(s.get("query_exit", {}).get("exit_rate")),
+                             _num(s.get("corpus_exit", {}).get("exit_rate"))])
+    if rows:
+        lines += ["## BEIR", ""]
+        lines += _table(["model", "dataset", "mode", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10", "R@100",
+                         "query exit", "corpus exit"], rows)
+
+    if results["comparisons"]:
+        rows = []
+        for name, c in results["comparisons"].items():
+            rows.append([f"{name} - {c['reference']}", "STS-B full", _with_ci(c["stsb_full_diff_ci"], 4)])
+            rows.append([f"{name} - {c['reference']}", "STS-B exited", _with_ci(c["stsb_exited_diff_ci"], 4)])
+            for dataset, modes in c["beir"].items():
+                for mode, interval in modes.items():
+                    rows.append([f"{name} - {c['reference']}", f"{dataset} NDCG@10 ({mode})", _with_ci(interval, 4)])
+        lines += ["## Paired differences", ""] + _table(["models", "metric", "difference"], rows)
+
+    for group, summary in results["seed_groups"].items():
+        rows = [[key, _with_ci(value, 4), _num(value.get("std"), 4)]
+                for key, value in summary.items() if key != "models"]
+        lines += [f"## Seeds: {group} ({', '.join(summary['models'])})", "",
+                  f"Mean and {confidence}% t-interval across seeds.", ""]
+        lines += _table(["metric", "mean [CI]", "std"], rows)
+    return "\n".join(lines).rstrip() + "\n"
