@@ -193,6 +193,29 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
         print(json.dumps({model: {key: summary[key] for key in keys}}, indent=2))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Latency of every encoder mode and of sentence-transformers on STS-B test -> JSON and markdown."""
+    import torch
+
+    from leap_core.bench import render_markdown, run_benchmark
+    from leap_core.evaluation.diagnose import probe_sentences
+    from leap_core.io import write_json_atomic, write_text_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {key: value for key, value in (("theta", args.theta), ("k", args.k), ("l_min", args.l_min))
+                 if value is not None}
+    result = run_benchmark(
+        args.model, probe_sentences(_profile(args).data.data_dir, args.sts),
+        batch_sizes=[int(size) for size in args.batch_sizes.split(",")], modes=args.modes.split(","),
+        warmup=args.warmup, iterations=args.iterations, include_sentence_transformers=not args.no_peer,
+        device=args.device, dtype=args.dtype, clock=args.clock, **overrides)
+    write_json_atomic(args.out, result)
+    markdown = render_markdown(result)
+    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    print(markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
     retro.add_argument("--seed", type=int, default=0)
     retro.add_argument("--out", default="reports/retrofit.json")
+    bench = add("bench", cmd_bench, "latency of every encoder mode vs sentence-transformers -> JSON + markdown")
+    bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
+    bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")
+    bench.add_argument("--batch-sizes", default="1,8,32")
+    bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N)")
+    bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
+    bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
+    bench.add_argument("--no-peer", action="store_true", help="skip SentenceTransformer.encode")
+    bench.add_argument("--theta", type=float, help="override the model's exit threshold")
+    bench.add_argument("--k", type=int, help="override the model's exit test distance")
+    bench.add_argument("--l-min", type=int, help="override the model's first exit layer")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="autocast dtype (auto: fp16 on CUDA, fp32 on CPU)")
+    bench.add_argument("--clock", default="wall", choices=["wall", "process"],
+                       help="CPU timer: wall, or process CPU time (needs --threads 1; for a shared machine)")
+    bench.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
     return parser
 
 

@@ -10,7 +10,9 @@ The transformer's own modules do the work (embeddings, the model's attention-mas
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -25,13 +27,13 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.masking_utils import create_bidirectional_mask
 
 from leap_core.io import write_json_atomic
-from leap_core.pooling import mean_pool
 
 logger = logging.getLogger(__name__)
 
 EXIT_SETTINGS_FILE = "leap_exit.json"
 EXIT_SETTINGS_KEYS = ("theta", "k", "l_min")
 MODES = ("full", "monitored", "batch", "compact")  # plus "fixed:N"
+TOKENIZE_CHUNK = 4096  # texts per tokenizer call: a large corpus never sits in Python lists at once
 
 
 def parse_mode(mode: str, n_layers: int) -> tuple[str, int]:
@@ -94,6 +96,14 @@ def _check_sentences(sentences: Any) -> list[str]:
         if not isinstance(item, str):
             raise TypeError(f"sentences[{index}] is {type(item).__name__}, expected str")
     return items
+
+
+def _store(out: torch.Tensor, pooled: torch.Tensor, source: np.ndarray, target: np.ndarray) -> torch.Tensor:
+    """out[target] = pooled[source], in place; indices come from the host (no sync to build them)."""
+    to_device = lambda rows: torch.from_numpy(rows).to(out.device, non_blocking=True)  # noqa: E731
+    if len(source) != pooled.shape[0]:
+        pooled = pooled.index_select(0, to_device(source))
+    return out.index_copy_(0, to_device(target), pooled)
 
 
 def _check_batch_size(batch_size: Any) -> None:
@@ -220,7 +230,7 @@ class EarlyExitEncoder:
 
         if not items:
             embeddings = torch.zeros(0, self.dim, device=self.device)
-            layers = torch.zeros(0, dtype=torch.long, device=self.device)
+            exit_layers = np.zeros(0, dtype=np.int64)
         else:
             chunks, layer_chunks = [], []
             unsort, batches = self._length_sorted_batches(items, batch_size)
@@ -232,13 +242,14 @@ class EarlyExitEncoder:
                 pooled, exit_layer = self._run_batch(features, kind, depth)
                 chunks.append(pooled)
                 layer_chunks.append(exit_layer)
-            embeddings = torch.cat(chunks).index_select(0, unsort)
-            layers = torch.cat(layer_chunks).index_select(0, unsort)
+            embeddings = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            if len(items) > 1:
+                embeddings = embeddings.index_select(0, torch.from_numpy(unsort).to(self.device, non_blocking=True))
+            exit_layers = np.concatenate(layer_chunks)[unsort]
         if normalize_embeddings:
             embeddings = F.normalize(embeddings, dim=-1)
         if convert_to_numpy:
             embeddings = embeddings.cpu().numpy()
-        exit_layers = layers.cpu().numpy().astype(np.int64)
         if single:
             embeddings, exit_layers = embeddings[0], exit_layers[0]
         return (embeddings, exit_layers) if return_exit_layers else embeddings
@@ -252,29 +263,56 @@ class EarlyExitEncoder:
             return np.zeros((self.num_layers, 0, self.dim), dtype=np.float32)
         unsort, batches = self._length_sorted_batches(items, batch_size)
         stacked = torch.cat([self._run_batch(features, "all", self.num_layers)[0] for features in batches], dim=1)
-        stacked = stacked.index_select(1, unsort)
+        stacked = stacked.index_select(1, torch.from_numpy(unsort).to(self.device))
         return F.normalize(stacked, dim=-1).cpu().numpy()
 
     # ---------------------------------------------------------------- batching
 
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        # Right padding: "compact" trims trailing columns once the longest remaining rows have left.
-        return self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", padding_side="right"
-        )
+    def _tokenize(self, items: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Tokenize every item once: (lengths (N,), {key: all items' ids end to end, plus one pad}).
 
-    def _length_sorted_batches(self, items: list[str], batch_size: int) -> tuple[torch.Tensor, Iterator]:
+        Truncated to max_length; in chunks, so a large corpus is held as compact int arrays.
+        """
+        wanted = ["input_ids"] + (["token_type_ids"] if self._embeddings_take_token_types else [])
+        lengths, flat = [], {key: [] for key in wanted}
+        for start in range(0, len(items), TOKENIZE_CHUNK):
+            encoded = self.tokenizer(items[start : start + TOKENIZE_CHUNK], truncation=True,
+                                     max_length=self.max_length, return_attention_mask=False)
+            lengths.extend(map(len, encoded["input_ids"]))
+            for key in [key for key in flat if key in encoded]:
+                flat[key].append(np.fromiter(itertools.chain.from_iterable(encoded[key]), dtype=np.int64))
+        pads = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": self.tokenizer.pad_token_type_id or 0}
+        # The trailing pad lets _pad_batch gather padding positions from a valid index.
+        return np.asarray(lengths, dtype=np.int64), {
+            key: np.concatenate(parts + [np.array([pads[key]], dtype=np.int64)]) for key, parts in flat.items() if parts
+        }
+
+    def _pad_batch(self, lengths: np.ndarray, starts: np.ndarray, flat: dict[str, np.ndarray],
+                   index: np.ndarray) -> dict[str, Any]:
+        """Right-padded tensors of the items `index` ("compact" trims trailing columns as rows leave)."""
+        batch_lengths = lengths[index]
+        columns = np.arange(max(int(batch_lengths.max()), 1))
+        real = columns < batch_lengths[:, None]
+        # Padding positions read the trailing pad of each flat array.
+        positions = np.where(real, starts[index][:, None] + columns, -1)
+        features: dict[str, Any] = {key: torch.from_numpy(ids[positions]) for key, ids in flat.items()}
+        features["attention_mask"] = torch.from_numpy(real.astype(np.int64))
+        features["lengths"] = batch_lengths
+        return features
+
+    def _length_sorted_batches(self, items: list[str], batch_size: int) -> tuple[np.ndarray, Iterator]:
         """Batches sorted by token length, longest first, so a batch holds similar lengths.
 
         Returns (unsort, batches): row unsort[i] of the concatenated batch outputs is input item i.
         """
-        lengths = [len(ids) for ids in self.tokenizer(items, truncation=True, max_length=self.max_length)["input_ids"]]
-        order = np.argsort(-np.asarray(lengths), kind="stable")
+        lengths, flat = self._tokenize(items)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        order = np.argsort(-lengths, kind="stable")
         batches = (
-            self._tokenize([items[i] for i in order[start : start + batch_size]])
+            self._pad_batch(lengths, starts, flat, order[start : start + batch_size])
             for start in range(0, len(items), batch_size)
         )
-        return torch.from_numpy(np.argsort(order)).to(self.device), batches
+        return np.argsort(order), batches
 
     # ---------------------------------------------------------------- the layer loop
 
@@ -299,31 +337,51 @@ class EarlyExitEncoder:
         # The bias depends only on sequence length; one row broadcasts over the batch.
         return {"position_bias": self._position_bias(hidden[:1])}
 
-    def _run_batch(self, features: dict[str, torch.Tensor], kind: str, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one padded batch. Returns (pooled (B, d) float32 unnormalised, exit layers (B,)).
+    def _run_batch(self, features: dict[str, Any], kind: str, depth: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Run one right-padded batch. Returns (pooled (B, d) float32 unnormalised, exit layers (B,) on the host).
 
         kind "all" returns every layer's pool as (L, B, d) instead (exit layers all L).
+        Per checked layer the hot path is three small kernels and one host sync: the mean pool p_l (a
+        batched matmul), [p_l; p_{l-k}] (a concatenation) and its 2x2 Gram matrix per row (a batched
+        matmul), which holds both norms and the dot; the cosine and the decision are then a few numpy
+        operations on B x 4 numbers. Rows, padding, masks and the MPNet position bias change only on
+        layers where rows leave ("compact").
         """
-        lengths = features["attention_mask"].sum(dim=1).numpy()  # on the host: trimming needs no sync
-        mask2d = features["attention_mask"].to(self.device)
-        embed_inputs = {"input_ids": features["input_ids"].to(self.device)}
-        if self._embeddings_take_token_types and "token_type_ids" in features:
-            embed_inputs["token_type_ids"] = features["token_type_ids"].to(self.device)
+        device = self.device
+        lengths = features["lengths"]  # on the host: trimming needs no sync
+        embed_inputs = {"input_ids": features["input_ids"].to(device, non_blocking=True)}
+        if "token_type_ids" in features:
+            embed_inputs["token_type_ids"] = features["token_type_ids"].to(device, non_blocking=True)
         hidden = self.model.embeddings(**embed_inputs)
-        n_rows, seq_len = mask2d.shape
+        n_rows, seq_len = hidden.shape[:2]
         padded = bool(lengths.min() < seq_len)
-        attention = self._attention_mask(hidden, mask2d if padded else None)
+        mask2d = features["attention_mask"].to(device, non_blocking=True) if padded else None
+        # Mean pool as one batched matmul, (B, 1, T) @ (B, T, d): weight 1/length on real tokens, 0 on padding.
+        weights = torch.from_numpy((features["attention_mask"].numpy() / np.maximum(lengths, 1)[:, None])[:, None, :])
+        weights = weights.to(device=device, dtype=hidden.dtype, non_blocking=True)
+        attention = self._attention_mask(hidden, mask2d)
         extras = self._layer_extras(hidden)
+        # Under fp16/bf16 autocast the layers run in half precision, but pools and cosines stay fp32:
+        # a half-precision Gram matrix would move cosines by ~1e-3 and flip exits near theta.
+        exact = (torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type)
+                 else contextlib.nullcontext())
 
-        exit_layer = torch.full((n_rows,), depth, dtype=torch.long, device=self.device)
-        out = torch.zeros(n_rows, hidden.shape[-1], dtype=torch.float32, device=self.device)
+        def pool(states: torch.Tensor) -> torch.Tensor:  # (B, 1, d) float32 mean pools
+            with exact:
+                pooled = torch.bmm(weights, states if states.dtype == weights.dtype else states.to(weights.dtype))
+            return pooled if pooled.dtype == torch.float32 else pooled.float()
+
+        exit_layer = np.full(n_rows, depth, dtype=np.int64)
         checking = kind in ("monitored", "batch", "compact")
+        exiting = kind in ("batch", "compact")
+        out = torch.zeros(n_rows, hidden.shape[-1], dtype=torch.float32, device=device) if exiting else None
+        any_exit = False
+        on_cpu = device.type == "cpu"
         first_check = max(self.l_min, self.k + 1)
-        # Pools are kept only from layer first_check - k on: the oldest one a test compares against.
+        # Pools, as (B, 1, d), kept only from layer first_check - k on: the oldest one a test compares against.
         history: deque[torch.Tensor] = deque(maxlen=self.k)
-        exited = torch.zeros(n_rows, dtype=torch.bool, device=self.device)  # "batch" mode
-        rows = torch.arange(n_rows, device=self.device)  # "compact": batch positions of remaining rows
-        rows_host = np.arange(n_rows)
+        exited = np.zeros(n_rows, dtype=bool)  # "batch" mode
+        rows = np.arange(n_rows)  # "compact": batch positions of the remaining rows
         all_layers = []
 
         for index, layer in enumerate(self.model.encoder.layer[:depth]):
@@ -331,52 +389,57 @@ class EarlyExitEncoder:
             output = layer(hidden, attention, **extras)
             hidden = output[0] if isinstance(output, tuple) else output
             if kind == "all":
-                all_layers.append(mean_pool(hidden.float(), mask2d))
+                all_layers.append(pool(hidden).squeeze(1))
                 continue
             if layer_no == depth:  # exiting at L and running to L give the same p_L: no test there
                 break
             if not checking or layer_no < first_check - self.k:
                 continue
-            pooled = mean_pool(hidden.float(), mask2d)
+            pooled = pool(hidden)
             if layer_no >= first_check:
-                passes = F.cosine_similarity(pooled, history[0], dim=-1) >= self.theta
-                if kind == "monitored":
-                    bool(passes.any())  # the decision's host sync, so the overhead is measured honestly
-                elif kind == "batch":
+                pair = torch.cat([pooled, history[0]], dim=1)  # (B, 2, d)
+                with exact:
+                    gram = torch.bmm(pair, pair.transpose(1, 2)).view(-1, 4)
+                gram = (gram if on_cpu else gram.cpu()).numpy().astype(np.float64)  # the one host sync
+                # cos = <p_l, p_{l-k}> / (|p_l| |p_{l-k}|), clamped like F.cosine_similarity (eps 1e-8).
+                passes = gram[:, 1] / np.sqrt(np.maximum(gram[:, 0] * gram[:, 3], 1e-16)) >= self.theta
+                if kind == "batch":
                     fresh = passes & ~exited
-                    out = torch.where(fresh.unsqueeze(-1), pooled, out)
-                    exit_layer = torch.where(fresh, layer_no, exit_layer)
-                    exited |= passes
-                    if bool(exited.all()):
+                    if fresh.any():
+                        _store(out, pooled.squeeze(1), np.flatnonzero(fresh), np.flatnonzero(fresh))
+                        any_exit = True
+                        exit_layer[fresh] = layer_no
+                        exited |= fresh
+                        if exited.all():
+                            return out, exit_layer
+                elif kind == "compact" and passes.any():
+                    leaving = np.flatnonzero(passes)
+                    _store(out, pooled.squeeze(1), leaving, rows[leaving])
+                    any_exit = True
+                    exit_layer[rows[leaving]] = layer_no
+                    if len(leaving) == len(rows):
                         return out, exit_layer
-                else:  # compact
-                    out[rows] = torch.where(passes.unsqueeze(-1), pooled, out[rows])
-                    exit_layer[rows] = torch.where(passes, layer_no, exit_layer[rows])
-                    passes_host = passes.cpu().numpy()  # the one host sync of this layer
-                    if passes_host.all():
-                        return out, exit_layer
-                    if passes_host.any():
-                        keep_host = np.flatnonzero(~passes_host)
-                        rows_host = rows_host[keep_host]
-                        new_len = int(lengths[rows_host].max())  # right padding: trailing columns go
-                        keep = torch.from_numpy(keep_host).to(self.device)
-                        rows = rows.index_select(0, keep)
-                        hidden = hidden.index_select(0, keep)[:, :new_len]
-                        mask2d = mask2d.index_select(0, keep)[:, :new_len]
-                        pooled = pooled.index_select(0, keep)
-                        history = deque((p.index_select(0, keep) for p in history), maxlen=self.k)
-                        still_padded = bool(lengths[rows_host].min() < new_len)
-                        attention = self._attention_mask(hidden, mask2d if still_padded else None)
-                        extras = self._layer_extras(hidden)
+                    keep_host = np.flatnonzero(~passes)
+                    rows = rows[keep_host]
+                    new_len = int(lengths[rows].max())  # right padding: trailing columns go
+                    keep = torch.from_numpy(keep_host).to(device, non_blocking=True)
+                    if new_len < hidden.shape[1] and self._position_bias is not None:
+                        extras = self._layer_extras(hidden[:, :new_len])
+                    hidden = hidden[:, :new_len].index_select(0, keep)
+                    weights = weights[:, :, :new_len].index_select(0, keep)
+                    pooled = pooled.index_select(0, keep)
+                    history = deque((p.index_select(0, keep) for p in history), maxlen=self.k)
+                    still_padded = bool(lengths[rows].min() < new_len)
+                    mask2d = mask2d[:, :new_len].index_select(0, keep) if still_padded else None
+                    attention = self._attention_mask(hidden, mask2d)
             history.append(pooled)
 
         if kind == "all":
             return torch.stack(all_layers), exit_layer
-        final = mean_pool(hidden.float(), mask2d)
+        final = pool(hidden).squeeze(1)
+        if not any_exit:  # no row left early: the final pools are the output as they stand
+            return final, exit_layer
         if kind == "batch":
-            out = torch.where(exited.unsqueeze(-1), out, final)
-        elif kind == "compact":
-            out[rows] = final
-        else:
-            out = final
-        return out, exit_layer
+            remaining = np.flatnonzero(~exited)
+            return _store(out, final, remaining, remaining), exit_layer
+        return _store(out, final, np.arange(len(rows)), rows), exit_layer

@@ -39,7 +39,8 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
     values = _merge(values, {
         "models": {"teacher": model, "student_init": model, "student_layers": depth},
         "exit": {"l_min": l_min},
-        "objective": {"exit_weight_from": l_min - 1, "late_layers": None},
+        # Layer l_min passes the k=1 test only if layer l_min - 1 is already close: pull from there on.
+        "objective": {"exit_weight_from": l_min - 1, "late_layers": list(range(l_min - 1, depth))},
     })
     values = _merge(values, copy.deepcopy(base.retrofit))
     if RETROFIT_ARM not in values["arms"]:

@@ -320,3 +320,19 @@ def test_real_minilm_full_matches_sentence_transformers():
     assert encoder.max_length == 256 and encoder.num_layers == 6
     got = encoder.encode(sentences, mode="full")
     assert (got * want).sum(-1).min() >= 0.9999
+
+
+@pytest.mark.parametrize("mode", ["full", "batch", "compact"])
+def test_awkward_rows_leave_their_batch_mates_intact(model, tokenizer, mode, monkeypatch):
+    """Empty, blank and over-long texts share a batch with ordinary ones: every row as if encoded alone."""
+    encoder = EarlyExitEncoder(model, tokenizer, l_min=2, device="cpu")
+    encoder.theta = mixed_theta(encoder.layer_embeddings(SENTENCES), 1, 2)
+    awkward = ["", SENTENCES[0], "   \t\n", " ".join(["word"] * 3000), SENTENCES[2], "\u00a0", SENTENCES[5]]
+    ref_mode = "batch" if mode == "compact" else mode
+    singles = [encoder.encode(s, mode=ref_mode, return_exit_layers=True) for s in awkward]
+    monkeypatch.setattr("leap_core.encoder.TOKENIZE_CHUNK", 3)  # tokenized in several chunks, same result
+    got, layers = encoder.encode(awkward, batch_size=len(awkward), mode=mode, return_exit_layers=True)
+    assert np.isfinite(got).all() and got.shape == (len(awkward), 32)
+    assert layers.tolist() == [int(layer) for _, layer in singles]
+    assert (got * np.stack([e for e, _ in singles])).sum(-1).min() >= 0.9999
+    np.testing.assert_allclose(got[[1, 4, 6]], encoder.encode([SENTENCES[i] for i in (0, 2, 5)], mode=mode), atol=1e-5)

@@ -1,0 +1,416 @@
+"""Latency benchmark: every encoder mode and sentence-transformers, side by side in one process.
+
+For each batch size b, batches of b sentences are drawn once (a seeded permutation of the sentence
+list, cut into consecutive chunks) and every mode encodes the same batches. Iterations run round-robin
+over the modes, in an order rotated each iteration, so load drift on a shared machine reaches every
+mode alike; `warmup` untimed iterations come first.
+
+Reported, per mode and batch size: median, p95 and the interquartile range of the time per batch
+(ms, and ms per sentence), and
+    speedup     = median(full) / median(mode)                     (same batch size)
+    paired      = median over iterations i of full_i / mode_i     (drift-robust, beside it)
+    theoretical = L / mean exit layer of the rows this mode returned (1 for full depth)
+    efficiency  = speedup / theoretical
+    overhead_monitored = median(monitored) / median(full) - 1         (headline: the worst batch size)
+    full_vs_sentence_transformers = median(SentenceTransformer.encode) / median(full)   (the worst)
+    layer_reduction = L / mean exit layer over every row "compact" returned
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from leap_core.encoder import EarlyExitEncoder, parse_mode
+
+PEER = "sentence_transformers"
+DEFAULT_MODES = ("full", "monitored", "batch", "compact")
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+# The paper's 50 + 200 on a GPU; a shared 2-core CPU gets fewer, with medians and interleaving for noise.
+DEFAULT_ITERATIONS = {"cuda": (50, 200), "cpu": (10, 60)}
+AGREEMENT_SENTENCES = 32  # rows checked against per-sentence batch-1 encoding, per batch size
+
+
+def draw_batches(sentences: Sequence[str], batch_size: int, n_batches: int, seed: int = 0) -> list[list[str]]:
+    """n_batches batches of batch_size sentences: consecutive chunks of one seeded permutation, wrapping."""
+    if not sentences:
+        raise ValueError("no sentences to benchmark")
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    picks = np.resize(order, batch_size * n_batches)  # np.resize repeats the permutation when it runs out
+    return [[sentences[i] for i in picks[start : start + batch_size]] for start in range(0, len(picks), batch_size)]
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    q = np.percentile(np.asarray(values, dtype=np.float64), [5, 25, 50, 75, 95])
+    return {"p5": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]), "p95": float(q[4]),
+            "iqr": float(q[3] - q[1])}
+
+
+def summarize(
+    seconds: dict[str, dict[int, list[float]]],
+    exit_layers: dict[str, dict[int, list[int]]],
+    n_layers: int,
+) -> dict[str, Any]:
+    """Turn raw timings into the report's table and headline numbers.
+
+    seconds[mode][batch_size]: seconds per batch of each timed iteration (mode "full" is required;
+    "monitored", "batch", "compact" and PEER are used when present); exit_layers[mode][batch_size]:
+    every exit layer the mode returned (absent: full depth). Returns {"table": [...], headline keys}.
+    """
+    table = []
+    medians: dict[tuple[str, int], float] = {}
+    reductions: dict[tuple[str, int], float] = {}
+    for mode, by_size in seconds.items():
+        for batch_size, values in sorted(by_size.items()):
+            stats = {key: value * 1e3 for key, value in _percentiles(values).items()}
+            layers = exit_layers.get(mode, {}).get(batch_size)
+            mean_exit = float(np.mean(layers)) if layers is not None and len(layers) else float(n_layers)
+            medians[mode, batch_size] = stats["median"]
+            reductions[mode, batch_size] = n_layers / mean_exit
+            table.append({
+                "mode": mode,
+                "batch_size": batch_size,
+                "iterations": len(values),
+                "median_ms": stats["median"],
+                "p95_ms": stats["p95"],
+                "q25_ms": stats["q25"],
+                "q75_ms": stats["q75"],
+                "iqr_ms": stats["iqr"],
+                "spread": stats["iqr"] / stats["median"] if stats["median"] > 0 else None,
+                "median_ms_per_sentence": stats["median"] / batch_size,
+                "p95_ms_per_sentence": stats["p95"] / batch_size,
+                "mean_exit_layer": mean_exit,
+                "theoretical_reduction": n_layers / mean_exit,
+            })
+    for row in table:
+        full = medians.get(("full", row["batch_size"]))
+        row["speedup"] = full / row["median_ms"] if full is not None else None
+        # Paired: full's time over this mode's in the same iteration, whose drift both shared.
+        full_times = seconds.get("full", {}).get(row["batch_size"], [])
+        mine = seconds[row["mode"]][row["batch_size"]]
+        row["paired_speedup"] = (float(np.median(np.divide(full_times, mine)))
+                                 if len(full_times) == len(mine) and min(mine, default=0) > 0 else None)
+        row["efficiency"] = row["speedup"] / row["theoretical_reduction"] if row["speedup"] is not None else None
+
+    sizes = sorted({size for _, size in medians})
+
+    def ratio(top: tuple[str, int], bottom: tuple[str, int]) -> float | None:
+        if top not in medians or bottom not in medians:
+            return None
+        return medians[top] / medians[bottom]
+
+    overhead = {size: ratio(("monitored", size), ("full", size)) for size in sizes}
+    overhead = {size: value - 1.0 for size, value in overhead.items() if value is not None}
+    paired = {(row["mode"], row["batch_size"]): row["paired_speedup"] for row in table}
+    overhead_paired = {size: 1.0 / paired["monitored", size] - 1.0 for size in sizes
+                       if paired.get(("monitored", size))}
+    peer = {size: value for size in sizes if (value := ratio((PEER, size), ("full", size))) is not None}
+    exiting = exit_layers.get("compact", exit_layers.get("batch", {}))
+    exits = [layer for size in sizes for layer in exiting.get(size, [])]
+    reduction = n_layers / float(np.mean(exits)) if exits else None
+
+    def speedup(mode: str, size: int) -> float | None:
+        return ratio(("full", size), (mode, size))
+
+    def efficiency(mode: str, size: int) -> float | None:
+        value = speedup(mode, size)
+        return value / reductions[mode, size] if value is not None else None
+
+    bs1_mode = "compact" if ("compact", 1) in medians else "batch"
+    compact32, batch32 = speedup("compact", 32), speedup("batch", 32)
+    return {
+        "layer_reduction": reduction,
+        # Headline overhead and peer ratio: the least favourable batch size; every size is listed beside.
+        "overhead_monitored": max(overhead.values()) if overhead else None,
+        "overhead_monitored_by_batch_size": {str(size): value for size, value in overhead.items()},
+        "overhead_monitored_paired": max(overhead_paired.values()) if overhead_paired else None,
+        "overhead_monitored_paired_by_batch_size": {str(size): value for size, value in overhead_paired.items()},
+        "speedup_bs1": speedup(bs1_mode, 1),
+        "speedup_bs1_vs_theoretical": efficiency(bs1_mode, 1),
+        "speedup_bs32_compact": compact32,
+        "speedup_bs32_compact_vs_theoretical": efficiency("compact", 32),
+        "speedup_bs32_batch": batch32,
+        "speedup_bs32_batch_vs_theoretical": efficiency("batch", 32),
+        "compact_vs_batch_bs32": compact32 / batch32 if compact32 is not None and batch32 is not None else None,
+        "full_vs_sentence_transformers": min(peer.values()) if peer else None,
+        "full_vs_sentence_transformers_by_batch_size": {str(size): value for size, value in peer.items()},
+        "table": table,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, threads and hardware the timings were taken on."""
+    import sentence_transformers
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _load_average() -> list[float] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return None
+
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _timed(call: Callable[[], Any], device: torch.device, clock: str = "wall") -> tuple[float, Any]:
+    """(seconds, result) of one call; CUDA work is bracketed by events and waited for.
+
+    clock "process" counts this process's CPU seconds instead of wall seconds: with one torch thread
+    it is the latency an idle machine would show, and it ignores time the scheduler gives to others.
+    """
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = call()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1e3, result
+    now = CLOCKS[clock]
+    started = now()
+    result = call()
+    return now() - started, result
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
+
+
+@contextlib.contextmanager
+def _no_gc() -> Any:
+    """No garbage-collector pauses inside timed calls (as timeit does); one collection before."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def check_agreement(encoder: EarlyExitEncoder, sentences: Sequence[str], modes: Sequence[str],
+                    batch_sizes: Sequence[int], peer: Callable[[list[str], int], Any] | None = None,
+                    ) -> list[dict[str, Any]]:
+    """Each mode at each batch size against per-sentence batch-1 encoding of the same rule.
+
+    The reference of "compact" is "batch" at batch size 1 (the paper's rule, one row at a time);
+    peer(sentences, batch_size), when given, is compared with our "full" at batch size 1.
+    Returns rows {mode, batch_size, min_cosine, exit_layers_equal (None for the peer)}.
+    """
+    rows = []
+    if peer is not None:
+        want = encoder.encode(list(sentences), batch_size=1, mode="full")
+        for batch_size in batch_sizes:
+            got = np.asarray(peer(list(sentences), batch_size), dtype=np.float32)
+            rows.append({"mode": PEER, "batch_size": batch_size, "min_cosine": float((got * want).sum(-1).min()),
+                         "exit_layers_equal": None})
+    for mode in modes:
+        reference_mode = "batch" if mode == "compact" else mode
+        want, want_layers = encoder.encode(list(sentences), batch_size=1, mode=reference_mode, return_exit_layers=True)
+        for batch_size in batch_sizes:
+            got, layers = encoder.encode(list(sentences), batch_size=batch_size, mode=mode, return_exit_layers=True)
+            rows.append({"mode": mode, "batch_size": batch_size, "min_cosine": float((got * want).sum(-1).min()),
+                         "exit_layers_equal": bool(np.array_equal(layers, want_layers))})
+    return rows
+
+
+def run_benchmark(
+    model_path: str | os.PathLike,
+    sentences: Sequence[str],
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    modes: Sequence[str] = DEFAULT_MODES,
+    warmup: int | None = None,
+    iterations: int | None = None,
+    include_sentence_transformers: bool = True,
+    device: str | None = None,
+    dtype: str = "auto",
+    clock: str = "wall",
+    seed: int = 0,
+    **encoder_overrides: Any,
+) -> dict[str, Any]:
+    """Time every mode (and SentenceTransformer.encode at full depth) on the same batches.
+
+    model_path: a model folder or hub id (its leap_exit.json gives theta, k, l_min; encoder_overrides win).
+    sentences: the pool batches are drawn from (STS-B test). warmup / iterations: None picks
+    DEFAULT_ITERATIONS for the device. dtype: "auto" (fp16 autocast on CUDA as in the paper, fp32
+    on CPU), "fp32", "fp16" or "bf16". clock: "wall" or "process" (CPU seconds of this process: for a
+    CPU shared with other jobs, with torch.set_num_threads(1); ignored on CUDA, timed by events).
+    Returns summarize()'s dict plus settings, agreement and environment.
+    """
+    from leap_core.models import resolve_model
+
+    sentences = list(sentences)
+    for index, item in enumerate(sentences):
+        if not isinstance(item, str):
+            raise TypeError(f"sentences[{index}] is {type(item).__name__}, expected str")
+    if not sentences:
+        raise ValueError("no sentences to benchmark")
+    for size in batch_sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"batch sizes must be integers >= 1, got {size!r}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"dtype must be auto, fp32, fp16 or bf16, got {dtype!r}")
+    folder = resolve_model(str(model_path))
+    encoder = EarlyExitEncoder.from_pretrained(folder, device=device, **encoder_overrides)
+    dev = encoder.device
+    default_warmup, default_iterations = DEFAULT_ITERATIONS["cuda" if dev.type == "cuda" else "cpu"]
+    warmup = default_warmup if warmup is None else warmup
+    iterations = default_iterations if iterations is None else iterations
+    if iterations < 1 or warmup < 0:
+        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations} and {warmup}")
+    if dtype == "auto":
+        dtype = "fp16" if dev.type == "cuda" else "fp32"
+    if clock == "process" and dev.type == "cpu" and torch.get_num_threads() != 1:
+        raise ValueError("clock 'process' sums CPU time over threads: set torch.set_num_threads(1) first")
+    for mode in modes:
+        parse_mode(mode, encoder.num_layers)  # an unknown mode fails before minutes of timing
+
+    calls: dict[str, Callable[[list[str], int], Any]] = {
+        mode: (lambda batch, size, mode=mode: encoder.encode(batch, batch_size=size, mode=mode,
+                                                             return_exit_layers=True))
+        for mode in modes
+    }
+    if include_sentence_transformers:
+        from sentence_transformers import SentenceTransformer
+
+        peer = SentenceTransformer(str(folder), device=str(dev))
+        peer.max_seq_length = encoder.max_length  # same truncation as ours
+        peer.eval()
+        calls[PEER] = lambda batch, size: peer.encode(batch, batch_size=size, normalize_embeddings=True,
+                                                      convert_to_numpy=True, show_progress_bar=False)
+
+    names = list(calls)
+    seconds: dict[str, dict[int, list[float]]] = {name: {} for name in names}
+    exit_layers: dict[str, dict[int, list[int]]] = {mode: {} for mode in modes}
+    load_before = _load_average()
+    started = time.perf_counter()
+    with _autocast(dev, dtype), torch.inference_mode(), _no_gc():
+        probe = draw_batches(sentences, AGREEMENT_SENTENCES, 1, seed)[0]
+        agreement = check_agreement(encoder, probe, modes, batch_sizes, calls.get(PEER))
+        for batch_size in batch_sizes:
+            batches = draw_batches(sentences, batch_size, warmup + iterations, seed)
+            for name in names:
+                seconds[name][batch_size] = []
+            for mode in modes:
+                exit_layers[mode][batch_size] = []
+            for step, batch in enumerate(batches):
+                shift = step % len(names)
+                for name in names[shift:] + names[:shift]:  # rotated: no mode always runs first
+                    elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
+                    if step < warmup:
+                        continue
+                    seconds[name][batch_size].append(elapsed)
+                    if name in exit_layers:
+                        exit_layers[name][batch_size].extend(int(x) for x in result[1])
+
+    result = summarize(seconds, exit_layers, encoder.num_layers)
+    result["settings"] = {
+        "model": str(model_path),
+        "model_path": str(folder),
+        "n_layers": encoder.num_layers,
+        "hidden_size": encoder.dim,
+        "theta": encoder.theta,
+        "k": encoder.k,
+        "l_min": encoder.l_min,
+        "max_length": encoder.max_length,
+        "modes": list(modes),
+        "peer": PEER if include_sentence_transformers else None,
+        "batch_sizes": list(batch_sizes),
+        "warmup": warmup,
+        "iterations": iterations,
+        "dtype": dtype,
+        "timer": "cuda events" if dev.type == "cuda" else {"wall": "time.perf_counter (wall)",
+                                                             "process": "time.process_time (CPU)"}[clock],
+        "n_sentences_pool": len(sentences),
+        "seed": seed,
+        "order": "round-robin over modes each iteration, order rotated per iteration",
+        "wall_seconds": time.perf_counter() - started,
+    }
+    result["agreement"] = agreement
+    result["environment"] = environment(dev) | {"load_average_before": load_before,
+                                                "load_average_after": _load_average()}
+    return result
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The headline numbers, the per-mode table and the setting, as markdown."""
+    settings, env = result["settings"], result["environment"]
+    lines = [
+        "# Early-exit latency benchmark",
+        "",
+        f"Model `{settings['model']}` ({settings['n_layers']} layers, d={settings['hidden_size']}), "
+        f"theta={settings['theta']}, k={settings['k']}, l_min={settings['l_min']}; "
+        f"{settings['warmup']} warm-up + {settings['iterations']} timed iterations per batch size, "
+        f"{settings['dtype']}, timer: {settings['timer']}; {settings['order']}.",
+        f"Device {env['device']} ({env.get('gpu') or env['cpu_model']}), torch {env['torch']}, "
+        f"{env['torch_threads']} thread(s), load average {env.get('load_average_before')} -> "
+        f"{env.get('load_average_after')}.",
+        "",
+        "| headline | value |",
+        "|---|---|",
+    ]
+    for key in ("layer_reduction", "overhead_monitored", "overhead_monitored_paired", "speedup_bs1", "speedup_bs1_vs_theoretical",
+                "speedup_bs32_compact", "speedup_bs32_compact_vs_theoretical", "speedup_bs32_batch",
+                "compact_vs_batch_bs32", "full_vs_sentence_transformers"):
+        spec = "+.1%" if key.startswith("overhead") else ".3f"
+        lines.append(f"| {key} | {_fmt(result.get(key), spec)} |")
+    lines += [
+        "",
+        "| mode | batch | median ms | p95 ms | IQR ms | ms/sentence | speedup | paired speedup | theoretical "
+        "| speedup/theor. |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(result["table"], key=lambda r: (r["batch_size"], r["mode"] == PEER)):
+        lines.append(
+            f"| {row['mode']} | {row['batch_size']} | {_fmt(row['median_ms'])} | {_fmt(row['p95_ms'])} | "
+            f"{_fmt(row['iqr_ms'])} | {_fmt(row['median_ms_per_sentence'], '.3f')} | {_fmt(row['speedup'], '.3f')} | "
+            f"{_fmt(row.get('paired_speedup'), '.3f')} | "
+            f"{_fmt(row['theoretical_reduction'], '.3f')} | {_fmt(row['efficiency'], '.3f')} |"
+        )
+    agreement = result.get("agreement") or []
+    if agreement:
+        worst = min(row["min_cosine"] for row in agreement)
+        same = all(row["exit_layers_equal"] is not False for row in agreement)
+        lines += ["", f"Agreement with per-sentence batch-1 encoding (the peer: with our full): min cosine "
+                      f"{worst:.6f}, exit layers {'identical' if same else 'DIFFER'} for every mode and batch size."]
+    return "\n".join(lines) + "\n"

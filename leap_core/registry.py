@@ -1,0 +1,263 @@
+"""The model registry: the early-exit encoder as an MLflow pyfunc model, the deployment gate, promotion by alias.
+
+A registered version carries the metrics the gate needs as a tag (`leap.gate_metrics`, JSON), so a
+promotion reads only the registry. Promotion gives the alias `champion` to a version that passes the
+deployment checklist (the paper's: exit rate > 0.5, similarity to final >= 0.94 at the target exit
+layer, NN@10 >= 0.80 when measured) and is not worse on STS-B (exited) than the current champion
+beyond a tolerance; any other version gets `challenger`. Thresholds come from the profile's
+`registry:` section (leap_core.config.RegistryConfig).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow.pyfunc
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+GATE_METRICS_TAG = "leap.gate_metrics"
+DECISION_TAG, REASONS_TAG = "leap.decision", "leap.decision_reasons"
+# Metric keys the gate reads from an evaluation dict. NN@10: a per-layer list (index l-1 = layer l)
+# is read at the target layer; a scalar applies as is.
+GATE_KEYS = ("stsb_exited", "stsb_exited_ci", "exit_rate", "mean_exit_layer", "similarity_to_final",
+             "nn10_per_layer", "nn10")
+TEXT_COLUMN = "text"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml")
+
+
+# ---------------------------------------------------------------- the gate (pure)
+
+@dataclass(frozen=True)
+class Decision:
+    alias: str  # CHAMPION or CHALLENGER
+    reasons: list[str] = field(default_factory=list)  # why not champion; empty for a champion
+
+
+def target_layer(metrics: Mapping[str, Any]) -> int:
+    """The layer the model is deployed to exit at: round(mean_exit_layer), within 1..n_layers."""
+    n_layers = len(metrics["similarity_to_final"])
+    return min(max(int(round(float(metrics["mean_exit_layer"]))), 1), n_layers)
+
+
+def ci_half_width(metrics: Mapping[str, Any]) -> float | None:
+    """Half the width of `stsb_exited_ci` ([low, high] or leap_core.stats' {"low", "high", ...}); None if unknown."""
+    interval = metrics.get("stsb_exited_ci")
+    if isinstance(interval, Mapping):
+        interval = (interval.get("low"), interval.get("high"))
+    if interval is None or any(v is None for v in interval):
+        return None
+    low, high = (float(v) for v in interval)
+    return abs(high - low) / 2 if math.isfinite(low) and math.isfinite(high) else None
+
+
+def gate_failures(metrics: Mapping[str, Any], gate: Any) -> list[str]:
+    """Why `metrics` fail the deployment checklist (empty list: they pass).
+
+    exit_rate > gate.min_exit_rate; similarity_to_final[t-1] >= gate.min_similarity_at_exit and, when
+    present, NN@10 at t >= gate.min_nn10, with t = target_layer(metrics). A missing or NaN value fails.
+    """
+    missing = [key for key in ("exit_rate", "mean_exit_layer", "similarity_to_final") if metrics.get(key) is None]
+    if missing:
+        return [f"missing metric(s) {missing}"]
+    failures = []
+    exit_rate = float(metrics["exit_rate"])
+    if not exit_rate > gate.min_exit_rate:  # written so that NaN fails
+        failures.append(f"exit_rate {exit_rate:.3f} is not above {gate.min_exit_rate}")
+    layer = target_layer(metrics)
+    similarity = float(metrics["similarity_to_final"][layer - 1])
+    if not similarity >= gate.min_similarity_at_exit:
+        failures.append(f"similarity to final at layer {layer} is {similarity:.3f} < {gate.min_similarity_at_exit}")
+    nn10 = metrics.get("nn10_per_layer")
+    nn10 = nn10[layer - 1] if isinstance(nn10, (list, tuple)) else metrics.get("nn10")
+    if nn10 is not None and not float(nn10) >= gate.min_nn10:
+        failures.append(f"NN@10 at layer {layer} is {float(nn10):.3f} < {gate.min_nn10}")
+    return failures
+
+
+def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, gate: Any) -> Decision:
+    """champion if `candidate` passes the gate and its stsb_exited >= the champion's - tolerance, else challenger.
+
+    tolerance = the candidate's CI half-width when known, else gate.stsb_tolerance; no champion: no comparison.
+    """
+    reasons = gate_failures(candidate, gate)
+    score = float(candidate.get("stsb_exited", math.nan))
+    if not math.isfinite(score):
+        reasons.append("stsb_exited is missing or not a number")
+    elif champion is not None:
+        best = float(champion["stsb_exited"])
+        half = ci_half_width(candidate)
+        tolerance = gate.stsb_tolerance if half is None else half
+        if score < best - tolerance:
+            reasons.append(f"stsb_exited {score:.4f} is below the champion's {best:.4f} by more than {tolerance:.4f}")
+    return Decision(CHALLENGER if reasons else CHAMPION, reasons)
+
+
+# ---------------------------------------------------------------- the pyfunc model
+
+def texts_from(model_input: Any) -> list[str]:
+    """The sentences of a pyfunc input: a DataFrame's `text` column (or its only column), a Series, a list or a str."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN in model_input.columns:
+            return model_input[TEXT_COLUMN].tolist()
+        if model_input.shape[1] == 1:
+            return model_input.iloc[:, 0].tolist()
+        raise ValueError(f"input has columns {list(model_input.columns)}; expected one column {TEXT_COLUMN!r}")
+    if isinstance(model_input, pd.Series):
+        return model_input.tolist()
+    if isinstance(model_input, str):
+        return [model_input]
+    return list(model_input)
+
+
+class EarlyExitModel(mlflow.pyfunc.PythonModel):
+    """Serves leap_core.encoder.EarlyExitEncoder (mode "compact") from the model's `encoder` artifact folder.
+
+    Input: a column of strings (a list, a Series, a `text` column). Output: a DataFrame with
+    `embedding` (normalised, one list of floats per row) and `exit_layer` (1-indexed). theta, k, l_min
+    come from the folder's leap_exit.json.
+    """
+
+    def load_context(self, context) -> None:
+        from leap_core.encoder import EarlyExitEncoder
+
+        self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        embeddings, layers = self.encoder.encode(texts_from(model_input), mode="compact", return_exit_layers=True)
+        return pd.DataFrame({"embedding": [row.tolist() for row in embeddings], "exit_layer": layers})
+
+
+def signature():
+    """Input: one column of strings; output: `embedding` (array of float) and `exit_layer` (long).
+
+    The input column is unnamed so a list of strings, a Series, a str and a one-column DataFrame
+    (e.g. `text`) all pass MLflow's schema check.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]),
+                          outputs=Schema([ColSpec(Array("float"), "embedding"), ColSpec("long", "exit_layer")]))
+
+
+def pip_requirements() -> list[str]:
+    """What serving needs, pinned to the versions this model was made with (local tags like +cpu dropped)."""
+    pins = []
+    for dist in SERVING_DISTS:
+        try:
+            pins.append(f"{dist}=={dist_version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def gate_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation dict that promotion reads, as stored on a model version."""
+    return {key: metrics[key] for key in GATE_KEYS if metrics.get(key) is not None}
+
+
+def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, model_name: str,
+             uri: str | None = None) -> str:
+    """Log `model_dir` as a pyfunc model in run `run_id`, register it as a version of `model_name`; returns the version.
+
+    The leap_core package travels with the model (code_paths), so serving needs only the pinned
+    pip requirements; the version is tagged with gate_metrics(metrics). Re-running it for the same
+    run (a resumed flow) returns the version already registered from that run.
+    """
+    from leap_core import tracking
+
+    uri = uri or tracking.tracking_uri()
+    existing = tracking.client(uri).search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+        log.info("%s version %s is already registered from run %s: reusing it", model_name, version, run_id)
+        return version
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=EarlyExitModel(), artifacts={"encoder": str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)], signature=signature(), pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+        )
+    version = str(info.registered_model_version)
+    tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))
+    log.info("registered %s version %s from %s (run %s)", model_name, version, model_dir, run_id)
+    return version
+
+
+# ---------------------------------------------------------------- promotion
+
+def lock_path(uri: str, model_name: str) -> Path:
+    """A host-wide lock file per (tracking store, model name)."""
+    key = hashlib.sha256(f"{uri}\0{model_name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "leap-registry" / f"{key}.lock"
+
+
+def _aliases(mlflow_client, model_name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in mlflow_client.get_registered_model(model_name).aliases.items()}
+
+
+def _stored_metrics(mlflow_client, model_name: str, version: str) -> dict[str, Any]:
+    tags = mlflow_client.get_model_version(model_name, version).tags
+    if GATE_METRICS_TAG not in tags:
+        raise ValueError(f"model {model_name} version {version} has no {GATE_METRICS_TAG} tag: register it with "
+                         "leap_core.registry.register")
+    return json.loads(tags[GATE_METRICS_TAG])
+
+
+def promote(model_name: str, version: str | int, gate: Any, uri: str | None = None, mlflow_client: Any = None,
+            lock: str | Path | None = None, attempts: int = 3) -> dict[str, Any]:
+    """Give version `version` the alias `champion` or `challenger` (see decide); returns what was decided.
+
+    Idempotent: a version that already holds the alias it earns changes nothing. Safe when runs
+    promote at once: the read-compare-set runs under a file lock (one host), and after setting the
+    alias it is read back; if another writer moved it meanwhile, the decision is made again against
+    the new champion. Returns {"version", "alias", "changed", "reasons", "previous_champion"}.
+    """
+    from filelock import FileLock
+
+    from leap_core import tracking
+
+    uri = uri or tracking.tracking_uri()
+    mlflow_client = mlflow_client or tracking.client(uri)
+    version = str(version)
+    candidate = _stored_metrics(mlflow_client, model_name, version)
+    path = Path(lock) if lock else lock_path(uri, model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=600):
+        for _ in range(attempts):
+            aliases = _aliases(mlflow_client, model_name)
+            current = aliases.get(CHAMPION)
+            if current == version:
+                return {"version": version, "alias": CHAMPION, "changed": False, "reasons": [],
+                        "previous_champion": current}
+            champion = _stored_metrics(mlflow_client, model_name, current) if current else None
+            decision = decide(candidate, champion, gate)
+            changed = aliases.get(decision.alias) != version
+            if changed:
+                mlflow_client.set_registered_model_alias(model_name, decision.alias, version)
+            if decision.alias == CHAMPION and aliases.get(CHALLENGER) == version:
+                mlflow_client.delete_registered_model_alias(model_name, CHALLENGER)  # one version, one role
+            if _aliases(mlflow_client, model_name).get(CHAMPION) != (version if decision.alias == CHAMPION else current):
+                log.warning("the champion of %s moved while version %s was promoted: deciding again", model_name, version)
+                continue
+            mlflow_client.set_model_version_tag(model_name, version, DECISION_TAG, decision.alias)
+            mlflow_client.set_model_version_tag(model_name, version, REASONS_TAG, "; ".join(decision.reasons)[:5000])
+            log.info("%s version %s -> %s%s", model_name, version, decision.alias,
+                     f" ({'; '.join(decision.reasons)})" if decision.reasons else "")
+            return {"version": version, "alias": decision.alias, "changed": changed, "reasons": decision.reasons,
+                    "previous_champion": current}
+    raise RuntimeError(f"could not promote {model_name} version {version}: its champion kept moving ({attempts} tries)")

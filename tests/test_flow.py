@@ -1,0 +1,320 @@
+"""The Metaflow DAG end to end on the smoke profile, against a real MLflow server; resume after a kill.
+
+The flow runs in subprocesses exactly as a user runs it (`python flows/leap_flow.py run ...`) with a
+temporary Metaflow datastore, card root, output and report folders. The smoke profile is used as
+is, except that STS-B test is cut to its first 120 pairs so evaluation takes a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW = REPO / "flows" / "leap_flow.py"
+SERVER = REPO / "infra" / "mlflow_server.sh"
+MODEL_NAME = "leap-student-smoke"
+KILL_ENV = "LEAP_TEST_KILL_TRAINING"
+STS_PAIRS = 120
+
+
+def load_flow_module():
+    spec = importlib.util.spec_from_file_location("leap_flow", FLOW)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- helpers of the flow, in process
+
+
+def test_arm_plan_of_each_profile():
+    from leap_core.config import load_profile
+
+    plan = load_flow_module().plan_arms
+    assert [(p["arm"], p["seed"], p["group"]) for p in plan(load_profile("smoke"))] == [
+        ("baseline", 0, "main"), ("leap", 0, "main"), ("final_only", 0, "ablation"), ("beta_0.2", 0, "sweep")]
+    paper = plan(load_profile("paper"))
+    assert len(paper) == 2 * 3 + 4 + 5  # {baseline, leap} x 3 seeds + 4 ablation + 5 sweep arms, once each
+    assert {p["seed"] for p in paper if p["group"] != "main"} == {0}
+    assert [p["arm"] for p in paper if p["group"] == "sweep"] == ["beta_0.1", "beta_0.2", "beta_0.4", "beta_0.6",
+                                                                  "beta_0.8"]
+
+
+def test_file_references_notice_changed_content(tmp_path):
+    flow = load_flow_module()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_bytes(b"abc")
+    ref = flow.file_ref(tmp_path / "model")
+    assert ref["uri"].startswith("file://") and flow.local_path(ref) == (tmp_path / "model").resolve()
+    (tmp_path / "model" / "weights.bin").write_bytes(b"abd")
+    with pytest.raises(ValueError, match="changed since it was written"):
+        flow.local_path(ref)
+    with pytest.raises(ValueError, match="only file:// URIs"):
+        flow.local_path({"uri": "s3://bucket/x", "sha256": ref["sha256"]})
+
+
+def test_a_failed_arm_is_named_and_the_others_are_kept(tmp_path):
+    from types import SimpleNamespace
+
+    from metaflow.exception import MetaflowExceptionWrapper
+
+    flow = load_flow_module()
+
+    def task(arm, seed, stsb=None, train_failure=None, eval_failure=None):
+        metrics = None if stsb is None else {"stsb_exited": stsb, "stsb_full": 0.8, "mean_exit_layer": 2.5,
+                                             "layer_reduction": 1.6, "exit_rate": 0.9}
+        return SimpleNamespace(spec={"arm": arm, "seed": seed, "group": "main"}, metrics=metrics,
+                               train_failure=train_failure, eval_failure=eval_failure, arm_run_id=f"run-{arm}-{seed}",
+                               model={"uri": f"file:///m/{arm}{seed}", "sha256": "0"}, train_seconds=1.0)
+
+    try:
+        raise ValueError("late_layers [99] beyond the student's 4 layers")
+    except ValueError as err:
+        boom = MetaflowExceptionWrapper(err)
+    results = [flow.arm_result(t) for t in (
+        task("leap", 0, stsb=0.70), task("leap", 1, stsb=0.72), task("final_only", 0, train_failure=boom),
+        task("leap", 2, eval_failure=MetaflowExceptionWrapper(RuntimeError("out of memory"))))]
+    assert [(r["status"], r["failed_step"]) for r in results] == [
+        ("ok", None), ("ok", None), ("failed", "train"), ("failed", "evaluate")]
+    assert results[2]["error"] == "builtins.ValueError: late_layers [99] beyond the student's 4 layers"
+    assert flow.best_result(results)["seed"] == 1  # the best successful leap seed; failed ones never win
+    assert [row["seed"] for row in flow.latency_from_evaluation(results)["rows"]] == [0, 1]
+
+    summary, markdown = flow.write_summary(tmp_path, "smoke", "LeapFlow/7", results,
+                                           flow.latency_from_evaluation(results))
+    assert [(f["arm"], f["failed_step"]) for f in summary["failed"]] == [("final_only", "train"), ("leap", "evaluate")]
+    assert "- `final_only` seed 0: failed in `train`: builtins.ValueError: late_layers [99]" in markdown
+    assert "| final_only | 0 | main | failed (train) |" in markdown
+    assert "| leap | 1 | main | 0.8000 | 0.7200 | 0.9000 | - | 2.5000 | 1.6000 |" in markdown
+    assert json.loads((tmp_path / "summary.json").read_text())["failed"][1]["error"].endswith("out of memory")
+
+
+# ---------------------------------------------------------------- subprocess plumbing
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)  # its own session: the server and its workers
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def smoke_profile(folder: Path, data_dir: Path, arms: dict | None = None) -> Path:
+    """params/smoke.yaml with an absolute data dir and a 120-pair STS-B test file (named smoke.yaml: same profile name)."""
+    values = yaml.safe_load((REPO / "params" / "smoke.yaml").read_text())
+    lines = (data_dir / "stsb" / "test.tsv").read_text(encoding="utf-8").splitlines()[:STS_PAIRS + 1]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sts_test_small.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    values["data"].update(data_dir=str(data_dir), sts_eval=str(folder / "sts_test_small.tsv"))
+    if arms is not None:
+        values.update(arms=arms, ablation_arms=[], sweep_arms=[])
+    path = folder / "smoke.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def flow_env(root: Path, tracking_uri: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("METAFLOW_", "LEAP_"))}
+    env.update(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root / "metaflow"), METAFLOW_CARD_LOCALROOT=str(root / "cards"),
+               MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_DISABLE_TELEMETRY="true", HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run_flow(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    # A session of its own, as a terminal gives a command: the kill hook takes down this group only.
+    return subprocess.run([sys.executable, str(FLOW), "--no-pylint", *args], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=timeout, start_new_session=True)
+
+
+def flow_args(root: Path, profile: Path) -> list[str]:
+    return ["run", "--profile", str(profile), "--output-dir", str(root / "runs"), "--reports-dir",
+            str(root / "reports"), "--max-workers", "4"]
+
+
+# ---------------------------------------------------------------- end to end against an MLflow server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """infra/mlflow_server.sh on a free localhost port, its state in a temporary folder."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = home / "server.log"
+    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_HOME": str(home)}
+    env.pop("MLFLOW_HOST", None)
+    with open(log, "w") as out:
+        process = subprocess.Popen(["bash", str(SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, 120, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mlflow_server, data_dir):
+    """The smoke DAG killed in training (SIGKILL to the whole run, as a lost machine), then `resume`d to the end.
+
+    One scenario serves both must-haves: the run must finish end to end after resume, with one parent
+    MLflow run, one nested run per arm, reports, a registered champion; and it must not redo the teacher pass.
+    """
+    root = tmp_path_factory.mktemp("flow")
+    profile = smoke_profile(root / "profile", data_dir)
+    env = flow_env(root, mlflow_server)
+    started = time.monotonic()
+    killed = run_flow(flow_args(root, profile), {**env, KILL_ENV: "leap:3"})
+    (root / "killed.log").write_text(killed.stdout + killed.stderr)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-6000:]
+    arm_dir = root / "runs" / "smoke" / "leap-seed0"
+    checkpoint_left = (arm_dir / "checkpoint.pt").is_file() and not (arm_dir / "train_result.json").exists()
+    resumed = run_flow(["resume"], env)
+    (root / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
+    print(f"smoke flow, killed and resumed: {time.monotonic() - started:.0f} s")
+    return {"root": root, "uri": mlflow_server, "killed_log": killed.stdout + killed.stderr,
+            "resumed_log": resumed.stdout + resumed.stderr, "checkpoint_left": checkpoint_left}
+
+
+def test_a_run_killed_in_training_resumes_without_a_teacher_pass(smoke_run):
+    assert "teacher cache miss" in smoke_run["killed_log"]  # the first run built the cache ...
+    assert smoke_run["checkpoint_left"]  # ... and died in the middle of training the leap arm
+    log = smoke_run["resumed_log"]
+    assert "teacher cache miss" not in log and "no teacher forward pass" in log
+    assert "leap-seed0 at step 2 of 6" in log  # the trainer went on from its checkpoint (saved every 2 steps)
+    arm_dir = smoke_run["root"] / "runs" / "smoke" / "leap-seed0"
+    assert json.loads((arm_dir / "train_result.json").read_text())["steps"] == 6
+
+
+def test_flow_reports_every_arm(smoke_run):
+    root = smoke_run["root"]
+    summary = json.loads((root / "reports" / "smoke" / "summary.json").read_text())
+    arms = {(a["arm"], a["group"]): a for a in summary["arms"]}
+    assert set(arms) == {("baseline", "main"), ("leap", "main"), ("final_only", "ablation"), ("beta_0.2", "sweep")}
+    assert all(a["status"] == "ok" and a["metrics"]["n_pairs"] == STS_PAIRS for a in arms.values())
+    assert summary["failed"] == [] and summary["flow_run"].startswith("LeapFlow/")
+    leap_model = Path(arms[("leap", "main")]["model"]["uri"].removeprefix("file://"))
+    assert leap_model == root / "runs" / "smoke" / "leap-seed0" / "model"
+    markdown = (root / "reports" / "smoke" / "summary.md").read_text()
+    assert "| beta_0.2 | 0 | sweep |" in markdown and "## Failed arms\n\nnone" in markdown
+    cards = list(root.rglob("cards/*.html"))  # in the datastore: Metaflow keeps cards with the run
+    assert len(cards) == 1 and "/report/" in str(cards[0])
+
+
+def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
+    from leap_core import tracking
+
+    mlflow_client = tracking.client(smoke_run["uri"])
+    experiment = mlflow_client.get_experiment_by_name("leap-smoke")
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("leap.kind") == "flow"]
+    assert len(parents) == 1
+    parent = parents[0]
+    # The run that finished is the resumed one; the killed run it came from is its origin.
+    flow_run = parent.data.tags["metaflow.pathspec"]
+    summary = json.loads((smoke_run["root"] / "reports" / "smoke" / "summary.json").read_text())
+    assert flow_run == summary["flow_run"] and parent.data.tags["metaflow.origin_run_id"] not in flow_run
+    assert parent.info.status == "FINISHED" and parent.data.params["data.n_sentences"] == "96"
+    assert parent.data.tags["leap.failed_arms"] == "none"
+    children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
+    # One nested run per arm: the resumed tasks reopened the runs the killed ones had started.
+    assert sorted(r.data.tags["leap.arm"] for r in children) == ["baseline", "beta_0.2", "final_only", "leap"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "/train/" in child.data.tags["metaflow.pathspec"]
+        assert child.data.tags["metaflow.evaluate_pathspec"].startswith(f"{flow_run}/evaluate/")
+        assert {"stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer"} <= set(child.data.metrics)
+    leap = next(c for c in children if c.data.tags["leap.arm"] == "leap")
+    assert leap.data.tags["metaflow.pathspec"].startswith(f"{flow_run}/train/")
+    steps = [m.step for m in mlflow_client.get_metric_history(leap.info.run_id, "train/total")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step once, though training was killed at step 3
+    similarity = mlflow_client.get_metric_history(leap.info.run_id, "similarity_to_final")
+    assert sorted(m.step for m in similarity) == [1, 2, 3, 4]  # by layer
+    assert "train/exit_teacher" in leap.data.metrics and leap.data.params["objective.beta"] == "0.4"
+    reports = {f.path for f in mlflow_client.list_artifacts(parent.info.run_id, "reports")}
+    assert reports == {"reports/summary.json", "reports/summary.md"}
+
+
+def test_champion_loads_from_the_registry_and_embeds_with_early_exit(smoke_run):
+    """In a fresh process, as a consumer would: models:/<name>@champion equals the encoder on the model folder."""
+    model_dir = smoke_run["root"] / "runs" / "smoke" / "leap-seed0" / "model"
+    script = f"""
+import json, numpy as np, mlflow.pyfunc
+from leap_core.encoder import EarlyExitEncoder
+texts = ["A man is playing a guitar.", "Rain.", "Two children are playing in the snow near a small house."]
+out = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@champion").predict(texts)
+expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, mode="compact",
+                                                                                return_exit_layers=True)
+got = np.array(out["embedding"].tolist())
+print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expected).max()),
+                  "exit_layers": out["exit_layer"].tolist(), "expected_layers": layers.tolist()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], env=flow_env(smoke_run["root"], smoke_run["uri"]),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [3, 32] and result["max_diff"] < 1e-5
+    assert result["exit_layers"] == result["expected_layers"]
+    assert all(2 <= layer <= 4 for layer in result["exit_layers"])  # l_min 2 .. 4 layers
+    from leap_core import tracking
+
+    champion = tracking.client(smoke_run["uri"]).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.tags["leap.decision"] == "champion"
+
+
+def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
+    port = free_port()
+    log = smoke_run["root"] / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            env=flow_env(smoke_run["root"], smoke_run["uri"]), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", process, 180, log)
+        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [["A cat sleeps."], ["Rain."]]}})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        stop(process)
+    assert len(predictions) == 2
+    assert all(len(p["embedding"]) == 32 and 2 <= p["exit_layer"] <= 4 for p in predictions)
