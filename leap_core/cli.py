@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -84,13 +85,14 @@ def cmd_foundation(args: argparse.Namespace) -> None:
     sentences = experiment.extract(profile)
     cache = experiment.cache_teacher(profile, sentences)
     results, seconds = {}, {}
-    for arm in ("baseline", "leap"):
+    arms = {"baseline": args.baseline_arm, "leap": args.leap_arm}
+    for role, arm in arms.items():
         trained = experiment.train_arm(profile, arm, seed, cache)
-        seconds[arm] = round(trained.train_seconds, 1)
+        seconds[role] = round(trained.train_seconds, 1)
         started = time.perf_counter()
-        results[arm] = experiment.evaluate_model(profile, trained.model_dir)
-        log.info("%s: evaluated in %.0f s: %s", arm, time.perf_counter() - started,
-                 {k: v for k, v in results[arm].items() if isinstance(v, float)})
+        results[role] = experiment.evaluate_trained(profile, trained.model_dir)
+        log.info("%s (%s): evaluated in %.0f s: %s", role, arm, time.perf_counter() - started,
+                 {k: v for k, v in results[role].items() if isinstance(v, float)})
     keys = {"baseline": ["stsb_full", "stsb_exited", "exit_rate", "exit_by_layer_7", "mean_exit_layer", "layer_reduction"]}
     keys["leap"] = keys["baseline"]
     report = {
@@ -101,6 +103,8 @@ def cmd_foundation(args: argparse.Namespace) -> None:
         "n_train_sentences": profile.data.n_sentences,
         "teacher": profile.models.teacher,
         "teacher_cache": str(cache),
+        "arms": {role: {"arm": arm, "objective": dataclasses.asdict(profile.objective_for(arm))} for role, arm in arms.items()},
+        "training": dataclasses.asdict(profile.training),
         **{arm: {key: results[arm][key] for key in keys[arm]} for arm in results},
         "train_seconds_per_arm": seconds,
         "details": results,
@@ -238,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("eval", cmd_eval, "STS and exit statistics of a model")
     evaluate.add_argument("model")
     evaluate.add_argument("--out")
-    add("foundation", cmd_foundation, "baseline and LEAP from one cache -> reports/foundation.json").add_argument(
-        "--out", default="reports/foundation.json")
+    foundation = add("foundation", cmd_foundation, "baseline and LEAP from one cache -> reports/foundation.json")
+    foundation.add_argument("--out", default="reports/foundation.json")
+    foundation.add_argument("--baseline-arm", default="baseline")
+    foundation.add_argument("--leap-arm", default="leap")
     suite = add("eval-suite", cmd_eval_suite, "every analysis (STS, layers, NN@10, sweep, BEIR, diagnostics) "
                 "for several models, with bootstrap CIs")
     suite.add_argument("--model", action="append", metavar="NAME=PATH", help="a model to evaluate (repeatable)")

@@ -170,7 +170,10 @@ class EarlyExitEncoder:
         """
         path = Path(path)
         pooling = path / "1_Pooling" / "config.json"
-        if pooling.is_file() and not json.loads(pooling.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
+        pooling_config = json.loads(pooling.read_text(encoding="utf-8")) if pooling.is_file() else {}
+        # sentence-transformers < 6 wrote pooling_mode_mean_tokens; 6 writes pooling_mode: "mean".
+        is_mean = pooling_config.get("pooling_mode_mean_tokens") or pooling_config.get("pooling_mode") == "mean"
+        if pooling.is_file() and not is_mean:
             logger.warning("%s: the folder's own pooling is not mean pooling; this encoder always mean-pools", pooling)
         settings: dict[str, Any] = dict(read_exit_settings(path))
         max_seq_length = _read_max_seq_length(path)

@@ -105,6 +105,27 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     return trainer.train()
 
 
+def evaluate_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
+    """evaluate_model, remembered beside the model: reused while model, exit settings and STS file are unchanged."""
+    import json
+
+    from leap_core.io import sha256_file, write_json_atomic
+    from leap_core.models import model_fingerprint
+
+    model_dir = Path(model_dir)
+    sts_file = data_path(profile, profile.data.sts_eval)
+    key = sha256_strings([model_fingerprint(model_dir), str(profile.exit), sha256_file(sts_file)])
+    saved = model_dir.parent / f"eval-{sts_file.stem}.json"
+    if saved.is_file():
+        found = json.loads(saved.read_text())
+        if found.get("key") == key:
+            log.info("reusing the evaluation in %s", saved)
+            return found["metrics"]
+    metrics = evaluate_model(profile, model_dir, batch_size)
+    write_json_atomic(saved, {"key": key, "metrics": metrics})
+    return metrics
+
+
 def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
     """STS (full depth and exited), exit statistics and per-layer similarity on the profile's STS set."""
     from leap_core.data import read_sts
