@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import AutoConfig
-
 from leap_core.config import Profile
 from leap_core.io import sha256_strings
 
@@ -47,6 +45,8 @@ def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
 
 def teacher_layer_map(profile: Profile) -> list[int]:
     """The teacher layer (1-indexed) each student layer is compared with; the last is the teacher's final."""
+    from transformers import AutoConfig
+
     from leap_core.losses import uniform_layer_map
     from leap_core.models import resolve_model
 
