@@ -166,7 +166,7 @@ class LeapTrainer:
             if done.get("fingerprint") != self.fingerprint:
                 raise RuntimeError(f"{self.output_dir} holds a run with another configuration; use another output dir")
             log.info("%s is already trained: reusing it", self.output_dir)
-            return TrainResult(Path(done["model_dir"]), done["train_seconds"], done["steps"], done["final_losses"])
+            return TrainResult(self.output_dir / "model", done["train_seconds"], done["steps"], done["final_losses"])
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         self.output_dir.mkdir(parents=True, exist_ok=True)
