@@ -87,3 +87,10 @@ def test_checkpoint_of_another_configuration_is_refused(smoke, tmp_path):
         experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "x", on_step=kill)
     with pytest.raises(RuntimeError, match="another configuration"):
         experiment.train_arm(profile, "baseline", 0, cache, out_dir=tmp_path / "x")
+
+
+def test_finished_run_of_another_configuration_is_refused(smoke, tmp_path):
+    profile, cache = smoke
+    experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "done")
+    with pytest.raises(RuntimeError, match="another configuration"):
+        experiment.train_arm(profile, "baseline", 0, cache, out_dir=tmp_path / "done")
