@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from leap_core.config import RegistryConfig
 from leap_core.evaluation.layers import (contraction_ratios, exit_statistics, inter_layer_stability,
                                          similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
@@ -34,9 +35,10 @@ THETA = 0.95
 FLAT_SIMILARITY = 0.7
 MAX_OVERHEAD = 0.15
 LOW_EXIT_RATE = 0.10
-MIN_SIMILARITY_AT_EXIT = 0.94
-MIN_NN10 = 0.80
-MIN_EXIT_RATE = 0.5
+# The deployment checklist is the registry's gate: one set of thresholds, kept in RegistryConfig.
+MIN_SIMILARITY_AT_EXIT = RegistryConfig.min_similarity_at_exit
+MIN_NN10 = RegistryConfig.min_nn10
+MIN_EXIT_RATE = RegistryConfig.min_exit_rate
 
 
 def default_l_min(n_layers: int) -> int:
