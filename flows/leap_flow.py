@@ -4,10 +4,11 @@
     python flows/leap_flow.py run --profile smoke      # tiny random models, a minute or two (CI)
     python flows/leap_flow.py resume                   # after a failure: finished steps are reused
 
-start -> extract -> cache_teacher -> train (foreach arm x seed) -> evaluate -> join -> latency -> report
--> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays. The
-train and evaluate steps ask for a GPU (`--with kubernetes` puts them on GPU nodes; locally they run
-on whatever device there is); one failed arm is caught and named in the report, the others go on.
+start -> extract -> cache_teacher -> train (foreach arm x seed) -> evaluate -> join -> retrieval -> latency
+-> report -> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays.
+The model steps ask for a GPU (`--with kubernetes` puts them on GPU nodes; locally they run on
+whatever device there is); one failed arm (or BEIR / latency step) is caught and named in the report,
+the others go on.
 MLflow: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db.
 """
 
@@ -19,61 +20,29 @@ if not any(os.environ.get(name) not in (None, "", "root") for name in ("METAFLOW
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Parallel tasks on this machine: the cores, at most 4 (each task then uses cores // workers torch threads,
+# see leap_core.pipeline.task_threads). `run --max-workers N` or the environment variable overrides it.
+os.environ.setdefault("METAFLOW_RUN_MAX_WORKERS", str(min(os.cpu_count() or 1, 4)))
+
 import logging  # noqa: E402
-import math  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from urllib.parse import urlparse  # noqa: E402
-from urllib.request import url2pathname  # noqa: E402
 
 from metaflow import FlowSpec, Parameter, card, catch, current, resources, retry, schedule, step  # noqa: E402
+
+from leap_core.pipeline import arm_result, best_result, file_ref, local_path, plan_arms  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.flow")
 
-LEAP_ARM = "leap"  # the arm whose best seed is registered
-SUMMARY_KEYS = ("stsb_full", "stsb_exited", "exit_rate", "exit_by_layer_7", "mean_exit_layer", "layer_reduction")
 # Test hook: "<arm>:<step>" SIGKILLs the whole run (this process group) at that training step of that arm,
 # as a lost machine would; `resume` must then finish the run from the checkpoint.
 KILL_ENV = "LEAP_TEST_KILL_TRAINING"
 
 
 # ---------------------------------------------------------------- helpers the steps call
-
-def plan_arms(profile) -> list[dict]:
-    """Every (arm, seed) to train: main arms with every seed; ablation and sweep arms once, with the first seed."""
-    reduced = set(profile.ablation_arms) | set(profile.sweep_arms)
-    plan = [{"arm": arm, "seed": seed, "group": "main"}
-            for seed in profile.seeds for arm in profile.arms if arm not in reduced]
-    plan += [{"arm": arm, "seed": profile.seeds[0], "group": "ablation"} for arm in profile.ablation_arms]
-    plan += [{"arm": arm, "seed": profile.seeds[0], "group": "sweep"} for arm in profile.sweep_arms]
-    return plan
-
-
-def file_ref(path) -> dict:
-    """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data."""
-    from leap_core.io import sha256_file, sha256_folder
-
-    path = Path(path).resolve()
-    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
-    return {"uri": path.as_uri(), "sha256": digest}
-
-
-def local_path(ref: dict) -> Path:
-    """The local path of a file reference, after checking that its content still has the recorded hash."""
-    from leap_core.io import sha256_file, sha256_folder
-
-    parsed = urlparse(ref["uri"])
-    if parsed.scheme != "file":
-        raise ValueError(f"{ref['uri']}: only file:// URIs are supported (mount shared storage, see infra/README.md)")
-    path = Path(url2pathname(parsed.path))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} (from an earlier step) does not exist on this machine")
-    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
-    if digest != ref["sha256"]:
-        raise ValueError(f"{path} changed since it was written: sha256 {digest[:12]}, expected {ref['sha256'][:12]}")
-    return path
-
 
 def arm_params(profile, arm: str, seed: int) -> dict:
     """What an arm's MLflow run records as parameters."""
@@ -100,68 +69,45 @@ def kill_hook(arm: str):
 
 
 def failure_text(failure) -> str | None:
-    return None if failure is None else f"{failure.type}: {failure.exception}"
+    from leap_core.pipeline import failure_text as text
+
+    return text(failure)
 
 
-def arm_result(task) -> dict:
-    """One arm's outcome from its evaluate task: identity, metrics or the step that failed and why."""
-    spec = getattr(task, "spec", None) or task.input
-    train_failure = failure_text(getattr(task, "train_failure", None))
-    eval_failure = failure_text(getattr(task, "eval_failure", None))
-    failed_step = "train" if train_failure else "evaluate" if eval_failure else None
-    return {**spec, "status": "failed" if failed_step else "ok", "failed_step": failed_step,
-            "error": train_failure or eval_failure, "metrics": getattr(task, "metrics", None),
-            "model": getattr(task, "model", None), "mlflow_run_id": getattr(task, "arm_run_id", None),
-            "train_seconds": getattr(task, "train_seconds", None)}
+def step_usage(flow_name: str, run_id: str, origin_run_id: str | None = None) -> list[dict]:
+    """Wall time and peak memory of every task of this run that has finished so far (Metaflow's metadata).
 
-
-def best_result(results: list[dict], arm: str = LEAP_ARM) -> dict | None:
-    """The successful seed of `arm` with the highest stsb_exited (None if there is none)."""
-    scored = [r for r in results if r["arm"] == arm and r["status"] == "ok"
-              and math.isfinite(float(r["metrics"].get("stsb_exited", math.nan)))]
-    return max(scored, key=lambda r: r["metrics"]["stsb_exited"], default=None)
-
-
-def latency_from_evaluation(results: list[dict]) -> dict:
-    """The latency table as far as it is measured: the evaluation's exit depth per arm, no wall clock.
-
-    layer_reduction = L / mean exit layer bounds the speedup; leap_core has no wall-clock benchmark yet,
-    so no time is reported (this is the call site to replace with one).
+    After `resume`, steps cloned from the origin run are timed from the origin run's tasks.
     """
-    rows = [{"arm": r["arm"], "seed": r["seed"], **{k: r["metrics"].get(k) for k in
-                                                     ("mean_exit_layer", "layer_reduction", "exit_rate")}}
-            for r in results if r["status"] == "ok"]
-    return {"measured": "exit depth from evaluation (no wall-clock benchmark)", "rows": rows}
+    from metaflow import Run, namespace
+
+    namespace(None)
+
+    def finished_tasks(pathspec: str) -> dict:
+        found = {}
+        for step_ in Run(pathspec):
+            tasks = [task for task in step_ if task.finished and task.successful]
+            if tasks:
+                found[step_.id] = tasks
+        return found
+
+    tasks = finished_tasks(f"{flow_name}/{run_id}")
+    if origin_run_id:
+        origin = finished_tasks(f"{flow_name}/{origin_run_id}")
+        tasks = {**tasks, **{name: found for name, found in origin.items() if name not in ("report", "promote", "end")}}
+    rows = []
+    for name, found in tasks.items():
+        for task in found:
+            created, finished = task.created_at, task.finished_at
+            rows.append({"step": name, "task": task.id, "created_at": created.isoformat() if created else "",
+                         "seconds": (finished - created).total_seconds() if created and finished else None,
+                         "peak_rss_mb": task.data.peak_rss_mb if "peak_rss_mb" in task else None})
+    return sorted(rows, key=lambda row: row["created_at"])
 
 
-def _cell(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
-
-
-def write_summary(out_dir, profile_name: str, run_pathspec: str, results: list[dict], latency: dict) -> tuple[dict, str]:
-    """reports/<profile>/summary.json (every arm's metrics, failures, latency) and summary.md (tables)."""
-    from leap_core.io import write_json_atomic, write_text_atomic
-
-    out_dir = Path(out_dir)
-    failed = [{k: r[k] for k in ("arm", "seed", "group", "failed_step", "error")} for r in results if r["status"] != "ok"]
-    summary = {"profile": profile_name, "flow_run": run_pathspec, "arms": results, "failed": failed, "latency": latency}
-    lines = [f"# LEAP: profile `{profile_name}`", "", f"Metaflow run `{run_pathspec}`.", "",
-             "| arm | seed | group | " + " | ".join(SUMMARY_KEYS) + " |",
-             "|---|---|---|" + "---|" * len(SUMMARY_KEYS)]
-    for r in results:
-        if r["status"] == "ok":
-            cells = [_cell(r["metrics"].get(key)) for key in SUMMARY_KEYS]
-        else:
-            cells = [f"failed ({r['failed_step']})"] + ["-"] * (len(SUMMARY_KEYS) - 1)
-        lines.append(f"| {r['arm']} | {r['seed']} | {r['group']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Failed arms", ""]
-    lines += [f"- `{f['arm']}` seed {f['seed']}: failed in `{f['failed_step']}`: "
-              f"{(f['error'] or '').splitlines()[-1] if f['error'] else ''}" for f in failed] or ["none"]
-    lines += ["", f"Latency: {latency['measured']}.", ""]
-    markdown = "\n".join(lines)
-    write_json_atomic(out_dir / "summary.json", summary)
-    write_text_atomic(out_dir / "summary.md", markdown)
-    return summary, markdown
+def peak_rss_mb() -> float:
+    """This task's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------- the flow
@@ -196,10 +142,12 @@ class LeapFlow(FlowSpec):
         self.plan = plan_arms(self.settings)
         self.tracking_uri = tracking.tracking_uri()
         self.run_pathspec = f"{current.flow_name}/{current.run_id}"
+        self.started_at = time.time()
         self.mlflow_run_id = tracking.start_flow_run(f"leap-{self.settings.name}", self.run_pathspec.replace("/", "-"),
                                                      self.run_pathspec, self.settings.to_dict(), self.tracking_uri)
         log.info("profile %s: %d arm runs %s; MLflow %s run %s", self.settings.name, len(self.plan),
                  [f"{p['arm']}-seed{p['seed']}" for p in self.plan], self.tracking_uri, self.mlflow_run_id)
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.extract)
 
     @retry(times=1)
@@ -209,6 +157,7 @@ class LeapFlow(FlowSpec):
         from leap_core import experiment
 
         self.sentences = file_ref(experiment.extract(self.settings))
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.cache_teacher)
 
     @retry(times=1)
@@ -219,6 +168,7 @@ class LeapFlow(FlowSpec):
 
         self.teacher_cache = file_ref(experiment.cache_teacher(self.settings, local_path(self.sentences),
                                                                show_progress=False))
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.train, foreach="plan")
 
     @resources(gpu=1, cpu=4, memory=32000)
@@ -227,8 +177,12 @@ class LeapFlow(FlowSpec):
     @step
     def train(self):
         """Train one arm with one seed from the teacher cache (resuming its checkpoint if one exists)."""
-        from leap_core import experiment, tracking
+        import torch
 
+        from leap_core import experiment, tracking
+        from leap_core.pipeline import task_threads
+
+        torch.set_num_threads(task_threads())
         self.spec = dict(self.input)
         arm, seed = self.spec["arm"], self.spec["seed"]
         self.arm_run_id = tracking.arm_run(self.mlflow_run_id, arm, seed, current.pathspec,
@@ -237,6 +191,7 @@ class LeapFlow(FlowSpec):
         tracking.log_training(self.arm_run_id, Path(result.model_dir).parent / "train_log.jsonl", self.tracking_uri)
         self.model = file_ref(result.model_dir)
         self.train_seconds = result.train_seconds
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.evaluate)
 
     @resources(gpu=1, cpu=4, memory=16000)
@@ -244,15 +199,20 @@ class LeapFlow(FlowSpec):
     @catch(var="eval_failure")
     @step
     def evaluate(self):
-        """STS-B (full depth and exited), exit statistics and per-layer similarity of the trained arm."""
-        from leap_core import experiment, tracking
+        """STS-B with bootstrap CIs, exits, layer dynamics, NN@10 and the theta/depth sweep of the trained arm."""
+        import torch
 
+        from leap_core import experiment, tracking
+        from leap_core.pipeline import task_threads
+
+        torch.set_num_threads(task_threads())
         self.spec = dict(self.input)
         self.metrics = None
         if self.train_failure is None:
-            self.metrics = experiment.evaluate_model(self.settings, local_path(self.model))
+            self.metrics = experiment.analyse_trained(self.settings, local_path(self.model))
             tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec}, self.tracking_uri)
             tracking.log_evaluation(self.arm_run_id, self.metrics, self.tracking_uri)
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.join)
 
     @step
@@ -262,7 +222,7 @@ class LeapFlow(FlowSpec):
 
         self.results = [arm_result(task) for task in inputs]
         self.merge_artifacts(inputs, include=["settings", "plan", "tracking_uri", "run_pathspec", "mlflow_run_id",
-                                              "sentences", "teacher_cache"])
+                                              "sentences", "teacher_cache", "started_at"])
         for result in self.results:
             if result["mlflow_run_id"]:
                 if result["error"]:
@@ -272,36 +232,87 @@ class LeapFlow(FlowSpec):
         failed = [f"{r['arm']}-seed{r['seed']}" for r in self.results if r["error"]]
         if failed:
             log.warning("failed arms: %s (named in the report)", failed)
+        self.peak_rss_mb = peak_rss_mb()
+        self.next(self.retrieval)
+
+    @resources(gpu=1, cpu=4, memory=16000)
+    @retry(times=1)
+    @catch(var="retrieval_failure")
+    @step
+    def retrieval(self):
+        """BEIR of the best LEAP and baseline seeds, theta calibration on STS-B dev, diagnosis of the source models."""
+        from leap_core import experiment, tracking
+        from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+
+        settings = self.settings
+        best = {arm: best_result(self.results, arm) for arm in (LEAP_ARM, BASELINE_ARM)}
+        models = {arm: local_path(r["model"]) for arm, r in best.items() if r is not None}
+        self.analysis = {"models": {arm: {"seed": r["seed"], "mlflow_run_id": r["mlflow_run_id"]}
+                                    for arm, r in best.items() if r is not None},
+                         "beir": experiment.retrieval(settings, models) if settings.evaluation.beir else {},
+                         "calibration": (experiment.calibration(settings, models[LEAP_ARM])
+                                         if LEAP_ARM in models else None),
+                         "external": (experiment.diagnose_external(settings)
+                                      if settings.evaluation.diagnose_external else {})}
+        for arm, result in best.items():
+            if result is not None and arm in self.analysis["beir"]:
+                tracking.log_evaluation(result["mlflow_run_id"], {"beir": self.analysis["beir"][arm]}, self.tracking_uri)
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.latency)
 
+    @resources(gpu=1, cpu=4, memory=16000)
+    @retry(times=1)
+    @catch(var="latency_failure")
     @step
     def latency(self):
-        """Latency per arm: the exit depth the evaluation measured (no wall-clock benchmark is run yet)."""
-        self.latency_table = latency_from_evaluation(self.results)
+        """Wall-clock latency of every encoder mode of the best LEAP seed vs sentence-transformers (leap_core.bench)."""
+        from leap_core import experiment, tracking
+        from leap_core.pipeline import LEAP_ARM
+
+        best = best_result(self.results, LEAP_ARM)
+        self.latency_result = None
+        if best is not None:
+            self.latency_result = experiment.latency(self.settings, local_path(best["model"]))
+            self.latency_result["arm"], self.latency_result["seed"] = best["arm"], best["seed"]
+            tracking.log_evaluation(self.mlflow_run_id, {"latency": {key: value for key, value in
+                                                                     self.latency_result.items() if key != "table"}},
+                                    self.tracking_uri)
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.report)
 
     @card(type="blank", id="report")
     @step
     def report(self):
-        """reports/<profile>/summary.json + summary.md from the joined metrics, as a card and MLflow artifacts."""
-        from metaflow.cards import Markdown
+        """reports/<profile>/: markdown, figures and JSON beside the paper's numbers; also a card and MLflow artifacts."""
+        from metaflow.cards import Image, Markdown
 
-        from leap_core import tracking
+        from leap_core import report, tracking
 
         out_dir = Path(self.reports_dir) / self.settings.name
-        self.summary, markdown = write_summary(out_dir, self.settings.name, f"{current.flow_name}/{current.run_id}",
-                                               self.results, self.latency_table)
-        self.report_ref = file_ref(out_dir / "summary.json")
-        current.card["report"].append(Markdown(markdown))
+        failures = {name: failure_text(getattr(self, f"{name}_failure", None)) for name in ("retrieval", "latency")}
+        written = report.write_report(
+            out_dir, self.settings, self.results,
+            analysis=getattr(self, "analysis", None), latency=getattr(self, "latency_result", None),
+            run={"pathspec": f"{current.flow_name}/{current.run_id}", "origin_run_id": current.origin_run_id,
+                 "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
+                 "step_failures": {k: v for k, v in failures.items() if v},
+                 "started_at": self.started_at, "report_at": time.time(),
+                 "steps": step_usage(current.flow_name, current.run_id, current.origin_run_id)})
+        self.report_ref = file_ref(written["json"])
+        current.card["report"].append(Markdown(written["markdown"]))
+        for figure in written["figures"]:
+            current.card["report"].append(Image(figure.read_bytes(), label=figure.stem))
         tracking.log_folder(self.mlflow_run_id, out_dir, "reports", self.tracking_uri)
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.promote)
 
     @step
     def promote(self):
         """Register the best LEAP model as a pyfunc and give it `champion` or `challenger` (never retried)."""
         from leap_core import registry
+        from leap_core.pipeline import LEAP_ARM
 
-        best = best_result(self.results)
+        best = best_result(self.results, LEAP_ARM)
         self.promotion = None
         if best is None:
             log.warning("no successful %r arm: nothing to register", LEAP_ARM)
@@ -330,7 +341,7 @@ class LeapFlow(FlowSpec):
             tags["leap.promotion"] = f"{promotion['model_name']} v{promotion['version']} -> {promotion['alias']}"
         tracking.tag(self.mlflow_run_id, tags, self.tracking_uri)
         tracking.end_run(self.mlflow_run_id, "FINISHED", self.tracking_uri)
-        log.info("done: %s; report %s", tags, self.report_ref["uri"])
+        log.info("done in %.1f min: %s; report %s", (time.time() - self.started_at) / 60, tags, self.report_ref["uri"])
 
 
 if __name__ == "__main__":

@@ -75,6 +75,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(text)
 
 
+def cmd_verify_report(args: argparse.Namespace) -> None:
+    """Exit 1, naming each difference, when the report's numbers are not those of its MLflow runs."""
+    from leap_core.report import verify_against_mlflow
+
+    problems = verify_against_mlflow(args.report, args.tracking_uri)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise SystemExit(1)
+    print(f"{args.report}: every arm's metrics and the latency headline agree with MLflow")
+
+
 def cmd_foundation(args: argparse.Namespace) -> None:
     """Both arms from one teacher cache, evaluated on STS-B test, summarised in reports/foundation.json."""
     from leap_core import experiment
@@ -287,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
     retro.add_argument("--seed", type=int, default=0)
     retro.add_argument("--out", default="reports/retrofit.json")
+    verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
+    verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
+    verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")
     bench = add("bench", cmd_bench, "latency of every encoder mode vs sentence-transformers -> JSON + markdown")
     bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
     bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")

@@ -86,6 +86,21 @@ class ExitConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """What the pipeline measures beyond each arm's STS-B analysis (done on the best LEAP and baseline seeds)."""
+
+    beir: list[str] = field(default_factory=lambda: ["beir/scifact", "beir/nfcorpus"])  # relative to data_dir
+    max_beir_docs: int = 0  # 0 = every document; > 0 subsamples (quick runs)
+    max_beir_queries: int = 0
+    calibration_max_sts_drop: float = 0.01  # theta calibration floor on STS-B dev
+    bootstrap_resamples: int = 2000
+    bench_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    bench_warmup: int = 0  # 0 = leap_core.bench's default for the device
+    bench_iterations: int = 0
+    diagnose_external: bool = True  # the paper's diagnosis of the teacher and the student's source
+
+
+@dataclass
 class RegistryConfig:
     """Deployment gate (the paper's checklist) and the registered model's name."""
 
@@ -111,6 +126,7 @@ class Profile:
     ablation_arms: list[str] = field(default_factory=list)
     sweep_arms: list[str] = field(default_factory=list)
     reduced_budget: dict[str, Any] = field(default_factory=dict)  # training overrides for those arms
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # Profile overrides applied by `leap retrofit` on top of MODEL-as-teacher-and-student.
     retrofit: dict[str, Any] = field(default_factory=dict)

@@ -107,6 +107,15 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
 
 def evaluate_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
     """evaluate_model, remembered beside the model: reused while model, exit settings and STS file are unchanged."""
+    return _remembered(profile, model_dir, "eval", lambda: evaluate_model(profile, model_dir, batch_size))
+
+
+def analyse_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
+    """analyse_model, remembered beside the model like evaluate_trained (a resumed flow does not redo it)."""
+    return _remembered(profile, model_dir, "analysis", lambda: analyse_model(profile, model_dir, batch_size))
+
+
+def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> dict:
     import json
 
     from leap_core.io import sha256_file, write_json_atomic
@@ -115,15 +124,85 @@ def evaluate_trained(profile: Profile, model_dir: str | Path, batch_size: int = 
     model_dir = Path(model_dir)
     sts_file = data_path(profile, profile.data.sts_eval)
     key = sha256_strings([model_fingerprint(model_dir), str(profile.exit), sha256_file(sts_file)])
-    saved = model_dir.parent / f"eval-{sts_file.stem}.json"
+    saved = model_dir.parent / f"{kind}-{sts_file.stem}.json"
     if saved.is_file():
         found = json.loads(saved.read_text())
         if found.get("key") == key:
-            log.info("reusing the evaluation in %s", saved)
+            log.info("reusing the %s in %s", kind, saved)
             return found["metrics"]
-    metrics = evaluate_model(profile, model_dir, batch_size)
+    metrics = compute()
     write_json_atomic(saved, {"key": key, "metrics": metrics})
     return metrics
+
+
+def _encoder(profile: Profile, model: str | Path, device: str | None = None):
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.models import resolve_model
+
+    exit_settings = profile.exit
+    return EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), theta=exit_settings.theta,
+                                            k=exit_settings.k, l_min=exit_settings.l_min, device=device)
+
+
+def analyse_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
+    """Everything the report and the deployment gate read about one model on the profile's STS test set.
+
+    STS-B full depth and exited with 95% bootstrap CIs over pairs, exit statistics and distribution,
+    per-layer STS, similarity to final, stability, contraction, NN@10 per layer, and the sweep
+    (thresholds, fixed depths, patience, Pareto front). Exit settings: the profile's.
+    """
+    from leap_core.data import read_sts
+    from leap_core.evaluation.suite import sts_analysis
+
+    encoder = _encoder(profile, model)
+    pairs = read_sts(data_path(profile, profile.data.sts_eval))
+    metrics, _ = sts_analysis(encoder, pairs, batch_size, ci={"n_resamples": profile.evaluation.bootstrap_resamples, "seed": 0})
+    metrics.update(theta=encoder.theta, k=encoder.k, l_min=encoder.l_min)
+    return metrics
+
+
+def retrieval(profile: Profile, models: dict[str, str | Path], batch_size: int = 64) -> dict:
+    """BEIR NDCG@10 (full depth and early exit, CIs over queries) of each named model on the profile's BEIR sets."""
+    from leap_core.evaluation.retrieval import evaluate_retrieval
+
+    settings = profile.evaluation
+    return {name: {Path(folder).name: evaluate_retrieval(
+                _encoder(profile, path), data_path(profile, folder), ("full", "compact"), batch_size=batch_size,
+                max_docs=settings.max_beir_docs or None, max_queries=settings.max_beir_queries or None,
+                n_resamples=settings.bootstrap_resamples)
+                   for folder in settings.beir}
+            for name, path in models.items()}
+
+
+def calibration(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
+    """theta chosen on the profile's STS dev set for the profile's quality floor, with every theta's point."""
+    from leap_core.data import read_sts
+    from leap_core.evaluation.calibrate import calibrate_encoder
+
+    floor = {"max_sts_drop": profile.evaluation.calibration_max_sts_drop}
+    return calibrate_encoder(_encoder(profile, model), read_sts(data_path(profile, profile.data.sts_dev)),
+                             batch_size=batch_size, **floor)
+
+
+def diagnose_external(profile: Profile, batch_size: int = 64) -> dict:
+    """The paper's diagnosis (theta 0.95, k 1, l_min half the depth) of the models the profile starts from:
+    the teacher and the student's source, as published. No timing: only exits and layer dynamics."""
+    from leap_core.evaluation.diagnose import diagnose
+
+    return {role: diagnose(model, profile.data.data_dir, profile.data.sts_eval, batch_size=batch_size,
+                           measure_overhead=False)
+            for role, model in (("teacher", profile.models.teacher), ("student_init", profile.models.student_init))}
+
+
+def latency(profile: Profile, model: str | Path) -> dict:
+    """leap_core.bench on the profile's STS test sentences: every encoder mode vs sentence-transformers."""
+    from leap_core.bench import run_benchmark
+    from leap_core.data import read_sts
+
+    settings = profile.evaluation
+    sentences = read_sts(data_path(profile, profile.data.sts_eval)).unique_sentences()
+    return run_benchmark(model, sentences, batch_sizes=list(settings.bench_batch_sizes),
+                         warmup=settings.bench_warmup or None, iterations=settings.bench_iterations or None)
 
 
 def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:

@@ -68,15 +68,21 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+PER_ITEM = "_per_query"  # per-query scores stay in the report's JSON, not one MLflow metric per query
+
+
 def metric_series(metrics: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     """Evaluation metrics as (key, value, step) rows MLflow can plot.
 
     A number is one row at step 0; a list of numbers is a series with step l for element l-1 (so a
     per-layer list is plotted by layer, 1-indexed); nested mappings are flattened with "."; bools,
-    strings and None are not metrics and are skipped.
+    strings and None are not metrics and are skipped, as are per-query scores; "@" becomes "_at_".
     """
     rows = []
     for key, value in flatten(metrics).items():
+        if PER_ITEM in key:
+            continue
+        key = key.replace("@", "_at_")  # MLflow refuses "@" in names (ndcg@10 -> ndcg_at_10)
         if _is_number(value):
             rows.append((key, float(value), 0))
         elif isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value):

@@ -105,6 +105,18 @@ def test_summarize_hand_computed():
     assert peer["speedup"] == pytest.approx(11 / 13.2) and peer["theoretical_reduction"] == 1.0
 
 
+def test_batch_mode_bound_is_latest_exit_over_mean_exit():
+    from leap_core.bench import batch_mode_bound
+
+    # two batches of 2: batch mode runs 4 then 3 layers (3.5 a batch); rows exit at 2.75 on average
+    assert batch_mode_bound([2, 4, 3, 2], 2) == pytest.approx(3.5 / 2.75)
+    assert batch_mode_bound([5, 5, 5, 5], 2) == pytest.approx(1.0)  # no spread: nothing to gain
+    assert batch_mode_bound([2, 4, 3], 2) is None and batch_mode_bound([], 32) is None
+    exits = {"compact": {32: [6] * 31 + [12] + [7] * 32}}
+    result = summarize({"full": {32: [0.1]}, "compact": {32: [0.05]}}, exits, n_layers=12)
+    assert result["compact_vs_batch_bs32_bound"] == pytest.approx(((12 + 7) / 2) / ((6 * 31 + 12 + 7 * 32) / 64))
+
+
 def test_summarize_missing_modes_give_none():
     result = summarize({"full": {8: [0.01, 0.02]}}, {}, n_layers=6)
     assert REQUIRED <= set(result)

@@ -39,66 +39,23 @@ def load_flow_module():
 # ---------------------------------------------------------------- helpers of the flow, in process
 
 
-def test_arm_plan_of_each_profile():
-    from leap_core.config import load_profile
-
-    plan = load_flow_module().plan_arms
-    assert [(p["arm"], p["seed"], p["group"]) for p in plan(load_profile("smoke"))] == [
-        ("baseline", 0, "main"), ("leap", 0, "main"), ("final_only", 0, "ablation"), ("beta_0.2", 0, "sweep")]
-    paper = plan(load_profile("paper"))
-    assert len(paper) == 2 * 3 + 4 + 5  # {baseline, leap} x 3 seeds + 4 ablation + 5 sweep arms, once each
-    assert {p["seed"] for p in paper if p["group"] != "main"} == {0}
-    assert [p["arm"] for p in paper if p["group"] == "sweep"] == ["beta_0.1", "beta_0.2", "beta_0.4", "beta_0.6",
-                                                                  "beta_0.8"]
-
-
-def test_file_references_notice_changed_content(tmp_path):
+def test_the_flow_file_takes_its_helpers_from_the_library():
     flow = load_flow_module()
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "weights.bin").write_bytes(b"abc")
-    ref = flow.file_ref(tmp_path / "model")
-    assert ref["uri"].startswith("file://") and flow.local_path(ref) == (tmp_path / "model").resolve()
-    (tmp_path / "model" / "weights.bin").write_bytes(b"abd")
-    with pytest.raises(ValueError, match="changed since it was written"):
-        flow.local_path(ref)
-    with pytest.raises(ValueError, match="only file:// URIs"):
-        flow.local_path({"uri": "s3://bucket/x", "sha256": ref["sha256"]})
+    from leap_core import pipeline
 
+    assert flow.plan_arms is pipeline.plan_arms and flow.local_path is pipeline.local_path
+    from metaflow.graph import FlowGraph
 
-def test_a_failed_arm_is_named_and_the_others_are_kept(tmp_path):
-    from types import SimpleNamespace
-
-    from metaflow.exception import MetaflowExceptionWrapper
-
-    flow = load_flow_module()
-
-    def task(arm, seed, stsb=None, train_failure=None, eval_failure=None):
-        metrics = None if stsb is None else {"stsb_exited": stsb, "stsb_full": 0.8, "mean_exit_layer": 2.5,
-                                             "layer_reduction": 1.6, "exit_rate": 0.9}
-        return SimpleNamespace(spec={"arm": arm, "seed": seed, "group": "main"}, metrics=metrics,
-                               train_failure=train_failure, eval_failure=eval_failure, arm_run_id=f"run-{arm}-{seed}",
-                               model={"uri": f"file:///m/{arm}{seed}", "sha256": "0"}, train_seconds=1.0)
-
-    try:
-        raise ValueError("late_layers [99] beyond the student's 4 layers")
-    except ValueError as err:
-        boom = MetaflowExceptionWrapper(err)
-    results = [flow.arm_result(t) for t in (
-        task("leap", 0, stsb=0.70), task("leap", 1, stsb=0.72), task("final_only", 0, train_failure=boom),
-        task("leap", 2, eval_failure=MetaflowExceptionWrapper(RuntimeError("out of memory"))))]
-    assert [(r["status"], r["failed_step"]) for r in results] == [
-        ("ok", None), ("ok", None), ("failed", "train"), ("failed", "evaluate")]
-    assert results[2]["error"] == "builtins.ValueError: late_layers [99] beyond the student's 4 layers"
-    assert flow.best_result(results)["seed"] == 1  # the best successful leap seed; failed ones never win
-    assert [row["seed"] for row in flow.latency_from_evaluation(results)["rows"]] == [0, 1]
-
-    summary, markdown = flow.write_summary(tmp_path, "smoke", "LeapFlow/7", results,
-                                           flow.latency_from_evaluation(results))
-    assert [(f["arm"], f["failed_step"]) for f in summary["failed"]] == [("final_only", "train"), ("leap", "evaluate")]
-    assert "- `final_only` seed 0: failed in `train`: builtins.ValueError: late_layers [99]" in markdown
-    assert "| final_only | 0 | main | failed (train) |" in markdown
-    assert "| leap | 1 | main | 0.8000 | 0.7200 | 0.9000 | - | 2.5000 | 1.6000 |" in markdown
-    assert json.loads((tmp_path / "summary.json").read_text())["failed"][1]["error"].endswith("out of memory")
+    graph = FlowGraph(flow.LeapFlow)
+    path, node = [], graph["start"]
+    while True:
+        path.append(node.name)
+        if node.type == "end":
+            break
+        node = graph[node.out_funcs[0]]
+    assert path == ["start", "extract", "cache_teacher", "train", "evaluate", "join", "retrieval", "latency",
+                    "report", "promote", "end"]
+    assert graph["cache_teacher"].type == "foreach" and graph["join"].type == "join"
 
 
 # ---------------------------------------------------------------- subprocess plumbing
@@ -223,17 +180,41 @@ def test_a_run_killed_in_training_resumes_without_a_teacher_pass(smoke_run):
 
 def test_flow_reports_every_arm(smoke_run):
     root = smoke_run["root"]
-    summary = json.loads((root / "reports" / "smoke" / "summary.json").read_text())
-    arms = {(a["arm"], a["group"]): a for a in summary["arms"]}
+    report = json.loads((root / "reports" / "smoke" / "report.json").read_text())
+    arms = {(a["arm"], a["group"]): a for a in report["arms"]}
     assert set(arms) == {("baseline", "main"), ("leap", "main"), ("final_only", "ablation"), ("beta_0.2", "sweep")}
     assert all(a["status"] == "ok" and a["metrics"]["n_pairs"] == STS_PAIRS for a in arms.values())
-    assert summary["failed"] == [] and summary["flow_run"].startswith("LeapFlow/")
+    assert report["failed"] == [] and report["run"]["pathspec"].startswith("LeapFlow/")
     leap_model = Path(arms[("leap", "main")]["model"]["uri"].removeprefix("file://"))
     assert leap_model == root / "runs" / "smoke" / "leap-seed0" / "model"
-    markdown = (root / "reports" / "smoke" / "summary.md").read_text()
-    assert "| beta_0.2 | 0 | sweep |" in markdown and "## Failed arms\n\nnone" in markdown
+    # Every stage reached the report: BEIR of both best seeds, calibration, the external models, latency.
+    assert set(report["analysis"]["beir"]) == {"leap", "baseline"}
+    assert set(report["analysis"]["beir"]["leap"]) == {"scifact", "nfcorpus"}
+    assert report["analysis"]["calibration"]["theta"] is not None
+    assert set(report["analysis"]["external"]) == {"teacher", "student_init"}
+    assert {row["batch_size"] for row in report["latency"]["table"]} == {1, 8}
+    assert len(report["claims"]) == 12 and all(c["verdict"] for c in report["claims"])
+    steps = {row[0] for row in report["steps"]}
+    assert {"start", "cache_teacher", "train", "evaluate", "retrieval", "latency"} <= steps
+    markdown = (root / "reports" / "smoke" / "report.md").read_text()
+    assert "| beta_0.2 | 0 | sweep |" in markdown and "## Failures\n\nnone" in markdown
+    assert sorted(p.name for p in (root / "reports" / "smoke" / "figures").glob("*.png")) == [
+        "contraction.png", "exit_distribution.png", "layer_similarity.png", "nn10_by_layer.png", "theta_pareto.png"]
     cards = list(root.rglob("cards/*.html"))  # in the datastore: Metaflow keeps cards with the run
     assert len(cards) == 1 and "/report/" in str(cards[0])
+
+
+def test_the_report_agrees_with_its_mlflow_runs(smoke_run):
+    from leap_core.report import verify_against_mlflow
+
+    path = smoke_run["root"] / "reports" / "smoke" / "report.json"
+    assert verify_against_mlflow(path, smoke_run["uri"]) == []
+    report = json.loads(path.read_text())
+    report["arms"][1]["metrics"]["stsb_exited"] += 0.01  # a number edited by hand is caught
+    tampered = smoke_run["root"] / "tampered.json"
+    tampered.write_text(json.dumps(report))
+    problems = verify_against_mlflow(tampered, smoke_run["uri"])
+    assert len(problems) == 1 and "stsb_exited" in problems[0]
 
 
 def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
@@ -247,8 +228,8 @@ def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
     parent = parents[0]
     # The run that finished is the resumed one; the killed run it came from is its origin.
     flow_run = parent.data.tags["metaflow.pathspec"]
-    summary = json.loads((smoke_run["root"] / "reports" / "smoke" / "summary.json").read_text())
-    assert flow_run == summary["flow_run"] and parent.data.tags["metaflow.origin_run_id"] not in flow_run
+    report = json.loads((smoke_run["root"] / "reports" / "smoke" / "report.json").read_text())
+    assert flow_run == report["run"]["pathspec"] and parent.data.tags["metaflow.origin_run_id"] not in flow_run
     assert parent.info.status == "FINISHED" and parent.data.params["data.n_sentences"] == "96"
     assert parent.data.tags["leap.failed_arms"] == "none"
     children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
@@ -267,7 +248,9 @@ def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
     assert sorted(m.step for m in similarity) == [1, 2, 3, 4]  # by layer
     assert "train/exit_teacher" in leap.data.metrics and leap.data.params["objective.beta"] == "0.4"
     reports = {f.path for f in mlflow_client.list_artifacts(parent.info.run_id, "reports")}
-    assert reports == {"reports/summary.json", "reports/summary.md"}
+    assert {"reports/report.json", "reports/report.md", "reports/figures"} <= reports
+    assert "latency.speedup_bs1" in parent.data.metrics
+    assert any(key.startswith("beir.scifact.modes.full.ndcg_at_10") for key in leap.data.metrics)
 
 
 def test_champion_loads_from_the_registry_and_embeds_with_early_exit(smoke_run):

@@ -1,0 +1,89 @@
+"""What the Metaflow flow's steps need besides the experiment stages: the arm plan, file references
+passed between steps instead of data, the outcome of each arm, and the CPU threads a task may use.
+
+Kept here (not in flows/) so the flow stays a list of thin steps and all of this is tested in process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+LEAP_ARM = "leap"  # the arm whose best seed is registered, benchmarked and retrieval-tested
+BASELINE_ARM = "baseline"
+
+
+def plan_arms(profile: Any) -> list[dict[str, Any]]:
+    """Every (arm, seed) to train: main arms with every seed; ablation and sweep arms once, with the first seed."""
+    reduced = set(profile.ablation_arms) | set(profile.sweep_arms)
+    plan = [{"arm": arm, "seed": seed, "group": "main"}
+            for seed in profile.seeds for arm in profile.arms if arm not in reduced]
+    plan += [{"arm": arm, "seed": profile.seeds[0], "group": "ablation"} for arm in profile.ablation_arms]
+    plan += [{"arm": arm, "seed": profile.seeds[0], "group": "sweep"} for arm in profile.sweep_arms]
+    return plan
+
+
+def file_ref(path: str | Path) -> dict[str, str]:
+    """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data."""
+    from leap_core.io import sha256_file, sha256_folder
+
+    path = Path(path).resolve()
+    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
+    return {"uri": path.as_uri(), "sha256": digest}
+
+
+def local_path(ref: dict[str, str]) -> Path:
+    """The local path of a file reference, after checking that its content still has the recorded hash."""
+    from leap_core.io import sha256_file, sha256_folder
+
+    parsed = urlparse(ref["uri"])
+    if parsed.scheme != "file":
+        raise ValueError(f"{ref['uri']}: only file:// URIs are supported (mount shared storage, see infra/README.md)")
+    path = Path(url2pathname(parsed.path))
+    if not path.exists():
+        raise FileNotFoundError(f"{path} (from an earlier step) does not exist on this machine")
+    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
+    if digest != ref["sha256"]:
+        raise ValueError(f"{path} changed since it was written: sha256 {digest[:12]}, expected {ref['sha256'][:12]}")
+    return path
+
+
+def failure_text(failure: Any) -> str | None:
+    return None if failure is None else f"{failure.type}: {failure.exception}"
+
+
+def arm_result(task: Any) -> dict[str, Any]:
+    """One arm's outcome from its evaluate task: identity, metrics or the step that failed and why."""
+    spec = getattr(task, "spec", None) or task.input
+    train_failure = failure_text(getattr(task, "train_failure", None))
+    eval_failure = failure_text(getattr(task, "eval_failure", None))
+    failed_step = "train" if train_failure else "evaluate" if eval_failure else None
+    return {**spec, "status": "failed" if failed_step else "ok", "failed_step": failed_step,
+            "error": train_failure or eval_failure, "metrics": getattr(task, "metrics", None),
+            "model": getattr(task, "model", None), "mlflow_run_id": getattr(task, "arm_run_id", None),
+            "train_seconds": getattr(task, "train_seconds", None)}
+
+
+def best_result(results: list[dict[str, Any]], arm: str = LEAP_ARM,
+                key: str = "stsb_exited") -> dict[str, Any] | None:
+    """The successful seed of `arm` with the highest `key` (None if there is none)."""
+    scored = [r for r in results if r["arm"] == arm and r["status"] == "ok"
+              and math.isfinite(float((r["metrics"] or {}).get(key, math.nan)))]
+    return max(scored, key=lambda r: r["metrics"][key], default=None)
+
+
+def task_threads() -> int:
+    """torch CPU threads for one task: $LEAP_TORCH_THREADS, else the cores shared among parallel workers.
+
+    Metaflow runs up to $METAFLOW_RUN_MAX_WORKERS tasks at once (the flow defaults it to the core
+    count), and torch's default of one thread per core in every task oversubscribes the machine.
+    """
+    explicit = os.environ.get("LEAP_TORCH_THREADS")
+    if explicit:
+        return max(1, int(explicit))
+    workers = int(os.environ.get("METAFLOW_RUN_MAX_WORKERS") or 1)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
