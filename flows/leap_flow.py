@@ -247,9 +247,12 @@ class LeapFlow(FlowSpec):
         settings = self.settings
         best = {arm: best_result(self.results, arm) for arm in (LEAP_ARM, BASELINE_ARM)}
         models = {arm: local_path(r["model"]) for arm, r in best.items() if r is not None}
+        # Early exit is what LEAP is for; the baseline is the full-depth reference.
+        modes = {LEAP_ARM: ("full", "compact"), BASELINE_ARM: ("full",)}
         self.analysis = {"models": {arm: {"seed": r["seed"], "mlflow_run_id": r["mlflow_run_id"]}
                                     for arm, r in best.items() if r is not None},
-                         "beir": experiment.retrieval(settings, models) if settings.evaluation.beir else {},
+                         "beir": (experiment.retrieval(settings, {arm: (path, modes[arm]) for arm, path in models.items()})
+                                  if settings.evaluation.beir else {}),
                          "calibration": (experiment.calibration(settings, models[LEAP_ARM])
                                          if LEAP_ARM in models else None),
                          "external": (experiment.diagnose_external(settings)

@@ -74,17 +74,30 @@ def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+# Tokenizers without a real limit report a huge sentinel (int(1e30)) as model_max_length.
+_NO_LIMIT = 1_000_000
+
+
 def _read_max_seq_length(path: str | os.PathLike) -> int | None:
-    file = Path(path) / "sentence_bert_config.json"
-    if not file.is_file():
-        return None
-    try:
-        value = json.loads(file.read_text(encoding="utf-8")).get("max_seq_length")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: line {err.lineno}: not valid JSON: {err.msg}") from err
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{file}: max_seq_length must be a positive integer, got {value!r}")
-    return value
+    """The folder's max sequence length as sentence-transformers reads it.
+
+    sentence-transformers < 6 wrote it to sentence_bert_config.json ("max_seq_length"); 6 writes it
+    to the tokenizer's "model_max_length" in tokenizer_config.json. None when neither sets one.
+    """
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        try:
+            value = json.loads(file.read_text(encoding="utf-8")).get(key)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}: line {err.lineno}: not valid JSON: {err.msg}") from err
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= _NO_LIMIT):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{file}: {key} must be a positive integer, got {value!r}")
+        return value
+    return None
 
 
 def _check_sentences(sentences: Any) -> list[str]:

@@ -161,17 +161,20 @@ def analyse_model(profile: Profile, model: str | Path, batch_size: int = 64) -> 
     return metrics
 
 
-def retrieval(profile: Profile, models: dict[str, str | Path], batch_size: int = 64) -> dict:
-    """BEIR NDCG@10 (full depth and early exit, CIs over queries) of each named model on the profile's BEIR sets."""
+def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, ...]]], batch_size: int = 64) -> dict:
+    """BEIR NDCG@10 (CIs over queries) on the profile's BEIR sets of each named model, in its encoder modes.
+
+    models: {name: (model path, modes)}, e.g. {"leap": (path, ("full", "compact")), "baseline": (path, ("full",))}.
+    """
     from leap_core.evaluation.retrieval import evaluate_retrieval
 
     settings = profile.evaluation
     return {name: {Path(folder).name: evaluate_retrieval(
-                _encoder(profile, path), data_path(profile, folder), ("full", "compact"), batch_size=batch_size,
+                _encoder(profile, path), data_path(profile, folder), modes, batch_size=batch_size,
                 max_docs=settings.max_beir_docs or None, max_queries=settings.max_beir_queries or None,
                 n_resamples=settings.bootstrap_resamples)
                    for folder in settings.beir}
-            for name, path in models.items()}
+            for name, (path, modes) in models.items()}
 
 
 def calibration(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:

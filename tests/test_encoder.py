@@ -223,7 +223,8 @@ def test_from_pretrained_round_trip(tmp_path, tokenizer):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
     loaded = EarlyExitEncoder.from_pretrained(tmp_path, device="cpu")
-    assert (loaded.theta, loaded.k, loaded.l_min, loaded.max_length) == (0.5, 2, 3, 128)
+    # max_length: the tokenizer's model_max_length (512 here), as sentence-transformers reads it
+    assert (loaded.theta, loaded.k, loaded.l_min, loaded.max_length) == (0.5, 2, 3, 512)
     want, want_layers = original.encode(SENTENCES, return_exit_layers=True)
     got, got_layers = loaded.encode(SENTENCES, return_exit_layers=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
@@ -232,6 +233,21 @@ def test_from_pretrained_round_trip(tmp_path, tokenizer):
     (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 16, "do_lower_case": false}')
     overridden = EarlyExitEncoder.from_pretrained(tmp_path, theta=0.7, device="cpu")
     assert (overridden.theta, overridden.k, overridden.l_min, overridden.max_length) == (0.7, 2, 3, 16)
+
+
+def test_max_length_is_read_where_sentence_transformers_6_saves_it(tmp_path, tokenizer):
+    """sentence-transformers 6 keeps max_seq_length as the tokenizer's model_max_length: so must we."""
+    from sentence_transformers import SentenceTransformer
+
+    from leap_core.models import save_sentence_transformer
+
+    save_sentence_transformer(tiny_model("bert", tokenizer.vocab_size), tokenizer, tmp_path, max_seq_length=24)
+    assert SentenceTransformer(str(tmp_path), device="cpu").max_seq_length == 24
+    assert EarlyExitEncoder.from_pretrained(tmp_path, device="cpu").max_length == 24
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["model_max_length"] = int(1e30)  # "no limit": the encoder keeps its default
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert EarlyExitEncoder.from_pretrained(tmp_path, device="cpu").max_length == 128
 
 
 def test_from_pretrained_without_settings_uses_defaults(tmp_path, tokenizer):
