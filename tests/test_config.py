@@ -3,7 +3,7 @@ import pytest
 from leap_core.config import ConfigError, load_profile
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "cpu_long", "paper"])
 def test_every_profile_loads_with_its_arms(name):
     profile = load_profile(name)
     assert profile.name == name

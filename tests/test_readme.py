@@ -1,0 +1,37 @@
+"""The README's headline numbers are the committed pipeline report's, and the report's figures exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "reports" / "cpu" / "report.md"
+
+
+def table_after(text: str, heading: str) -> list[str]:
+    """The markdown table lines that follow `heading`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            break
+    return rows
+
+
+@pytest.mark.skipif(not REPORT.is_file(), reason="no committed pipeline report yet")
+def test_readme_headline_table_is_the_reports():
+    report_rows = table_after(REPORT.read_text(encoding="utf-8"), "## Headline")
+    readme_rows = table_after((REPO / "README.md").read_text(encoding="utf-8"), "## Results")
+    assert report_rows and readme_rows == report_rows
+
+
+@pytest.mark.skipif(not REPORT.is_file(), reason="no committed pipeline report yet")
+def test_every_figure_the_report_shows_is_committed():
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", REPORT.read_text(encoding="utf-8"))
+    assert figures and all((REPORT.parent / figure).is_file() for figure in figures)
