@@ -169,12 +169,14 @@ def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, .
     from leap_core.evaluation.retrieval import evaluate_retrieval
 
     settings = profile.evaluation
-    return {name: {Path(folder).name: evaluate_retrieval(
-                _encoder(profile, path), data_path(profile, folder), modes, batch_size=batch_size,
-                max_docs=settings.max_beir_docs or None, max_queries=settings.max_beir_queries or None,
-                n_resamples=settings.bootstrap_resamples)
-                   for folder in settings.beir}
-            for name, (path, modes) in models.items()}
+    results = {}
+    for name, (path, modes) in models.items():
+        encoder = _encoder(profile, path)  # loaded once for every BEIR set
+        results[name] = {Path(folder).name: evaluate_retrieval(
+            encoder, data_path(profile, folder), modes, batch_size=batch_size,
+            max_docs=settings.max_beir_docs or None, max_queries=settings.max_beir_queries or None,
+            n_resamples=settings.bootstrap_resamples) for folder in settings.beir}
+    return results
 
 
 def calibration(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:

@@ -87,3 +87,34 @@ def task_threads() -> int:
         return max(1, int(explicit))
     workers = int(os.environ.get("METAFLOW_RUN_MAX_WORKERS") or 1)
     return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def step_usage(flow_name: str, run_id: str, origin_run_id: str | None = None) -> list[dict[str, Any]]:
+    """Wall time and peak memory of every task of this run that has finished so far (Metaflow's metadata).
+
+    After `resume`, steps cloned from the origin run are timed from the origin run's tasks.
+    """
+    from metaflow import Run, namespace
+
+    namespace(None)
+
+    def finished_tasks(pathspec: str) -> dict:
+        found = {}
+        for step_ in Run(pathspec):
+            tasks = [task for task in step_ if task.finished and task.successful]
+            if tasks:
+                found[step_.id] = tasks
+        return found
+
+    tasks = finished_tasks(f"{flow_name}/{run_id}")
+    if origin_run_id:
+        origin = finished_tasks(f"{flow_name}/{origin_run_id}")
+        tasks = {**tasks, **{name: found for name, found in origin.items() if name not in ("report", "promote", "end")}}
+    rows = []
+    for name, found in tasks.items():
+        for task in found:
+            created, finished = task.created_at, task.finished_at
+            rows.append({"step": name, "task": task.id, "created_at": created.isoformat() if created else "",
+                         "seconds": (finished - created).total_seconds() if created and finished else None,
+                         "peak_rss_mb": task.data.peak_rss_mb if "peak_rss_mb" in task else None})
+    return sorted(rows, key=lambda row: row["created_at"])

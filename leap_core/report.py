@@ -22,7 +22,6 @@ from leap_core.stats import paired_difference_ci, seed_summary
 
 REFERENCE_FILE = Path(__file__).with_name("paper_reference.yaml")
 SEED_KEYS = ("stsb_full", "stsb_exited", "exit_rate", "exit_by_layer_7", "mean_exit_layer", "layer_reduction")
-ARM_KEYS = SEED_KEYS
 REPLICATES, PARTLY, DOES_NOT, NOT_MEASURED = "replicates", "partly", "does not", "not measured"
 
 
