@@ -5,7 +5,7 @@
     python flows/leap_flow.py resume                   # after a failure: finished steps are reused
 
 start -> extract -> cache_teacher -> train (foreach arm x seed) -> evaluate -> join -> retrieval -> latency
--> report -> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays.
+-> retrofit -> report -> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays.
 The model steps ask for a GPU (`--with kubernetes` puts them on GPU nodes; locally they run on
 whatever device there is); one failed arm (or BEIR / latency step) is caught and named in the report,
 the others go on.
@@ -245,6 +245,27 @@ class LeapFlow(FlowSpec):
                                                                      self.latency_result.items() if key != "table"}},
                                     self.tracking_uri)
         self.peak_rss_mb = peak_rss_mb()
+        self.next(self.retrofit)
+
+    @resources(gpu=1, cpu=4, memory=16000)
+    @retry(times=1)
+    @catch(var="retrofit_failure")
+    @step
+    def retrofit(self):
+        """Retrofit each of the profile's retrofit_models (a LEAP fine-tune against itself), beside its original."""
+        from leap_core import tracking
+        from leap_core.retrofit import RETROFIT_ARM, model_slug, retrofit
+
+        self.retrofit_results = {}
+        seed = self.settings.seeds[0]
+        for model in self.settings.retrofit_models:
+            run_id = tracking.arm_run(self.mlflow_run_id, f"{RETROFIT_ARM}-{model_slug(model)}", seed, current.pathspec,
+                                      {"model": model, "profile": self.settings.name}, self.tracking_uri)
+            summary = retrofit(self.settings, model, seed=seed, sentences_path=local_path(self.sentences))
+            tracking.log_evaluation(run_id, summary, self.tracking_uri)
+            tracking.end_run(run_id, "FINISHED", self.tracking_uri)
+            self.retrofit_results[model] = summary
+        self.peak_rss_mb = peak_rss_mb()
         self.next(self.report)
 
     @card(type="blank", id="report")
@@ -256,10 +277,12 @@ class LeapFlow(FlowSpec):
         from leap_core import report, tracking
 
         out_dir = Path(self.reports_dir) / self.settings.name
-        failures = {name: failure_text(getattr(self, f"{name}_failure", None)) for name in ("retrieval", "latency")}
+        failures = {name: failure_text(getattr(self, f"{name}_failure", None))
+                    for name in ("retrieval", "latency", "retrofit")}
         written = report.write_report(
             out_dir, self.settings, self.results,
             analysis=getattr(self, "analysis", None), latency=getattr(self, "latency_result", None),
+            retrofit=getattr(self, "retrofit_results", None),
             run={"pathspec": f"{current.flow_name}/{current.run_id}", "origin_run_id": current.origin_run_id,
                  "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
                  "step_failures": {k: v for k, v in failures.items() if v},

@@ -67,6 +67,23 @@ def batch_mode_bound(exit_layers: Sequence[int], batch_size: int) -> float | Non
     return float(layers.reshape(-1, batch_size).max(axis=1).mean() / layers.mean())
 
 
+def paired_overhead_ci(full: Sequence[float], monitored: Sequence[float], seed: int = 0) -> list[float] | None:
+    """95% bootstrap CI (percentile, over iterations) of median(monitored_i / full_i) - 1; None under 3 pairs.
+
+    Each iteration times both modes on the same batch back to back, so the ratio cancels drift that both share.
+    """
+    from scipy.stats import bootstrap
+
+    if len(full) != len(monitored) or len(full) < 3 or min(full) <= 0:
+        return None
+    ratios = np.asarray(monitored, dtype=np.float64) / np.asarray(full, dtype=np.float64) - 1.0
+    if np.ptp(ratios) == 0:
+        return [float(ratios[0])] * 2
+    result = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=2000, method="percentile",
+                       random_state=np.random.default_rng(seed))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
 def summarize(
     seconds: dict[str, dict[int, list[float]]],
     exit_layers: dict[str, dict[int, list[int]]],
@@ -125,6 +142,9 @@ def summarize(
     paired = {(row["mode"], row["batch_size"]): row["paired_speedup"] for row in table}
     overhead_paired = {size: 1.0 / paired["monitored", size] - 1.0 for size in sizes
                        if paired.get(("monitored", size))}
+    overhead_paired_ci = {size: ci for size in overhead_paired
+                          if (ci := paired_overhead_ci(seconds["full"][size], seconds["monitored"][size]))}
+    worst_paired = max(overhead_paired, key=overhead_paired.get) if overhead_paired else None
     peer = {size: value for size in sizes if (value := ratio((PEER, size), ("full", size))) is not None}
     exiting = exit_layers.get("compact", exit_layers.get("batch", {}))
     exits = [layer for size in sizes for layer in exiting.get(size, [])]
@@ -146,6 +166,9 @@ def summarize(
         "overhead_monitored_by_batch_size": {str(size): value for size, value in overhead.items()},
         "overhead_monitored_paired": max(overhead_paired.values()) if overhead_paired else None,
         "overhead_monitored_paired_by_batch_size": {str(size): value for size, value in overhead_paired.items()},
+        # median of the per-iteration monitored/full - 1, with a bootstrap CI, at the worst batch size
+        "overhead_monitored_paired_ci": overhead_paired_ci.get(worst_paired),
+        "overhead_monitored_paired_ci_by_batch_size": {str(size): ci for size, ci in overhead_paired_ci.items()},
         "speedup_bs1": speedup(bs1_mode, 1),
         "speedup_bs1_vs_theoretical": efficiency(bs1_mode, 1),
         "speedup_bs32_compact": compact32,
@@ -408,7 +431,11 @@ def render_markdown(result: dict[str, Any]) -> str:
                 "speedup_bs32_compact", "speedup_bs32_compact_vs_theoretical", "speedup_bs32_batch",
                 "compact_vs_batch_bs32", "compact_vs_batch_bs32_bound", "full_vs_sentence_transformers"):
         spec = "+.1%" if key.startswith("overhead") else ".3f"
-        lines.append(f"| {key} | {_fmt(result.get(key), spec)} |")
+        value = _fmt(result.get(key), spec)
+        if key == "overhead_monitored_paired" and result.get("overhead_monitored_paired_ci"):
+            low, high = result["overhead_monitored_paired_ci"]
+            value += f" (95% CI {low:+.1%} to {high:+.1%})"
+        lines.append(f"| {key} | {value} |")
     lines += [
         "",
         "| mode | batch | median ms | p95 ms | IQR ms | ms/sentence | speedup | paired speedup | theoretical "

@@ -58,6 +58,20 @@ class ObjectiveConfig:
     contrast_temperature: float = 0.05
     late_layers: list[int] | None = None  # 1-indexed; None = the three layers below the last
     redund_margin: float = 0.1
+    final: float = 1.0  # weight of L_final; a retrofit raises it to hold the final layer where it was
+    contrast_layers: list[int] | None = None  # 1-indexed layers whose similarity matrix L_contrast matches; None = last
+
+
+# Objective fields added after runs were recorded, at the value that reproduces the behaviour before
+# them: left out of the fingerprint at that value, so runs trained before they existed stay resumable.
+_LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None}
+
+
+def objective_fingerprint(objective: ObjectiveConfig) -> str:
+    """The objective as its dataclass repr, without later-added fields left at their neutral value."""
+    shown = [f"{f.name}={getattr(objective, f.name)!r}" for f in dataclasses.fields(objective)
+             if f.name not in _LATER_FIELDS_NEUTRAL or getattr(objective, f.name) != _LATER_FIELDS_NEUTRAL[f.name]]
+    return f"{type(objective).__name__}({', '.join(shown)})"
 
 
 @dataclass
@@ -130,6 +144,8 @@ class Profile:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # Profile overrides applied by `leap retrofit` on top of MODEL-as-teacher-and-student.
     retrofit: dict[str, Any] = field(default_factory=dict)
+    # Models the pipeline's retrofit step makes exit-compatible (first seed), each beside its original.
+    retrofit_models: list[str] = field(default_factory=list)
     output_dir: str = "runs"
 
     def training_for(self, arm: str) -> TrainConfig:

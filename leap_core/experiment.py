@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from leap_core.config import Profile
+from leap_core.config import Profile, objective_fingerprint
 from leap_core.io import sha256_strings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
                 module.p = training.dropout
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
-    fingerprint = sha256_strings([str(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
+    fingerprint = sha256_strings([objective_fingerprint(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
     trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)

@@ -459,6 +459,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## BEIR NDCG@10 (best seeds; 95% bootstrap CI over queries)", ""]
         lines += _table(["dataset", "model", "mode", "NDCG@10 [95% CI]", "recall@100", "corpus exit rate"],
                         report["beir_table"])
+    if report.get("retrofit_table"):
+        lines += ["## Retrofit of published models (STS-B; the original measured by the same code)", "",
+                  "Each model fine-tuned against its own frozen outputs (`leap retrofit`); the last but one "
+                  "column is exited STS-B minus the original cut to the nearest whole depth, with a paired "
+                  "bootstrap 95% CI.", ""]
+        lines += _table(["model", "original", "full", "exited", "exit rate", "mean exit layer", "layer reduction",
+                         "exited - original cut", "train s"], report["retrofit_table"])
     lines += ["## Every arm", ""]
     lines += _table(["arm", "seed", "group", "STS-B full [95% CI]", "STS-B exited [95% CI]", "exit rate",
                      "exit by L7", "mean exit layer", "layer reduction", "train s"], _arm_rows(report["arms"]))
@@ -568,9 +575,23 @@ def _beir_table(beir: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _retrofit_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """One row per retrofitted model: its numbers beside the original's, and the fixed-depth cut test."""
+    rows = []
+    for model, s in summaries.items():
+        cut = s["vs_truncated_original"]
+        rows.append([f"`{model}`", fmt(s["original_stsb"]), fmt(s["stsb_full"]), fmt(s["stsb_exited"]),
+                     f"{s['exit_rate']:.1%}", f"{s['mean_exit_layer']:.2f} of {s['depth']}",
+                     f"{s['layer_reduction']:.2f}x",
+                     f"{cut['difference']:+.3f} [{cut['ci_low']:+.3f}, {cut['ci_high']:+.3f}] vs depth "
+                     f"{cut['truncated_depth']}", f"{s['train_seconds']:.0f}"])
+    return rows
+
+
 def write_report(out_dir: str | Path, profile: Any, results: Sequence[Mapping[str, Any]],
                  analysis: Mapping[str, Any] | None = None, latency: Mapping[str, Any] | None = None,
-                 run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 run: Mapping[str, Any] | None = None,
+                 retrofit: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """report.json, report.md and figures/ in out_dir; returns {"json": path, "markdown": text, "figures": [paths]}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -602,6 +623,7 @@ def write_report(out_dir: str | Path, profile: Any, results: Sequence[Mapping[st
                              f"threads, {latency['environment'].get('device')}" if latency else ""),
         "ablation": _reduced_rows(results, "ablation"), "sweep": _reduced_rows(results, "sweep"),
         "beir_table": _beir_table((analysis or {}).get("beir") or {}),
+        "retrofit": dict(retrofit or {}), "retrofit_table": _retrofit_table(retrofit or {}),
         "arms": results, "failed": failed, "analysis": analysis, "latency": latency,
         "figures": [str(p) for p in figure_paths], "steps": _step_table(steps), "step_tasks": steps,
         "run_minutes": (run.get("report_at") - run.get("started_at")) / 60

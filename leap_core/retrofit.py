@@ -2,8 +2,9 @@
 
 The student is a copy of MODEL and the teacher is MODEL (its pooled embeddings cached like any
 teacher's; same width, so no projection). L_inter is off — it would pin each layer to where it was,
-the opposite of the goal — while L_final holds the final layer where it was and L_exit pulls the
-intermediate layers toward it. l_min defaults to half the depth.
+the opposite of the goal — while L_final (weighted up) holds the final layer where it was, L_exit and
+L_late pull the layers from l_min - 1 on toward it, and L_contrast gives those layers the original's
+in-batch similarity structure. l_min defaults to half the depth.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from leap_core import experiment
-from leap_core.config import Profile, _build, _merge
+from leap_core.config import Profile, _build, _merge, objective_fingerprint
+from leap_core.io import sha256_strings
 from leap_core.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,10 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
     values = _merge(values, {
         "models": {"teacher": model, "student_init": model, "student_layers": depth},
         "exit": {"l_min": l_min},
-        # Layer l_min passes the k=1 test only if layer l_min - 1 is already close: pull from there on.
-        "objective": {"exit_weight_from": l_min - 1, "late_layers": list(range(l_min - 1, depth))},
+        # Layer l_min passes the k=1 test only if layer l_min - 1 is already close: pull from there on,
+        # and give those layers the teacher's similarity structure too (an exit must also be a good embedding).
+        "objective": {"exit_weight_from": l_min - 1, "late_layers": list(range(l_min - 1, depth)),
+                      "contrast_layers": list(range(l_min - 1, depth + 1))},
     })
     values = _merge(values, copy.deepcopy(base.retrofit))
     if RETROFIT_ARM not in values["arms"]:
@@ -49,7 +53,11 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
 
 
 def retrofit_dir(base: Profile, model: str, seed: int) -> Path:
-    return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-seed{seed}"
+    """runs/<profile>/retrofit-<model>-<recipe hash>-seed<seed>: a changed recipe trains afresh beside the old one."""
+    profile = retrofit_profile(base, model)
+    recipe = sha256_strings([objective_fingerprint(profile.objective_for(RETROFIT_ARM)),
+                             str(profile.training_for(RETROFIT_ARM))])[:8]
+    return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
 
 
 def paired_spearman_difference(cos_a: np.ndarray, cos_b: np.ndarray, gold: np.ndarray, seed: int = 0,
@@ -114,8 +122,16 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
         "exit_distribution": result["exit_distribution"],
         "similarity_to_final": result["similarity_to_final"],
         "original_similarity_to_final": original["similarity_to_final"],
+        "common_component": result["common_component"],
+        "original_common_component": original["common_component"],
         "original_stsb_per_layer": original["stsb_per_layer"],
+        "stsb_per_layer": result["stsb_per_layer"],
     }
     summary["vs_truncated_original"] = compare_with_truncation(profile, model, trained.model_dir,
                                                                result["mean_exit_layer"])
     return summary
+
+
+SUMMARY_KEYS = ("original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
+                "train_seconds")
+

@@ -88,6 +88,10 @@ def test_summarize_hand_computed():
     assert result["overhead_monitored_by_batch_size"] == pytest.approx({"1": 0.02, "32": 0.01})
     # paired, bs 1: full/monitored per iteration 10/11.22, 12/11.22, 11/11.22 -> median 11/11.22
     assert result["overhead_monitored_paired_by_batch_size"]["1"] == pytest.approx(0.02)
+    # bs 32: monitored/full per iteration 101/90, 101/100, 101/130 -> median 1.01; the CI spans those ratios
+    low, high = result["overhead_monitored_paired_ci_by_batch_size"]["32"]
+    assert 101 / 130 - 1 <= low <= 0.01 <= high <= 101 / 90 - 1
+    assert result["overhead_monitored_paired_ci"] == result["overhead_monitored_paired_ci_by_batch_size"]["1"]
     assert result["full_vs_sentence_transformers"] == pytest.approx(1.05)  # the worse of 1.2 and 1.05
     # exits 2,4,3 and 2,2,2,4,4,4: mean 3 of 4 layers, at each batch size and over all 9 rows
     assert result["layer_reduction"] == pytest.approx(4 / 3)

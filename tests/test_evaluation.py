@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from leap_core.encoder import EarlyExitEncoder
-from leap_core.evaluation.layers import exit_statistics, similarity_to_final
+from leap_core.evaluation.layers import common_component, exit_statistics, similarity_to_final
 from leap_core.evaluation.sts import evaluate_sts, spearman
 
 
@@ -58,6 +58,15 @@ def test_similarity_to_final_hand_case():
         [[1.0, 0.0], [5.0, 0.0]],  # final layer
     ])
     assert similarity_to_final(layer_embs) == pytest.approx([0.5, (1 + 2 ** -0.5) / 2, 1.0])
+
+
+def test_common_component_hand_case():
+    layer_embs = np.array([
+        [[2.0, 0.0], [0.0, 3.0]],  # orthogonal rows: mean of units (0.5, 0.5)
+        [[1.0, 0.0], [-4.0, 0.0]],  # opposite rows: they cancel
+        [[1.0, 1.0], [3.0, 3.0]],  # the same direction: 1
+    ])
+    assert common_component(layer_embs) == pytest.approx([2 ** -0.5, 0.0, 1.0])
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_the_flow_file_takes_its_helpers_from_the_library():
             break
         node = graph[node.out_funcs[0]]
     assert path == ["start", "extract", "cache_teacher", "train", "evaluate", "join", "retrieval", "latency",
-                    "report", "promote", "end"]
+                    "retrofit", "report", "promote", "end"]
     assert graph["cache_teacher"].type == "foreach" and graph["join"].type == "join"
 
 
@@ -194,9 +194,13 @@ def test_flow_reports_every_arm(smoke_run):
     assert set(report["analysis"]["external"]) == {"teacher", "student_init"}
     assert {row["batch_size"] for row in report["latency"]["table"]} == {1, 8}
     assert len(report["claims"]) == 12 and all(c["verdict"] for c in report["claims"])
+    retrofitted = report["retrofit"]["random-bert:layers=4,hidden=64,heads=2,seed=1"]
+    assert retrofitted["depth"] == 4 and retrofitted["l_min"] == 2 and 0 <= retrofitted["exit_rate"] <= 1
+    assert Path(retrofitted["model_dir"]).parent.parent == root / "runs" / "smoke"
     steps = {row[0] for row in report["steps"]}
-    assert {"start", "cache_teacher", "train", "evaluate", "retrieval", "latency"} <= steps
+    assert {"start", "cache_teacher", "train", "evaluate", "retrieval", "latency", "retrofit"} <= steps
     markdown = (root / "reports" / "smoke" / "report.md").read_text()
+    assert "## Retrofit of published models" in markdown and "| `random-bert:layers=4" in markdown
     assert "| beta_0.2 | 0 | sweep |" in markdown and "## Failures\n\nnone" in markdown
     assert sorted(p.name for p in (root / "reports" / "smoke" / "figures").glob("*.png")) == [
         "contraction.png", "exit_distribution.png", "layer_similarity.png", "nn10_by_layer.png", "theta_pareto.png"]
@@ -233,6 +237,12 @@ def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
     assert parent.info.status == "FINISHED" and parent.data.params["data.n_sentences"] == "96"
     assert parent.data.tags["leap.failed_arms"] == "none"
     children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
+    retrofits = [r for r in children if r.data.tags["leap.arm"].startswith("retrofit-")]
+    children = [r for r in children if r not in retrofits]
+    assert [r.data.tags["leap.arm"] for r in retrofits] == ["retrofit-random-bert_layers_4_hidden_64_heads_2_seed_1"]
+    assert retrofits[0].info.status == "FINISHED" and "/retrofit/" in retrofits[0].data.tags["metaflow.pathspec"]
+    assert {"original_stsb", "stsb_exited", "exit_rate", "vs_truncated_original.difference"} <= set(
+        retrofits[0].data.metrics)
     # One nested run per arm: the resumed tasks reopened the runs the killed ones had started.
     assert sorted(r.data.tags["leap.arm"] for r in children) == ["baseline", "beta_0.2", "final_only", "leap"]
     for child in children:

@@ -348,3 +348,36 @@ def test_objective_input_errors():
     with pytest.raises(ValueError, match="objective.late_layers"):
         LeapObjective(ObjectiveConfig(late_layers=[L]), L, D_S, D_T)
     assert LeapObjective(ObjectiveConfig(late_layers=[1, 2]), L, D_S, D_T).late_layers == [1, 2]
+
+
+def test_objective_final_weight_scales_only_the_final_term():
+    student, teacher = inputs()
+    base_total, terms = objective()(student, teacher, progress=0.5)
+    heavy_total, heavy_terms = objective(final=5.0)(student, teacher, progress=0.5)
+    assert heavy_terms["final"] == pytest.approx(terms["final"])
+    assert heavy_total.item() - base_total.item() == pytest.approx(4.0 * terms["final"], rel=1e-4)
+
+
+def test_objective_contrast_layers_average_the_listed_layers():
+    student, teacher = inputs()
+    cfg = ObjectiveConfig()
+    expected = np.mean([contrastive_kl(student[layer - 1], teacher[-1], cfg.contrast_temperature).item()
+                        for layer in (2, L)])
+    _, terms = objective(contrast_layers=[2, L])(student, teacher, progress=0.0)
+    assert terms["contrast"] == pytest.approx(expected, rel=1e-5)
+    _, default_terms = objective()(student, teacher, progress=0.0)
+    assert default_terms["contrast"] == pytest.approx(
+        contrastive_kl(student[-1], teacher[-1], cfg.contrast_temperature).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="contrast_layers"):
+        objective(contrast_layers=[0, L + 1])
+
+
+def test_objective_fingerprint_unchanged_by_neutral_later_fields():
+    """Runs trained before `final` and `contrast_layers` existed keep their fingerprint (and resume)."""
+    from leap_core.config import objective_fingerprint
+
+    cfg = ObjectiveConfig(beta=2.0, late_layers=[5, 6])
+    before = repr(cfg).replace(", final=1.0, contrast_layers=None", "")
+    assert objective_fingerprint(cfg) == before
+    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], final=4.0)) != before
+    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], contrast_layers=[6])) != before

@@ -125,6 +125,20 @@ def test_write_report_writes_every_file_and_names_failures(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave no temporary files
 
 
+def test_retrofit_section_lists_each_model_beside_its_original(tmp_path):
+    summary = {"depth": 6, "original_stsb": 0.8204, "stsb_full": 0.8231, "stsb_exited": 0.8069, "exit_rate": 0.4751,
+               "mean_exit_layer": 4.79, "layer_reduction": 1.2525, "train_seconds": 834.2,
+               "vs_truncated_original": {"truncated_depth": 5, "difference": 0.1412, "ci_low": 0.1201, "ci_high": 0.1633}}
+    run = {"pathspec": "LeapFlow/1", "mlflow_run_id": "abc"}
+    report.write_report(tmp_path, load_profile("cpu"), paper_like_results(), run=run, retrofit={"m/x": summary})
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["retrofit"]["m/x"]["stsb_exited"] == 0.8069
+    row = "| `m/x` | 0.820 | 0.823 | 0.807 | 47.5% | 4.79 of 6 | 1.25x | +0.141 [+0.120, +0.163] vs depth 5 | 834 |"
+    assert row in (tmp_path / "report.md").read_text()
+    report.write_report(tmp_path / "none", load_profile("cpu"), paper_like_results(), run=run)
+    assert "## Retrofit" not in (tmp_path / "none" / "report.md").read_text()
+
+
 @pytest.mark.parametrize("values, expected", [([0.70, 0.72, 0.74], (0.72, 0.02)), ([0.5], (0.5, None))])
 def test_seed_summaries_are_t_intervals(values, expected):
     results = [arm("leap", i, stsb_exited=v) for i, v in enumerate(values)]

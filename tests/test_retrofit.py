@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 from leap_core import experiment
 from leap_core.config import load_profile
 from leap_core.models import resolve_model
-from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_profile
+from leap_core.config import _merge
+from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 
@@ -21,7 +22,19 @@ def test_retrofit_profile_uses_the_model_as_teacher_and_student(base):
     profile = retrofit_profile(base, MODEL)
     assert profile.models.teacher == profile.models.student_init == MODEL
     assert profile.models.student_layers == 4 and profile.exit.l_min == 2
-    assert profile.objective_for(RETROFIT_ARM).alpha == 0.0  # no L_inter: it would pin every layer
+    objective = profile.objective_for(RETROFIT_ARM)
+    assert objective.alpha == 0.0  # no L_inter: it would pin every layer
+    # pulls and similarity structure from the layer below l_min on; the final layer keeps its structure
+    assert objective.late_layers == [1, 2, 3] and objective.contrast_layers == [1, 2, 3, 4]
+
+
+def test_retrofit_dir_changes_with_the_recipe(base):
+    from leap_core.config import Profile, _build
+
+    stronger = _build(Profile, _merge(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: {"beta": 9.0}}}}), "t")
+    assert retrofit_dir(base, MODEL, 0) == retrofit_dir(base, MODEL, 0)
+    assert retrofit_dir(base, MODEL, 0) != retrofit_dir(stronger, MODEL, 0)
+    assert retrofit_dir(base, MODEL, 0) != retrofit_dir(base, MODEL, 1)
 
 
 def test_student_starts_identical_and_final_term_is_zero_at_step_0(base, tmp_path):
@@ -53,3 +66,4 @@ def test_smoke_retrofit_runs_end_to_end(base):
     assert low <= summary["vs_truncated_original"]["difference"] <= high
     saved = json.loads((resolve_model(summary["model_dir"]) / "leap_exit.json").read_text())
     assert saved["l_min"] == 2
+    assert len(summary["common_component"]) == len(summary["original_common_component"]) == 4

@@ -37,12 +37,19 @@ def exit_statistics(exit_layers: np.ndarray, n_layers: int) -> dict[str, Any]:
 
 def similarity_to_final(layer_embs: np.ndarray) -> list[float]:
     """Mean over rows of cos(e_l, e_L) for each layer l; layer_embs is (L, N, d), index l-1 = layer l."""
-    embs = np.asarray(layer_embs, dtype=np.float64)
-    if embs.ndim != 3 or embs.shape[1] == 0:
-        raise ValueError(f"layer_embs: expected a non-empty (L, N, d) array, got shape {embs.shape}")
-    norms = np.linalg.norm(embs, axis=-1, keepdims=True)
-    unit = embs / np.maximum(norms, 1e-12)
+    unit = _unit_layers(layer_embs)
     return [float(v) for v in (unit * unit[-1]).sum(-1).mean(-1)]
+
+
+def common_component(layer_embs: np.ndarray) -> list[float]:
+    """||mean_rows e_l / |e_l| || per layer: 0 when directions spread evenly, 1 when every row points the same way.
+
+    A layer whose pooled vectors share one large direction (anisotropic) cannot be close to a final layer
+    whose vectors spread: it is why intermediate layers of contrastively trained models sit far from their final.
+    layer_embs is (L, N, d), index l-1 = layer l.
+    """
+    unit = _unit_layers(layer_embs)
+    return [float(v) for v in np.linalg.norm(unit.mean(axis=1), axis=-1)]
 
 
 def _unit_layers(layer_embs: np.ndarray) -> np.ndarray:

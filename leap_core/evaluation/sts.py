@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from leap_core.evaluation.layers import exit_statistics, similarity_to_final
+from leap_core.evaluation.layers import common_component, exit_statistics, similarity_to_final
 
 
 def spearman(emb1: np.ndarray, emb2: np.ndarray, scores: Any) -> float:
@@ -30,8 +30,8 @@ def evaluate_sts(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, An
 
     Each unique sentence is encoded once at full depth (every layer) and once with early exit
     (mode "compact", the encoder's theta, k, l_min). Exit statistics count unique sentences.
-    Returns stsb_full, stsb_exited, the exit statistics of layers.exit_statistics, similarity_to_final
-    and stsb_per_layer (index l-1 = layer l), n_pairs, n_sentences, n_layers, theta, k, l_min.
+    Returns stsb_full, stsb_exited, the exit statistics of layers.exit_statistics, similarity_to_final,
+    common_component and stsb_per_layer (index l-1 = layer l), n_pairs, n_sentences, n_layers, theta, k, l_min.
     """
     s1, s2, gold = list(pairs.sentences1), list(pairs.sentences2), np.asarray(pairs.scores, dtype=np.float64)
     if not (len(s1) == len(s2) == len(gold)):
@@ -54,6 +54,7 @@ def evaluate_sts(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, An
         "stsb_exited": spearman(exited[idx1], exited[idx2], gold),
         **exit_statistics(exit_layers, n_layers),
         "similarity_to_final": similarity_to_final(layer_embs),
+        "common_component": common_component(layer_embs),
         "stsb_per_layer": per_layer,
         "n_pairs": len(s1),
         "n_sentences": len(unique),

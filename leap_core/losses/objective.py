@@ -16,12 +16,12 @@ from leap_core.losses.redundancy import redundancy_loss
 
 
 class LeapObjective(nn.Module):
-    """L = L_final + alpha L_inter + beta (L_exit^t + factor ramp(progress) L_exit^s)
+    """L = final L_final + alpha L_inter + beta (L_exit^t + factor ramp(progress) L_exit^s)
            + delta L_contrast + late L_late + redund L_redund.
 
     Teacher-comparing terms (final, inter, exit^t) see the student projected to the teacher's width
-    and re-normalised; contrast compares the raw student final with the teacher final (similarity
-    matrices are width-free); self terms (exit^s, late, redund) see the raw student layers.
+    and re-normalised; contrast compares the raw student final (or the mean over contrast_layers)
+    with the teacher final (similarity matrices are width-free); self terms (exit^s, late, redund) see the raw student layers.
     A term whose weight is 0 is not computed and is absent from the returned dict; exit_self is
     computed whenever beta * student_target_factor != 0, even while the ramp is still 0, so that
     an arm logs the same keys throughout training ("ramp" is reported alongside it).
@@ -44,6 +44,12 @@ class LeapObjective(nn.Module):
                 f"(1-indexed student layers, the last excluded)"
             )
         self.late_layers = list(late)
+        contrast = config.contrast_layers if config.contrast_layers is not None else [n_student_layers]
+        bad = [layer for layer in contrast if not 1 <= layer <= n_student_layers]
+        if bad or not contrast:
+            raise ValueError(f"objective.contrast_layers: {bad or contrast} must be 1-indexed student layers "
+                             f"in 1..{n_student_layers}")
+        self.contrast_layers = list(contrast)
         # Not persistent: derived from the config, so checkpoints hold only the projection.
         self.register_buffer(
             "exit_weights",
@@ -80,7 +86,7 @@ class LeapObjective(nn.Module):
 
         terms: dict[str, torch.Tensor] = {"final": final_loss(projected[-1], teacher_final)}
         schedule: dict[str, float] = {}
-        total = terms["final"]
+        total = cfg.final * terms["final"]
         if cfg.alpha != 0:
             terms["inter"] = inter_loss(projected, teacher_layers)
             total = total + cfg.alpha * terms["inter"]
@@ -95,7 +101,9 @@ class LeapObjective(nn.Module):
                 exit_total = exit_total + cfg.student_target_factor * ramp * terms["exit_self"]
             total = total + cfg.beta * exit_total
         if cfg.delta != 0:
-            terms["contrast"] = contrastive_kl(student_layers[-1], teacher_final, cfg.contrast_temperature)
+            terms["contrast"] = torch.stack([
+                contrastive_kl(student_layers[layer - 1], teacher_final, cfg.contrast_temperature)
+                for layer in self.contrast_layers]).mean()
             total = total + cfg.delta * terms["contrast"]
         if cfg.late != 0:
             terms["late"] = late_loss(student_layers, self.late_layers)
