@@ -35,3 +35,25 @@ def test_readme_headline_table_is_the_reports():
 def test_every_figure_the_report_shows_is_committed():
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", REPORT.read_text(encoding="utf-8"))
     assert figures and all((REPORT.parent / figure).is_file() for figure in figures)
+
+
+RETROFIT = REPO / "reports" / "retrofit.json"
+
+
+@pytest.mark.skipif(not RETROFIT.is_file(), reason="no committed retrofit report yet")
+def test_readme_retrofit_table_is_the_retrofit_reports():
+    import json
+
+    measured = json.loads(RETROFIT.read_text(encoding="utf-8"))
+    rows = table_after((REPO / "README.md").read_text(encoding="utf-8"), "**Retrofit**")[2:]
+    assert len(rows) == len(measured)
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        name = cells[0].split(" ")[0]
+        s = measured[f"sentence-transformers/{name}"]
+        cut = s["vs_truncated_original"]
+        assert cells[1:7] == [f"{s['original_stsb']:.3f}", f"{s['stsb_full']:.3f}", f"{s['stsb_exited']:.3f}",
+                              f"{s['exit_rate']:.0%}", f"{s['layer_reduction']:.2f}x",
+                              f"{cut['difference']:+.3f} [{cut['ci_low']:.3f}, {cut['ci_high']:.3f}] "
+                              f"({cut['truncated_depth']} layers)"]
+        assert cells[7] == f"{s['train_seconds'] / 60:.0f} min"
