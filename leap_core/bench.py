@@ -72,16 +72,13 @@ def paired_overhead_ci(full: Sequence[float], monitored: Sequence[float], seed: 
 
     Each iteration times both modes on the same batch back to back, so the ratio cancels drift that both share.
     """
-    from scipy.stats import bootstrap
+    from leap_core.stats import bootstrap_ci
 
     if len(full) != len(monitored) or len(full) < 3 or min(full) <= 0:
         return None
     ratios = np.asarray(monitored, dtype=np.float64) / np.asarray(full, dtype=np.float64) - 1.0
-    if np.ptp(ratios) == 0:
-        return [float(ratios[0])] * 2
-    result = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=2000, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+    ci = bootstrap_ci((ratios,), np.median, seed=seed)
+    return [ci["low"], ci["high"]]
 
 
 def summarize(

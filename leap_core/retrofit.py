@@ -52,9 +52,12 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
     return _build(Profile, values, f"{base.name} (retrofit of {model})")
 
 
-def retrofit_dir(base: Profile, model: str, seed: int) -> Path:
-    """runs/<profile>/retrofit-<model>-<recipe hash>-seed<seed>: a changed recipe trains afresh beside the old one."""
-    profile = retrofit_profile(base, model)
+def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None = None) -> Path:
+    """runs/<profile>/retrofit-<model>-<recipe hash>-seed<seed>: a changed recipe trains afresh beside the old one.
+
+    profile: retrofit_profile(base, model), when the caller already has it (it reads MODEL's config).
+    """
+    profile = profile or retrofit_profile(base, model)
     recipe = sha256_strings([objective_fingerprint(profile.objective_for(RETROFIT_ARM)),
                              str(profile.training_for(RETROFIT_ARM))])[:8]
     return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
@@ -103,7 +106,7 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
     profile = retrofit_profile(base, model)
     sentences_path = sentences_path or experiment.extract(base)
     cache = experiment.cache_teacher(profile, sentences_path)
-    trained = experiment.train_arm(profile, RETROFIT_ARM, seed, cache, out_dir=retrofit_dir(base, model, seed))
+    trained = experiment.train_arm(profile, RETROFIT_ARM, seed, cache, out_dir=retrofit_dir(base, model, seed, profile))
     original = experiment.evaluate_model(profile, model)
     result = experiment.evaluate_model(profile, trained.model_dir)
     summary = {
