@@ -201,11 +201,11 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     for model in args.models:
-        summary = retrofit(profile, model, seed=args.seed)
+        summary = retrofit(profile, model, seed=args.seed, quality_budget=args.max_drop)
         report[model] = summary
         write_json_atomic(out, report)
         keys = ["original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
-                "train_seconds", "vs_truncated_original"]
+                "train_seconds", "vs_truncated_original", "at_quality_budget"]
         print(json.dumps({model: {key: summary[key] for key in keys}}, indent=2))
 
 
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
     retro.add_argument("--seed", type=int, default=0)
     retro.add_argument("--out", default="reports/retrofit.json")
+    retro.add_argument("--max-drop", type=float, default=0.01,
+                       help="also choose theta on STS dev for exited STS-B within this of the original (default 0.01)")
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")

@@ -41,7 +41,8 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """L = L_final + alpha L_inter + beta L_exit + delta L_contrast + late L_late + redund L_redund."""
+    """L = final L_final + alpha L_inter + beta L_exit + delta L_contrast + late L_late + redund L_redund
+    + adjacent L_adjacent."""
 
     alpha: float = 0.3
     beta: float = 0.4
@@ -60,11 +61,15 @@ class ObjectiveConfig:
     redund_margin: float = 0.1
     final: float = 1.0  # weight of L_final; a retrofit raises it to hold the final layer where it was
     contrast_layers: list[int] | None = None  # 1-indexed layers whose similarity matrix L_contrast matches; None = last
+    adjacent: float = 0.0  # weight of L_adjacent (consecutive layers agree); 0 = the paper's objective
+    adjacent_margin: float = 0.97  # hinge on cos(e^{l-1}, e^l); above theta, so passing samples keep a cushion
+    adjacent_layers: list[int] | None = None  # 1-indexed l of the pairs (l-1, l); None = exit_weight_from..L-1
 
 
 # Objective fields added after runs were recorded, at the value that reproduces the behaviour before
 # them: left out of the fingerprint at that value, so runs trained before they existed stay resumable.
-_LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None}
+_LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None, "adjacent": 0.0, "adjacent_margin": 0.97,
+                         "adjacent_layers": None}
 
 
 def objective_fingerprint(objective: ObjectiveConfig) -> str:

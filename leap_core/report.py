@@ -461,11 +461,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                         report["beir_table"])
     if report.get("retrofit_table"):
         lines += ["## Retrofit of published models (STS-B; the original measured by the same code)", "",
-                  "Each model fine-tuned against its own frozen outputs (`leap retrofit`); the last but one "
-                  "column is exited STS-B minus the original cut to the nearest whole depth, with a paired "
-                  "bootstrap 95% CI.", ""]
+                  "Each model fine-tuned against its own frozen outputs (`leap retrofit`); the "
+                  "exited - original cut column is exited STS-B minus the original cut to the nearest whole depth, with a paired "
+                  "bootstrap 95% CI. The quality-budget column is the theta chosen on STS-B dev for the largest "
+                  "layer reduction with exited STS-B at most that far below the original, measured on the test set.", ""]
         lines += _table(["model", "original", "full", "exited", "exit rate", "mean exit layer", "layer reduction",
-                         "exited - original cut", "train s"], report["retrofit_table"])
+                         "exited - original cut", "quality budget (theta from dev)", "train s"],
+                        report["retrofit_table"])
     lines += ["## Every arm", ""]
     lines += _table(["arm", "seed", "group", "STS-B full [95% CI]", "STS-B exited [95% CI]", "exit rate",
                      "exit by L7", "mean exit layer", "layer reduction", "train s"], _arm_rows(report["arms"]))
@@ -584,8 +586,19 @@ def _retrofit_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[str
                      f"{s['exit_rate']:.1%}", f"{s['mean_exit_layer']:.2f} of {s['depth']}",
                      f"{s['layer_reduction']:.2f}x",
                      f"{cut['difference']:+.3f} [{cut['ci_low']:+.3f}, {cut['ci_high']:+.3f}] vs depth "
-                     f"{cut['truncated_depth']}", f"{s['train_seconds']:.0f}"])
+                     f"{cut['truncated_depth']}", _quality_budget_cell(s.get("at_quality_budget")),
+                     f"{s['train_seconds']:.0f}"])
     return rows
+
+
+def _quality_budget_cell(budget: Mapping[str, Any] | None) -> str:
+    """The operating point for "exited within max_drop of the original": theta from dev, numbers from test."""
+    if not budget:
+        return "not measured"
+    if budget["theta"] is None:
+        return f"no theta within {budget['max_drop']} on dev"
+    return (f"<= {budget['max_drop']} below: theta {budget['theta']:.2f}, {budget['exit_rate']:.0%} exit, "
+            f"{budget['layer_reduction']:.2f}x, exited {fmt(budget['stsb_exited'])}")
 
 
 def write_report(out_dir: str | Path, profile: Any, results: Sequence[Mapping[str, Any]],

@@ -14,6 +14,7 @@ from leap_core.config import ObjectiveConfig
 from leap_core.losses import (
     LATE_EPS,
     LeapObjective,
+    adjacent_loss,
     contrastive_kl,
     default_late_layers,
     exit_layer_weights,
@@ -373,11 +374,48 @@ def test_objective_contrast_layers_average_the_listed_layers():
 
 
 def test_objective_fingerprint_unchanged_by_neutral_later_fields():
-    """Runs trained before `final` and `contrast_layers` existed keep their fingerprint (and resume)."""
+    """Runs trained before `final`, `contrast_layers` and `adjacent*` existed keep their fingerprint (and resume)."""
     from leap_core.config import objective_fingerprint
 
     cfg = ObjectiveConfig(beta=2.0, late_layers=[5, 6])
-    before = repr(cfg).replace(", final=1.0, contrast_layers=None", "")
+    before = repr(cfg).replace(
+        ", final=1.0, contrast_layers=None, adjacent=0.0, adjacent_margin=0.97, adjacent_layers=None", "")
     assert objective_fingerprint(cfg) == before
     assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], final=4.0)) != before
     assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], contrast_layers=[6])) != before
+    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], adjacent=1.0)) != before
+
+
+def test_adjacent_loss_hinge_values_and_stop_gradient():
+    raw = torch.tensor([[[0.0, 1.0]], [[0.6, 0.8]], [[1.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    layers = F.normalize(raw, dim=-1)
+    # cos(layer 1, layer 2) = 0.8, cos(layer 2, layer 3) = 0.6
+    assert adjacent_loss(layers, [2], margin=0.97).item() == pytest.approx(0.17)
+    assert adjacent_loss(layers, [2, 3], margin=0.97).item() == pytest.approx((0.17 + 0.37) / 2)
+    assert adjacent_loss(layers, [2], margin=0.7).item() == 0.0  # already past the margin: no push
+    loss = adjacent_loss(layers, [3], margin=0.97)
+    loss.backward()
+    assert torch.equal(raw.grad[-1], torch.zeros(1, 2, dtype=torch.float64))  # the upper layer is the target
+    assert raw.grad[1].abs().sum() > 0
+    assert torch.equal(raw.grad[0], torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_adjacent_loss_rejects_bad_layers_and_empty_is_zero():
+    with pytest.raises(ValueError, match="adjacent_loss"):
+        adjacent_loss(unit(3, 2, 2), [1], 0.97)
+    with pytest.raises(ValueError, match="adjacent_loss"):
+        adjacent_loss(unit(3, 2, 2), [4], 0.97)
+    assert adjacent_loss(unit(3, 2, 2), [], 0.97).item() == 0.0
+
+
+def test_objective_adjacent_term_defaults_to_the_exit_tests():
+    student, teacher = inputs()
+    obj = objective(exit_weight_from=2, adjacent=3.0)
+    assert obj.adjacent_layers == [2, 3]  # exit_weight_from .. L-1
+    base_total, base_terms = objective(exit_weight_from=2)(student, teacher, progress=0.5)
+    total, terms = obj(student, teacher, progress=0.5)
+    assert "adjacent" not in base_terms
+    assert terms["adjacent"] == pytest.approx(adjacent_loss(student, [2, 3], 0.97).item(), rel=1e-5)
+    assert total.item() - base_total.item() == pytest.approx(3.0 * terms["adjacent"], rel=1e-4)
+    with pytest.raises(ValueError, match="adjacent_layers"):
+        objective(adjacent=1.0, adjacent_layers=[1])

@@ -57,3 +57,6 @@ def test_readme_retrofit_table_is_the_retrofit_reports():
                               f"{cut['difference']:+.3f} [{cut['ci_low']:.3f}, {cut['ci_high']:.3f}] "
                               f"({cut['truncated_depth']} layers)"]
         assert cells[7] == f"{s['train_seconds'] / 60:.0f} min"
+        budget = s["at_quality_budget"]
+        assert cells[8] == (f"{budget['theta']:.2f}: {budget['exit_rate']:.0%}, {budget['layer_reduction']:.2f}x, "
+                            f"{budget['stsb_exited']:.3f}")

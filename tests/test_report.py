@@ -130,11 +130,18 @@ def test_retrofit_section_lists_each_model_beside_its_original(tmp_path):
                "mean_exit_layer": 4.79, "layer_reduction": 1.2525, "train_seconds": 834.2,
                "vs_truncated_original": {"truncated_depth": 5, "difference": 0.1412, "ci_low": 0.1201, "ci_high": 0.1633}}
     run = {"pathspec": "LeapFlow/1", "mlflow_run_id": "abc"}
-    report.write_report(tmp_path, load_profile("cpu"), paper_like_results(), run=run, retrofit={"m/x": summary})
+    budgeted = {**summary, "at_quality_budget": {"max_drop": 0.01, "theta": 0.97, "exit_rate": 0.612,
+                                                 "layer_reduction": 1.1832, "stsb_exited": 0.8123}}
+    unmet = {**summary, "at_quality_budget": {"max_drop": 0.01, "theta": None}}
+    report.write_report(tmp_path, load_profile("cpu"), paper_like_results(), run=run,
+                        retrofit={"m/x": summary, "m/y": budgeted, "m/z": unmet})
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["retrofit"]["m/x"]["stsb_exited"] == 0.8069
-    row = "| `m/x` | 0.820 | 0.823 | 0.807 | 47.5% | 4.79 of 6 | 1.25x | +0.141 [+0.120, +0.163] vs depth 5 | 834 |"
-    assert row in (tmp_path / "report.md").read_text()
+    markdown = (tmp_path / "report.md").read_text()
+    cells = "| 0.820 | 0.823 | 0.807 | 47.5% | 4.79 of 6 | 1.25x | +0.141 [+0.120, +0.163] vs depth 5 |"
+    assert f"| `m/x` {cells} not measured | 834 |" in markdown
+    assert f"| `m/y` {cells} <= 0.01 below: theta 0.97, 61% exit, 1.18x, exited 0.812 | 834 |" in markdown
+    assert f"| `m/z` {cells} no theta within 0.01 on dev | 834 |" in markdown
     report.write_report(tmp_path / "none", load_profile("cpu"), paper_like_results(), run=run)
     assert "## Retrofit" not in (tmp_path / "none" / "report.md").read_text()
 

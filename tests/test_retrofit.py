@@ -8,7 +8,7 @@ from leap_core import experiment
 from leap_core.config import load_profile
 from leap_core.models import resolve_model
 from leap_core.config import _merge
-from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile
+from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, theta_for_quality_budget
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 
@@ -24,8 +24,9 @@ def test_retrofit_profile_uses_the_model_as_teacher_and_student(base):
     assert profile.models.student_layers == 4 and profile.exit.l_min == 2
     objective = profile.objective_for(RETROFIT_ARM)
     assert objective.alpha == 0.0  # no L_inter: it would pin every layer
-    # pulls and similarity structure from the layer below l_min on; the final layer keeps its structure
-    assert objective.late_layers == [1, 2, 3] and objective.contrast_layers == [1, 2, 3, 4]
+    # the exit layers l_min..L-1 are pulled onto the final and given its similarity structure
+    assert objective.exit_weight_from == 2
+    assert objective.late_layers == [2, 3] and objective.contrast_layers == [2, 3, 4]
 
 
 def test_retrofit_dir_changes_with_the_recipe(base):
@@ -67,3 +68,18 @@ def test_smoke_retrofit_runs_end_to_end(base):
     saved = json.loads((resolve_model(summary["model_dir"]) / "leap_exit.json").read_text())
     assert saved["l_min"] == 2
     assert len(summary["common_component"]) == len(summary["original_common_component"]) == 4
+    assert summary["at_quality_budget"]["max_drop"] == 0.01
+
+
+def test_theta_for_quality_budget_counts_the_budget_from_the_original(base):
+    """With the original as its own "retrofit" the budget is the plain drop; chosen on dev, measured on test."""
+    from leap_core.evaluation.calibrate import THETAS
+
+    profile = retrofit_profile(base, MODEL)
+    loose = theta_for_quality_budget(profile, MODEL, resolve_model(MODEL), max_drop=5.0)
+    assert loose["theta"] in THETAS and loose["chosen_on"] == "stsb/dev.tsv" and loose["measured_on"] == "stsb/test.tsv"
+    assert 0.0 <= loose["exit_rate"] <= 1.0 and loose["layer_reduction"] >= 1.0
+    assert loose["layer_reduction"] == pytest.approx(4 / loose["mean_exit_layer"])
+    assert -1.0 <= loose["stsb_exited"] <= 1.0
+    impossible = theta_for_quality_budget(profile, MODEL, resolve_model(MODEL), max_drop=-2.0)
+    assert impossible["theta"] is None and "stsb_exited" not in impossible

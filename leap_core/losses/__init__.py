@@ -5,6 +5,7 @@ l-1 holding student layer l (layers are 1-indexed in every config and API); `tea
 (L, B, D) with index l-1 holding teacher layer pi(l), so its last index is the teacher's final layer.
 """
 
+from leap_core.losses.adjacent import adjacent_loss
 from leap_core.losses.contrast import contrastive_kl
 from leap_core.losses.exit import (
     exit_layer_weights,
@@ -22,6 +23,7 @@ from leap_core.losses.redundancy import redundancy_loss
 __all__ = [
     "LATE_EPS",
     "LeapObjective",
+    "adjacent_loss",
     "contrastive_kl",
     "default_late_layers",
     "exit_layer_weights",

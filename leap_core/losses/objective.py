@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leap_core.config import ObjectiveConfig
+from leap_core.losses.adjacent import adjacent_loss
 from leap_core.losses.contrast import contrastive_kl
 from leap_core.losses.exit import exit_layer_weights, exit_loss_self, exit_loss_teacher, student_target_ramp
 from leap_core.losses.final import final_loss
@@ -17,11 +18,12 @@ from leap_core.losses.redundancy import redundancy_loss
 
 class LeapObjective(nn.Module):
     """L = final L_final + alpha L_inter + beta (L_exit^t + factor ramp(progress) L_exit^s)
-           + delta L_contrast + late L_late + redund L_redund.
+           + delta L_contrast + late L_late + redund L_redund + adjacent L_adjacent.
 
     Teacher-comparing terms (final, inter, exit^t) see the student projected to the teacher's width
     and re-normalised; contrast compares the raw student final (or the mean over contrast_layers)
-    with the teacher final (similarity matrices are width-free); self terms (exit^s, late, redund) see the raw student layers.
+    with the teacher final (similarity matrices are width-free); self terms (exit^s, late, redund, adjacent) see
+    the raw student layers.
     A term whose weight is 0 is not computed and is absent from the returned dict; exit_self is
     computed whenever beta * student_target_factor != 0, even while the ramp is still 0, so that
     an arm logs the same keys throughout training ("ramp" is reported alongside it).
@@ -50,6 +52,13 @@ class LeapObjective(nn.Module):
             raise ValueError(f"objective.contrast_layers: {bad or contrast} must be 1-indexed student layers "
                              f"in 1..{n_student_layers}")
         self.contrast_layers = list(contrast)
+        adjacent = (config.adjacent_layers if config.adjacent_layers is not None
+                    else list(range(max(2, config.exit_weight_from), n_student_layers)))
+        bad = [layer for layer in adjacent if not 2 <= layer <= n_student_layers]
+        if bad:
+            raise ValueError(f"objective.adjacent_layers: {bad} outside 2..{n_student_layers} "
+                             f"(1-indexed layers l, each compared with l-1)")
+        self.adjacent_layers = list(adjacent)
         # Not persistent: derived from the config, so checkpoints hold only the projection.
         self.register_buffer(
             "exit_weights",
@@ -77,7 +86,7 @@ class LeapObjective(nn.Module):
         """student_layers (L, B, d), teacher_layers (L, B, D), progress = fraction of training done.
 
         Returns the total loss (a scalar with graph) and the float value of every computed term
-        (keys among final, inter, exit_teacher, exit_self, contrast, late, redund, ramp, total).
+        (keys among final, inter, exit_teacher, exit_self, contrast, late, adjacent, redund, ramp, total).
         """
         self._check(student_layers, teacher_layers)
         cfg = self.config
@@ -108,6 +117,9 @@ class LeapObjective(nn.Module):
         if cfg.late != 0:
             terms["late"] = late_loss(student_layers, self.late_layers)
             total = total + cfg.late * terms["late"]
+        if cfg.adjacent != 0:
+            terms["adjacent"] = adjacent_loss(student_layers, self.adjacent_layers, cfg.adjacent_margin)
+            total = total + cfg.adjacent * terms["adjacent"]
         if cfg.redund != 0:
             terms["redund"] = redundancy_loss(student_layers, cfg.redund_margin)
             total = total + cfg.redund * terms["redund"]
