@@ -79,13 +79,6 @@ def paired_spearman_difference(cos_a: np.ndarray, cos_b: np.ndarray, gold: np.nd
             "ci_high": float(result.confidence_interval.high)}
 
 
-def _sts_rows(pairs: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
-    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
-    position = {sentence: i for i, sentence in enumerate(unique)}
-    return (unique, np.array([position[s] for s in pairs.sentences1]),
-            np.array([position[s] for s in pairs.sentences2]))
-
-
 def _pair_cosines(embeddings: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
     return (embeddings[idx1] * embeddings[idx2]).sum(-1)
 
@@ -94,9 +87,10 @@ def compare_with_truncation(profile: Profile, original: str, retrofitted: str | 
     """The retrofit's exited embeddings vs the original cut to depth round(mean exit layer), on the STS set."""
     from leap_core.data import read_sts
     from leap_core.encoder import EarlyExitEncoder
+    from leap_core.evaluation.sts import pair_rows
 
     pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
-    unique, idx1, idx2 = _sts_rows(pairs)
+    unique, idx1, idx2 = pair_rows(pairs)
     depth = int(round(mean_exit_layer))
     settings = {"theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min}
     exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=64, mode="compact")
@@ -119,11 +113,11 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
     from leap_core.data import read_sts
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.calibrate import THETAS, calibration_points, choose_theta
-    from leap_core.evaluation.sts import spearman
+    from leap_core.evaluation.sts import pair_rows, spearman
 
     k, l_min = profile.exit.k, profile.exit.l_min
     dev_pairs = read_sts(experiment.data_path(profile, profile.data.sts_dev))
-    dev, dev1, dev2 = _sts_rows(dev_pairs)
+    dev, dev1, dev2 = pair_rows(dev_pairs)
     retro = EarlyExitEncoder.from_pretrained(str(retrofitted), k=k, l_min=l_min)
     original_full = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), k=k, l_min=l_min).encode(
         dev, batch_size=64, mode="full")
@@ -138,7 +132,7 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
     if chosen is None:
         return result
     test_pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
-    test, test1, test2 = _sts_rows(test_pairs)
+    test, test1, test2 = pair_rows(test_pairs)
     measured = calibration_points(retro.layer_embeddings(test, batch_size=64), test1, test2, test_pairs.scores,
                                   [chosen["theta"]], k, l_min)[0]
     result.update({"measured_on": profile.data.sts_eval, "dev_layer_reduction": chosen["layer_reduction"],

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from leap_core.encoder import EarlyExitEncoder
 from leap_core.evaluation.layers import common_component, exit_statistics, similarity_to_final
-from leap_core.evaluation.sts import evaluate_sts, spearman
+from leap_core.evaluation.sts import evaluate_sts, pair_rows, spearman
 
 
 def test_spearman_hand_case():
@@ -121,3 +121,12 @@ def test_evaluate_sts_rejects_ragged_pairs(encoder):
     ragged = SimpleNamespace(sentences1=["a", "b"], sentences2=["c"], scores=[1.0, 2.0])
     with pytest.raises(ValueError, match="sentences2"):
         evaluate_sts(encoder, ragged)
+
+
+def test_pair_rows_encodes_each_sentence_once_and_maps_pairs_back():
+    from leap_core.data.sts import StsPairs
+
+    pairs = StsPairs(["a", "b", "a"], ["c", "a", "d"], [1.0, 2.0, 3.0])
+    unique, idx1, idx2 = pair_rows(pairs)
+    assert unique == ["a", "b", "c", "d"]
+    assert [unique[i] for i in idx1] == pairs.sentences1 and [unique[i] for i in idx2] == pairs.sentences2

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from leap_core.evaluation.neighbours import knn, overlap
-from leap_core.evaluation.sts import spearman
+from leap_core.evaluation.sts import pair_rows, spearman
 from leap_core.evaluation.sweep import threshold_sweep
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,7 @@ def calibrate_encoder(encoder: Any, pairs: Any, max_sts_drop: float | None = Non
     """Calibrate an EarlyExitEncoder's theta (its k and l_min kept) on STS pairs (.sentences1/.sentences2/.scores)."""
     if max_sts_drop is None and min_nn10 is None:
         raise ValueError("give a quality floor: max_sts_drop and/or min_nn10")
-    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
-    row = {sentence: i for i, sentence in enumerate(unique)}
-    idx1 = np.array([row[s] for s in pairs.sentences1])
-    idx2 = np.array([row[s] for s in pairs.sentences2])
+    unique, idx1, idx2 = pair_rows(pairs)
     layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
     points = calibration_points(layer_embs, idx1, idx2, pairs.scores, thetas, encoder.k, encoder.l_min)
     chosen = choose_theta(points, max_sts_drop, min_nn10)

@@ -25,6 +25,18 @@ def spearman(emb1: np.ndarray, emb2: np.ndarray, scores: Any) -> float:
     return float(spearmanr(cos, gold).statistic)
 
 
+def pair_rows(pairs: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each distinct sentence once (sentences1, then sentences2, first-seen order) and each pair's two rows.
+
+    pairs: anything with .sentences1 and .sentences2; a sentence is encoded once however many pairs hold it.
+    """
+    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
+    row = {sentence: i for i, sentence in enumerate(unique)}
+    idx1 = np.array([row[s] for s in pairs.sentences1], dtype=np.int64)
+    idx2 = np.array([row[s] for s in pairs.sentences2], dtype=np.int64)
+    return unique, idx1, idx2
+
+
 def evaluate_sts(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, Any]:
     """Score an EarlyExitEncoder on STS pairs (anything with .sentences1, .sentences2, .scores).
 
@@ -38,10 +50,7 @@ def evaluate_sts(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, An
         raise ValueError(
             f"pairs: sentences1 ({len(s1)}), sentences2 ({len(s2)}) and scores ({len(gold)}) differ in length"
         )
-    unique = list(dict.fromkeys(s1 + s2))
-    position = {sentence: i for i, sentence in enumerate(unique)}
-    idx1 = np.array([position[s] for s in s1], dtype=np.int64)
-    idx2 = np.array([position[s] for s in s2], dtype=np.int64)
+    unique, idx1, idx2 = pair_rows(pairs)
 
     layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
     exited, exit_layers = encoder.encode(

@@ -22,6 +22,7 @@ import numpy as np
 from leap_core.evaluation.calibrate import THETAS as CALIBRATION_THETAS
 from leap_core.evaluation.calibrate import calibration_points, choose_theta
 from leap_core.evaluation.diagnose import checklist, diagnostics, monitoring_overhead
+from leap_core.evaluation.sts import pair_rows
 from leap_core.evaluation.layers import (contraction_ratios, cumulative_exit_rate, exit_statistics,
                                          inter_layer_stability, similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
@@ -35,10 +36,7 @@ SEED_KEYS = ("stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_
 
 
 def _pair_index(pairs: Any) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    unique = list(dict.fromkeys(list(pairs.sentences1) + list(pairs.sentences2)))
-    row = {sentence: i for i, sentence in enumerate(unique)}
-    idx1 = np.array([row[s] for s in pairs.sentences1], dtype=np.int64)
-    idx2 = np.array([row[s] for s in pairs.sentences2], dtype=np.int64)
+    unique, idx1, idx2 = pair_rows(pairs)
     return unique, idx1, idx2, np.asarray(pairs.scores, dtype=np.float64)
 
 
