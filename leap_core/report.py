@@ -461,8 +461,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                         report["beir_table"])
     if report.get("retrofit_table"):
         lines += ["## Retrofit of published models (STS-B; the original measured by the same code)", "",
-                  "Each model fine-tuned against its own frozen outputs (`leap retrofit`); the "
-                  "exited - original cut column is exited STS-B minus the original cut to the nearest whole depth, with a paired "
+                  "Each model fine-tuned against its own frozen outputs (`leap retrofit`); the exited - original "
+                  "cut column is exited STS-B minus the original cut to the nearest whole depth, with a paired "
                   "bootstrap 95% CI. The quality-budget column is the theta chosen on STS-B dev for the largest "
                   "layer reduction with exited STS-B at most that far below the original, measured on the test set.", ""]
         lines += _table(["model", "original", "full", "exited", "exit rate", "mean exit layer", "layer reduction",

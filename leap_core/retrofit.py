@@ -122,9 +122,9 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
     original_full = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), k=k, l_min=l_min).encode(
         dev, batch_size=64, mode="full")
     original_dev = spearman(original_full[dev1], original_full[dev2], dev_pairs.scores)
-    dev_points = calibration_points(retro.layer_embeddings(dev, batch_size=64), dev1, dev2, dev_pairs.scores,
-                                    THETAS, k, l_min)
-    retro_dev = dev_points[0]["stsb"] + dev_points[0]["sts_drop"]  # the retrofit's full-depth dev score
+    dev_layers = retro.layer_embeddings(dev, batch_size=64)
+    dev_points = calibration_points(dev_layers, dev1, dev2, dev_pairs.scores, THETAS, k, l_min)
+    retro_dev = spearman(dev_layers[-1][dev1], dev_layers[-1][dev2], dev_pairs.scores)
     # calibrate's sts_drop is measured from the retrofit's own full depth; the budget is from the original's.
     chosen = choose_theta(dev_points, max_sts_drop=max_drop - (original_dev - retro_dev))
     result: dict[str, Any] = {"max_drop": max_drop, "chosen_on": profile.data.sts_dev,
