@@ -23,6 +23,9 @@ class DataConfig:
     n_sentences: int = 10000
     min_chars: int = 21  # the paper keeps sentences longer than 20 characters
     seed: int = 0
+    # A file of source tags, one per non-blank corpus line (relative to data_dir); when set, n_sentences
+    # is drawn equally across the tags, so that the biggest source does not set the genre of the sample.
+    balance_by: str | None = None
     # STS files (relative to data_dir) whose sentences never enter training.
     exclude_sts: list[str] = field(default_factory=lambda: ["stsb/dev.tsv", "stsb/test.tsv"])
     sts_eval: str = "stsb/test.tsv"

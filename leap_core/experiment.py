@@ -31,12 +31,13 @@ def data_path(profile: Profile, relative: str) -> Path:
 
 def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
     """Corpus -> unique, long-enough sentences, evaluation sentences removed, subsampled -> Parquet."""
-    from leap_core.data import extract_sentences, load_corpus, sts_sentences, write_sentences_parquet
+    from leap_core.data import extract_sentences, load_corpus, read_tags, sts_sentences, write_sentences_parquet
 
     data = profile.data
     corpus = load_corpus(data.corpus, data.data_dir)
+    tags = read_tags(data_path(profile, data.balance_by), len(corpus), data.corpus) if data.balance_by else None
     held_out = sts_sentences(data.data_dir, data.exclude_sts)
-    sentences = extract_sentences(corpus, data.n_sentences, data.min_chars, data.seed, exclude=held_out)
+    sentences = extract_sentences(corpus, data.n_sentences, data.min_chars, data.seed, exclude=held_out, tags=tags)
     out_path = Path(out_path) if out_path else run_dir(profile) / "sentences.parquet"
     write_sentences_parquet(sentences, out_path)
     log.info("extracted %d sentences from %d (%s) into %s", len(sentences), len(corpus), data.corpus, out_path)

@@ -61,8 +61,23 @@ def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None =
     """
     profile = profile or retrofit_profile(base, model)
     recipe = sha256_strings([objective_fingerprint(profile.objective_for(RETROFIT_ARM)),
-                             str(profile.training_for(RETROFIT_ARM))])[:8]
+                             str(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
     return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
+
+
+def _sample_key(profile: Profile) -> str:
+    """What decides which sentences a run trains on (not where the data lies)."""
+    data = profile.data
+    return str((data.corpus, data.n_sentences, data.min_chars, data.seed, data.balance_by, data.exclude_sts))
+
+
+def retrofit_sentences(base: Profile, profile: Profile, sentences_path: str | Path | None = None) -> Path:
+    """The retrofit's training sentences: the base run's sample (sentences_path, or extracted) unless the
+    retrofit overrides the data selection (retrofit.data), which then gets its own sample beside it."""
+    if _sample_key(profile) == _sample_key(base):
+        return Path(sentences_path) if sentences_path else experiment.extract(base)
+    name = f"retrofit-sentences-{sha256_strings([_sample_key(profile)])[:8]}.parquet"
+    return experiment.extract(profile, experiment.run_dir(base) / name)
 
 
 def paired_spearman_difference(cos_a: np.ndarray, cos_b: np.ndarray, gold: np.ndarray, seed: int = 0,
@@ -146,11 +161,14 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
              quality_budget: float | None = 0.01) -> dict[str, Any]:
     """Fine-tune MODEL against itself, evaluate original and retrofit with the same code; return the summary.
 
+    sentences_path: the base run's extracted sentences, used unless the retrofit draws its own sample.
     quality_budget: also report the theta chosen on STS dev for exited STS-B within this much of the
     original (theta_for_quality_budget); None skips it.
     """
+    from leap_core.data import read_sentences_parquet
+
     profile = retrofit_profile(base, model)
-    sentences_path = sentences_path or experiment.extract(base)
+    sentences_path = retrofit_sentences(base, profile, sentences_path)
     cache = experiment.cache_teacher(profile, sentences_path)
     trained = experiment.train_arm(profile, RETROFIT_ARM, seed, cache, out_dir=retrofit_dir(base, model, seed, profile))
     original = experiment.evaluate_model(profile, model)
@@ -168,6 +186,8 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
         "mean_exit_layer": result["mean_exit_layer"],
         "layer_reduction": result["layer_reduction"],
         "train_seconds": round(trained.train_seconds, 1),
+        "train_sentences": len(read_sentences_parquet(sentences_path)),
+        "balance_by": profile.data.balance_by,
         "exit_distribution": result["exit_distribution"],
         "similarity_to_final": result["similarity_to_final"],
         "original_similarity_to_final": original["similarity_to_final"],

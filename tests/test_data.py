@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,10 +21,12 @@ from leap_core.data import (
     read_sentences,
     read_sentences_parquet,
     read_sts,
+    read_tags,
     sentence_key,
     sts_sentences,
     write_sentences_parquet,
 )
+from leap_core.data.corpus import equal_quotas
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +203,56 @@ def test_extract_subsample_deterministic_and_seeded():
     assert a != extract_sentences(sentences, 10, 1, seed=2)
     assert a == sorted(a, key=sentences.index)  # returned in input order
     assert extract_sentences(sentences, 1000, 1, seed=1) == sentences
+
+
+def test_equal_quotas_share_what_small_groups_cannot_take():
+    assert equal_quotas({"a": 100, "b": 100, "c": 100}, 30) == {"a": 10, "b": 10, "c": 10}
+    assert equal_quotas({"a": 100, "b": 100, "c": 4}, 30) == {"a": 13, "b": 13, "c": 4}
+    assert equal_quotas({"b": 100, "a": 100}, 5) == {"a": 3, "b": 2}  # remainder to the first name
+    assert equal_quotas({"a": 3, "b": 2, "c": 0}, 50) == {"a": 3, "b": 2, "c": 0}  # n above what there is
+
+
+def test_extract_balanced_by_tags_draws_each_source_equally():
+    sentences = [f"Caption number {i}." for i in range(90)] + [f"News sentence {i}." for i in range(10)]
+    tags = ["caption"] * 90 + ["news"] * 10
+    kept = extract_sentences(sentences, 20, 1, seed=0, tags=tags)
+    assert sum(s.startswith("News") for s in kept) == 10 and len(kept) == 20
+    assert kept == sorted(kept, key=sentences.index)
+    small = extract_sentences(sentences, 8, 1, seed=0, tags=tags)
+    assert sum(s.startswith("News") for s in small) == 4
+    # a held-out or duplicate sentence does not count towards its source
+    kept = extract_sentences(sentences + ["News sentence 3."], 20, 1, seed=0, exclude=["News sentence 0"],
+                             tags=tags + ["news"])
+    assert sum(s.startswith("News") for s in kept) == 9
+    # without tags, the sample is the one drawn before tags existed
+    assert extract_sentences(sentences, 20, 1, seed=0) == [sentences[i] for i in
+                                                          sorted(random.Random(0).sample(range(100), 20))]
+    with pytest.raises(DataError, match="3 source tags for 100 sentences"):
+        extract_sentences(sentences, 20, 1, seed=0, tags=["a", "b", "c"])
+
+
+def test_read_tags_must_pair_with_the_corpus(tmp_path):
+    path = tmp_path / "tags.txt"
+    path.write_text("a\nb\n")
+    assert read_tags(path, 2, "corpus.txt") == ["a", "b"]
+    with pytest.raises(DataError, match=r"tags.txt: 2 tags for the 3 sentences of corpus.txt"):
+        read_tags(path, 3, "corpus.txt")
+    path.write_text("a\n\n")
+    with pytest.raises(DataError, match=r"tags.txt, line 2: empty tag"):
+        read_tags(path, 2, "corpus.txt")
+
+
+def test_real_corpus_balanced_sample(data_dir, tmp_path):
+    from leap_core import experiment
+    from leap_core.config import load_profile
+
+    profile = load_profile("cpu", {"data": {"data_dir": str(data_dir), "n_sentences": 800,
+                                            "balance_by": "nli_sentences/sentence_sources.txt.gz"}})
+    kept = read_sentences_parquet(experiment.extract(profile, tmp_path / "s.parquet"))
+    source = dict(zip(load_corpus("nli_sentences", data_dir),
+                      read_tags(data_dir / "nli_sentences/sentence_sources.txt.gz", 271833, "nli_sentences")))
+    counts = Counter(source[s] for s in kept)
+    assert len(counts) == 8 and set(counts.values()) == {100}, counts
 
 
 def test_extract_empty_result_error_gives_counts():

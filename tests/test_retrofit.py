@@ -8,7 +8,8 @@ from leap_core import experiment
 from leap_core.config import load_profile
 from leap_core.models import resolve_model
 from leap_core.config import _merge
-from leap_core.retrofit import RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, theta_for_quality_budget
+from leap_core.retrofit import (RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, retrofit_sentences,
+                                theta_for_quality_budget)
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 
@@ -36,6 +37,22 @@ def test_retrofit_dir_changes_with_the_recipe(base):
     assert retrofit_dir(base, MODEL, 0) == retrofit_dir(base, MODEL, 0)
     assert retrofit_dir(base, MODEL, 0) != retrofit_dir(stronger, MODEL, 0)
     assert retrofit_dir(base, MODEL, 0) != retrofit_dir(base, MODEL, 1)
+    balanced = _build(Profile, _merge(base.to_dict(), {"retrofit": {"data": {"balance_by": "tags.txt"}}}), "t")
+    assert retrofit_dir(base, MODEL, 0) != retrofit_dir(balanced, MODEL, 0)  # another sample trains afresh
+
+
+def test_retrofit_draws_its_own_sample_only_when_it_changes_the_data(base):
+    from leap_core.config import Profile, _build
+    from leap_core.data import read_sentences_parquet
+
+    shared = experiment.extract(base)
+    assert retrofit_sentences(base, retrofit_profile(base, MODEL), shared) == shared
+    tags = "nli_sentences/sentence_sources.txt.gz"
+    balanced = _build(Profile, _merge(base.to_dict(), {"retrofit": {"data": {"balance_by": tags}}}), "t")
+    own = retrofit_sentences(balanced, retrofit_profile(balanced, MODEL), shared)
+    assert own != shared and own.parent == shared.parent
+    assert len(read_sentences_parquet(own)) == base.data.n_sentences
+    assert read_sentences_parquet(own) != read_sentences_parquet(shared)
 
 
 def test_student_starts_identical_and_final_term_is_zero_at_step_0(base, tmp_path):
@@ -69,6 +86,7 @@ def test_smoke_retrofit_runs_end_to_end(base):
     assert saved["l_min"] == 2
     assert len(summary["common_component"]) == len(summary["original_common_component"]) == 4
     assert summary["at_quality_budget"]["max_drop"] == 0.01
+    assert summary["train_sentences"] == base.data.n_sentences and summary["balance_by"] is None
 
 
 def test_theta_for_quality_budget_counts_the_budget_from_the_original(base):

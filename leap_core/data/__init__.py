@@ -17,6 +17,7 @@ from leap_core.data.corpus import (  # noqa: E402
     load_corpus,
     read_sentences,
     read_sentences_parquet,
+    read_tags,
     sentence_key,
     write_sentences_parquet,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "read_sentences",
     "read_sentences_parquet",
     "read_sts",
+    "read_tags",
     "sentence_key",
     "sts_sentences",
     "write_sentences_parquet",

@@ -7,7 +7,7 @@ import random
 import re
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,6 +97,18 @@ def load_corpus(spec: str, data_dir: str | Path) -> list[str]:
     return read_sentences(path)
 
 
+def read_tags(path: str | Path, n_lines: int, corpus: str) -> list[str]:
+    """One source tag per non-blank line of `corpus` (n_lines of them), read from a .txt/.txt.gz file."""
+    tags = [text.strip() for _, text in iter_lines(path)]
+    if len(tags) != n_lines:
+        raise DataError(f"{path}: {len(tags)} tags for the {n_lines} sentences of {corpus}; "
+                        "they must pair line by line")
+    for lineno, tag in enumerate(tags, 1):
+        if not tag:
+            raise DataError(f"{path}, line {lineno}: empty tag")
+    return tags
+
+
 def sentence_key(sentence: str) -> str:
     """Dedup / held-out key: lower-cased, only [0-9a-z] kept ("It's OK!" -> "itsok")."""
     return _NOT_KEY.sub("", sentence.lower())
@@ -108,6 +120,7 @@ def extract_sentences(
     min_chars: int,
     seed: int,
     exclude: Iterable[str] = (),
+    tags: Sequence[str] | None = None,
 ) -> list[str]:
     """Clean, filter, dedupe and subsample distillation sentences.
 
@@ -115,15 +128,20 @@ def extract_sentences(
     (`sentence_key`) is non-empty and not the key of any `exclude` sentence (the held-out
     evaluation sets), and it is the first with its key. Then n of the survivors are drawn with
     random.Random(seed) and returned in their input order; n=None or n >= survivors keeps all.
+    tags: one source tag per input sentence; n is then drawn equally across tags (`equal_quotas`),
+    so that the biggest source does not set the genre of the whole sample.
     """
+    sentences = list(sentences)
+    if tags is not None and len(tags) != len(sentences):
+        raise DataError(f"{len(tags)} source tags for {len(sentences)} sentences: they must pair line by line")
     if n is not None and n < 1:
         raise DataError(f"n must be >= 1 or None, got {n}")
     held_out = {sentence_key(s) for s in exclude}
     held_out.discard("")
     seen: set[str] = set()
-    kept: list[str] = []
+    kept: list[tuple[str, str]] = []  # (sentence, tag)
     total = short = no_key = excluded = duplicate = 0
-    for raw in sentences:
+    for position, raw in enumerate(sentences):
         total += 1
         text = " ".join(raw.split())
         if len(text) < min_chars:
@@ -138,16 +156,45 @@ def extract_sentences(
             duplicate += 1
         else:
             seen.add(key)
-            kept.append(text)
+            kept.append((text, tags[position] if tags is not None else ""))
     if not kept:
         raise DataError(
             f"no sentence left: {total} given, {short} shorter than {min_chars} characters, "
             f"{no_key} without letters or digits, {excluded} held out, {duplicate} duplicates"
         )
     if n is None or n >= len(kept):
-        return kept
-    chosen = sorted(random.Random(seed).sample(range(len(kept)), n))
-    return [kept[i] for i in chosen]
+        return [text for text, _ in kept]
+    rng = random.Random(seed)
+    if tags is None:
+        chosen = rng.sample(range(len(kept)), n)
+    else:
+        by_tag: dict[str, list[int]] = {}
+        for index, (_, tag) in enumerate(kept):
+            by_tag.setdefault(tag, []).append(index)
+        quotas = equal_quotas({tag: len(rows) for tag, rows in by_tag.items()}, n)
+        chosen = [index for tag in sorted(by_tag) for index in rng.sample(by_tag[tag], quotas[tag])]
+    return [kept[i][0] for i in sorted(chosen)]
+
+
+def equal_quotas(available: dict[str, int], n: int) -> dict[str, int]:
+    """Split n draws as evenly as the groups allow: a group smaller than its share gives all it has and
+    the rest is shared among the others (largest-remainder rounding, ties to the first name in sorted order)."""
+    quotas = {name: 0 for name in available}
+    open_groups = sorted(name for name, size in available.items() if size > 0)
+    left = min(n, sum(available.values()))
+    while left > 0 and open_groups:
+        share, extra = divmod(left, len(open_groups))
+        short = [name for name in open_groups if available[name] - quotas[name] <= share]
+        if short:  # these cannot take a full share: give them all they have and share again
+            for name in short:
+                left -= available[name] - quotas[name]
+                quotas[name] = available[name]
+            open_groups = [name for name in open_groups if name not in short]
+            continue
+        for rank, name in enumerate(open_groups):
+            quotas[name] += share + (rank < extra)
+        left = 0
+    return quotas
 
 
 def write_sentences_parquet(sentences: Iterable[str], path: str | Path) -> None:
