@@ -98,6 +98,18 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     max_steps: int = 0  # 0 = every batch of every epoch; > 0 stops early (reduced-budget arms)
     dropout: float | None = None  # None keeps the model's own dropout rates
+    frozen_layers: int = 0  # embeddings and encoder layers 1..n keep their weights (no backward below); 0 = none
+
+
+# Training fields added after runs were recorded, at their neutral value (as _LATER_FIELDS_NEUTRAL).
+LATER_TRAINING_FIELDS_NEUTRAL = {"frozen_layers": 0}
+
+
+def training_fingerprint(training: "TrainConfig") -> str:
+    """The training settings as their dataclass repr, without later-added fields left at their neutral value."""
+    shown = [f"{f.name}={getattr(training, f.name)!r}" for f in dataclasses.fields(training)
+             if getattr(training, f.name) != LATER_TRAINING_FIELDS_NEUTRAL.get(f.name, object())]
+    return f"{type(training).__name__}({', '.join(shown)})"
 
 
 @dataclass

@@ -75,7 +75,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
               out_dir: str | Path | None = None, on_step=None):
     """Train one arm (a configuration of the objective) with one seed; resumes a killed run."""
     from leap_core.losses import LeapObjective
-    from leap_core.models import build_student
+    from leap_core.models import build_student, freeze_lower_layers
     from leap_core.teacher_cache import load_teacher_cache
     import torch
 
@@ -97,6 +97,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
         for module in student.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = training.dropout
+    freeze_lower_layers(student, training.frozen_layers)
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
     fingerprint = sha256_strings([objective_fingerprint(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])

@@ -165,6 +165,16 @@ def build_student(source: str, n_layers: int, layout: str = "cyclic") -> tuple[P
     return student, tokenizer
 
 
+def freeze_lower_layers(model: PreTrainedModel, n_layers: int) -> None:
+    """Embeddings and encoder layers 1..n_layers keep their weights: no gradient, so no backward pass below."""
+    if not 0 <= n_layers <= len(model.encoder.layer):
+        raise ValueError(f"frozen_layers must be in 0..{len(model.encoder.layer)}, got {n_layers}")
+    if n_layers == 0:
+        return
+    for module in [model.embeddings, *model.encoder.layer[:n_layers]]:
+        module.requires_grad_(False)
+
+
 def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike,
                               max_seq_length: int = 256) -> Path:
     """Save as a standard sentence-transformers folder (Transformer, mean Pooling, Normalize), atomically."""

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from leap_core import experiment
-from leap_core.config import Profile, _build, _merge, objective_fingerprint
+from leap_core.config import Profile, _build, _merge, objective_fingerprint, training_fingerprint
 from leap_core.io import sha256_strings
 from leap_core.models import resolve_model
 
@@ -61,7 +61,7 @@ def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None =
     """
     profile = profile or retrofit_profile(base, model)
     recipe = sha256_strings([objective_fingerprint(profile.objective_for(RETROFIT_ARM)),
-                             str(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
+                             training_fingerprint(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
     return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
 
 

@@ -59,6 +59,31 @@ def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
     assert json.loads((result.model_dir / "leap_exit.json").read_text()) == {"theta": 0.95, "k": 1, "l_min": 2}
 
 
+def test_frozen_layers_keep_their_weights_and_the_rest_learn(smoke, tmp_path):
+    import dataclasses
+
+    from leap_core.config import TrainConfig, training_fingerprint
+    from leap_core.models import build_student
+
+    profile, cache = smoke
+    frozen = dataclasses.replace(profile, training=dataclasses.replace(profile.training, frozen_layers=2))
+    result = experiment.train_arm(frozen, "leap", 0, cache, out_dir=tmp_path / "frozen")
+    student, _ = build_student(profile.models.student_init, profile.models.student_layers, profile.models.layer_init)
+    before, after = student.state_dict(), _weights(result.model_dir)
+    kept = [name for name in before if name.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]
+    trained = [name for name in before if name.startswith("encoder.layer.2.")]
+    assert kept and trained
+    assert all(torch.equal(before[name], after[name]) for name in kept)
+    assert any(not torch.equal(before[name], after[name]) for name in trained)
+    # a training field added later stays out of the fingerprint at its neutral value (old runs resume)
+    assert "frozen_layers" not in training_fingerprint(TrainConfig())
+    assert "frozen_layers=2" in training_fingerprint(frozen.training)
+    with pytest.raises(ValueError, match="frozen_layers must be in 0..4"):
+        experiment.train_arm(dataclasses.replace(profile, training=dataclasses.replace(profile.training,
+                                                                                         frozen_layers=9)),
+                             "leap", 0, cache, out_dir=tmp_path / "bad")
+
+
 def test_seeds_differ_and_repeat(smoke, tmp_path):
     profile, cache = smoke
     one = _weights(experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "s0").model_dir)
