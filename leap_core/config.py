@@ -30,6 +30,8 @@ class DataConfig:
     exclude_sts: list[str] = field(default_factory=lambda: ["stsb/dev.tsv", "stsb/test.tsv"])
     sts_eval: str = "stsb/test.tsv"
     sts_dev: str = "stsb/dev.tsv"
+    # The STS eval pairs in the raw STS-B layout, whose genre field splits a retrofit's exit rate; None skips.
+    sts_eval_genres: str | None = "stsb/raw/sts-test.csv.gz"
 
 
 @dataclass

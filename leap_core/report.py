@@ -466,7 +466,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "bootstrap 95% CI. The quality-budget column is the theta chosen on STS-B dev for the largest "
                   "layer reduction with exited STS-B at most that far below the original, measured on the test set.", ""]
         lines += _table(["model", "original", "full", "exited", "exit rate", "mean exit layer", "layer reduction",
-                         "exited - original cut", "quality budget (theta from dev)", "train s"],
+                         "exited - original cut", "quality budget (theta from dev)", "exit rate by genre", "train s"],
                         report["retrofit_table"])
     lines += ["## Every arm", ""]
     lines += _table(["arm", "seed", "group", "STS-B full [95% CI]", "STS-B exited [95% CI]", "exit rate",
@@ -587,8 +587,15 @@ def _retrofit_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[str
                      f"{s['layer_reduction']:.2f}x",
                      f"{cut['difference']:+.3f} [{cut['ci_low']:+.3f}, {cut['ci_high']:+.3f}] vs depth "
                      f"{cut['truncated_depth']}", _quality_budget_cell(s.get("at_quality_budget")),
-                     f"{s['train_seconds']:.0f}"])
+                     _genre_cell(s.get("exit_by_genre")), f"{s['train_seconds']:.0f}"])
     return rows
+
+
+def _genre_cell(by_genre: Mapping[str, Mapping[str, float]] | None) -> str:
+    """Exit rate per genre of the STS eval set ("main-news" shown as "news")."""
+    if not by_genre:
+        return "not measured"
+    return ", ".join(f"{genre.removeprefix('main-')} {values['exit_rate']:.0%}" for genre, values in by_genre.items())
 
 
 def _quality_budget_cell(budget: Mapping[str, Any] | None) -> str:

@@ -116,6 +116,31 @@ def compare_with_truncation(profile: Profile, original: str, retrofitted: str | 
             **paired_spearman_difference(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), gold)}
 
 
+def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Exit rate and mean exit layer over each genre's distinct sentences of data.sts_eval_genres.
+
+    The exit test's pass rate depends on the text: it holds for text like the retrofit's training text.
+    """
+    from leap_core.data import DataError, read_sts
+    from leap_core.encoder import EarlyExitEncoder
+
+    path = experiment.data_path(profile, profile.data.sts_eval_genres)
+    pairs = read_sts(path)
+    if pairs.genres is None:
+        raise DataError(f"{path}: no genre field (data.sts_eval_genres needs the raw STS-B layout)")
+    encoder = EarlyExitEncoder.from_pretrained(str(model_dir), theta=profile.exit.theta, k=profile.exit.k,
+                                               l_min=profile.exit.l_min)
+    result = {}
+    for genre in dict.fromkeys(pairs.genres):
+        rows = zip(pairs.sentences1, pairs.sentences2, pairs.genres)
+        sentences = list(dict.fromkeys(s for first, second, g in rows if g == genre for s in (first, second)))
+        _, layers = encoder.encode(sentences, batch_size=64, mode="compact", return_exit_layers=True)
+        layers = np.asarray(layers)
+        result[genre] = {"sentences": len(sentences), "exit_rate": float(np.mean(layers < encoder.num_layers)),
+                         "mean_exit_layer": float(layers.mean())}
+    return result
+
+
 def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str | Path,
                              max_drop: float) -> dict[str, Any]:
     """The theta a user would deploy for "exited STS-B at most max_drop below the original model".
@@ -198,6 +223,8 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
     }
     summary["vs_truncated_original"] = compare_with_truncation(profile, model, trained.model_dir,
                                                                result["mean_exit_layer"])
+    if profile.data.sts_eval_genres:
+        summary["exit_by_genre"] = exit_rate_by_genre(profile, trained.model_dir)
     if quality_budget is not None:
         summary["at_quality_budget"] = theta_for_quality_budget(profile, model, trained.model_dir, quality_budget)
     return summary

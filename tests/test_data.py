@@ -60,7 +60,8 @@ def test_real_stsb_first_pair_and_raw_layout_agree(data_dir):
         "A girl is brushing her hair.",
     )
     raw = read_sts(data_dir / "stsb" / "raw" / "sts-test.csv.gz")
-    assert raw == tsv
+    assert (raw.sentences1, raw.sentences2, raw.scores) == (tsv.sentences1, tsv.sentences2, tsv.scores)
+    assert Counter(raw.genres) == {"main-captions": 625, "main-news": 500, "main-forums": 254}
 
 
 def test_real_stsb_quotes_survive(data_dir):
@@ -82,8 +83,10 @@ def test_read_sts_tsv_and_raw_small(tmp_path):
     raw = tmp_path / "raw.csv.gz"
     with gzip.open(raw, "wt", encoding="utf-8") as f:
         f.write('g\tf\t2012\t0001\t1.5\tHe said "hi.\tShe left.\tsrc1\tsrc2\n')
-        f.write("g\tf\t2012\t0002\t4.000\tx y\tz\n")
-    assert read_sts(raw) == pairs
+        f.write("h\tf\t2012\t0002\t4.000\tx y\tz\n")
+    read = read_sts(raw)
+    assert read.genres == ["g", "h"] and pairs.genres is None  # only the raw layout names a genre
+    assert (read.sentences1, read.sentences2, read.scores) == (pairs.sentences1, pairs.sentences2, pairs.scores)
 
 
 def test_unique_sentences_first_seen_order():

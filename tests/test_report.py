@@ -132,16 +132,17 @@ def test_retrofit_section_lists_each_model_beside_its_original(tmp_path):
     run = {"pathspec": "LeapFlow/1", "mlflow_run_id": "abc"}
     budgeted = {**summary, "at_quality_budget": {"max_drop": 0.01, "theta": 0.97, "exit_rate": 0.612,
                                                  "layer_reduction": 1.1832, "stsb_exited": 0.8123}}
-    unmet = {**summary, "at_quality_budget": {"max_drop": 0.01, "theta": None}}
+    unmet = {**summary, "at_quality_budget": {"max_drop": 0.01, "theta": None},
+             "exit_by_genre": {"main-captions": {"exit_rate": 1.0}, "main-forums": {"exit_rate": 0.187}}}
     report.write_report(tmp_path, load_profile("cpu"), paper_like_results(), run=run,
                         retrofit={"m/x": summary, "m/y": budgeted, "m/z": unmet})
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["retrofit"]["m/x"]["stsb_exited"] == 0.8069
     markdown = (tmp_path / "report.md").read_text()
     cells = "| 0.820 | 0.823 | 0.807 | 47.5% | 4.79 of 6 | 1.25x | +0.141 [+0.120, +0.163] vs depth 5 |"
-    assert f"| `m/x` {cells} not measured | 834 |" in markdown
-    assert f"| `m/y` {cells} <= 0.01 below: theta 0.97, 61% exit, 1.18x, exited 0.812 | 834 |" in markdown
-    assert f"| `m/z` {cells} no theta within 0.01 on dev | 834 |" in markdown
+    assert f"| `m/x` {cells} not measured | not measured | 834 |" in markdown
+    assert f"| `m/y` {cells} <= 0.01 below: theta 0.97, 61% exit, 1.18x, exited 0.812 | not measured | 834 |" in markdown
+    assert f"| `m/z` {cells} no theta within 0.01 on dev | captions 100%, forums 19% | 834 |" in markdown
     report.write_report(tmp_path / "none", load_profile("cpu"), paper_like_results(), run=run)
     assert "## Retrofit" not in (tmp_path / "none" / "report.md").read_text()
 

@@ -87,6 +87,8 @@ def test_smoke_retrofit_runs_end_to_end(base):
     assert len(summary["common_component"]) == len(summary["original_common_component"]) == 4
     assert summary["at_quality_budget"]["max_drop"] == 0.01
     assert summary["train_sentences"] == base.data.n_sentences and summary["balance_by"] is None
+    assert list(summary["exit_by_genre"]) == ["main-captions", "main-forums", "main-news"]  # as in the file
+    assert all(0.0 <= g["exit_rate"] <= 1.0 and g["sentences"] > 0 for g in summary["exit_by_genre"].values())
 
 
 def test_theta_for_quality_budget_counts_the_budget_from_the_original(base):

@@ -19,8 +19,11 @@ class StsPairs:
     sentences1: list[str]
     sentences2: list[str]
     scores: list[float]
+    genres: list[str] | None = None  # the raw layout's first field (e.g. main-news); None for the tsv layout
 
     def __post_init__(self) -> None:
+        if self.genres is not None and len(self.genres) != len(self.scores):
+            raise ValueError(f"StsPairs: {len(self.genres)} genres for {len(self.scores)} pairs")
         if not len(self.sentences1) == len(self.sentences2) == len(self.scores):
             raise ValueError(
                 f"StsPairs: {len(self.sentences1)} sentences1, {len(self.sentences2)} sentences2, "
@@ -41,12 +44,14 @@ def read_sts(path: str | Path) -> StsPairs:
 
     Two layouts, told apart by the first line:
       tsv: header `score<TAB>sentence1<TAB>sentence2`, then 3 fields a line;
-      raw STS-B csv (plain or .gz): no header, 7+ fields a line, score = field 5, sentences = 6, 7.
+      raw STS-B csv (plain or .gz): no header, 7+ fields a line, genre = field 1, score = field 5,
+      sentences = 6, 7.
     Sentences are stripped of surrounding whitespace; blank lines are skipped.
     """
     s1: list[str] = []
     s2: list[str] = []
     scores: list[float] = []
+    genres: list[str] = []
     layout = None
     for lineno, line in iter_lines(path):
         if not line.strip():
@@ -73,6 +78,7 @@ def read_sts(path: str | Path) -> StsPairs:
                     f"{path}, line {lineno}: expected {RAW_FIELDS}+ tab-separated fields, got {len(fields)}"
                 )
             score_text, first, second = fields[4], fields[5], fields[6]
+            genres.append(fields[0].strip())
         try:
             score = float(score_text)
         except ValueError:
@@ -88,7 +94,7 @@ def read_sts(path: str | Path) -> StsPairs:
         scores.append(score)
     if not scores:
         raise DataError(f"{path}: no sentence pair in the file")
-    return StsPairs(s1, s2, scores)
+    return StsPairs(s1, s2, scores, genres if layout == "raw" else None)
 
 
 def sts_sentences(data_dir: str | Path, relative_paths: Iterable[str]) -> list[str]:
