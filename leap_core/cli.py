@@ -205,8 +205,8 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
         report[model] = summary
         write_json_atomic(out, report)
         keys = ["original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
-                "train_seconds", "vs_truncated_original", "at_quality_budget"]
-        print(json.dumps({model: {key: summary[key] for key in keys}}, indent=2))
+                "train_seconds", "vs_truncated_original", "at_quality_budget", "exit_by_genre"]
+        print(json.dumps({model: {key: summary[key] for key in keys if key in summary}}, indent=2))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
