@@ -60,3 +60,5 @@ def test_readme_retrofit_table_is_the_retrofit_reports():
         budget = s["at_quality_budget"]
         assert cells[8] == (f"{budget['theta']:.2f}: {budget['exit_rate']:.0%}, {budget['layer_reduction']:.2f}x, "
                             f"{budget['stsb_exited']:.3f}")
+        genres = s["exit_by_genre"]
+        assert cells[9] == ", ".join(f"{genres[f'main-{g}']['exit_rate']:.0%}" for g in ("captions", "news", "forums"))
