@@ -5,6 +5,9 @@ teacher's; same width, so no projection). L_inter is off — it would pin each l
 the opposite of the goal — while L_final (weighted up) holds the final layer where it was, L_exit and
 L_late pull the exit layers l_min..L-1 toward it, and L_contrast gives those layers the original's
 in-batch similarity structure. l_min defaults to half the depth.
+
+The exit test then passes for text like the training text (exit_rate_by_genre shows it), so a profile's
+`retrofit.data` may draw the retrofit its own sample, e.g. one balanced over the corpus's sources.
 """
 
 from __future__ import annotations
