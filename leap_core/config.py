@@ -77,11 +77,20 @@ _LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None, "adjacent": 0.0,
                          "adjacent_layers": None}
 
 
+def _settings(config: Any, neutral: dict[str, Any]) -> dict[str, Any]:
+    """A config's fields, without the later-added ones (`neutral`) left at their neutral value."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in neutral or getattr(config, f.name) != neutral[f.name]}
+
+
+def _fingerprint(config: Any, neutral: dict[str, Any]) -> str:
+    shown = [f"{name}={value!r}" for name, value in _settings(config, neutral).items()]
+    return f"{type(config).__name__}({', '.join(shown)})"
+
+
 def objective_fingerprint(objective: ObjectiveConfig) -> str:
     """The objective as its dataclass repr, without later-added fields left at their neutral value."""
-    shown = [f"{f.name}={getattr(objective, f.name)!r}" for f in dataclasses.fields(objective)
-             if f.name not in _LATER_FIELDS_NEUTRAL or getattr(objective, f.name) != _LATER_FIELDS_NEUTRAL[f.name]]
-    return f"{type(objective).__name__}({', '.join(shown)})"
+    return _fingerprint(objective, _LATER_FIELDS_NEUTRAL)
 
 
 @dataclass
@@ -104,14 +113,17 @@ class TrainConfig:
 
 
 # Training fields added after runs were recorded, at their neutral value (as _LATER_FIELDS_NEUTRAL).
-LATER_TRAINING_FIELDS_NEUTRAL = {"frozen_layers": 0}
+_LATER_TRAINING_FIELDS_NEUTRAL = {"frozen_layers": 0}
 
 
-def training_fingerprint(training: "TrainConfig") -> str:
+def training_settings(training: TrainConfig) -> dict[str, Any]:
+    """The training fields, without later-added ones left at their neutral value (what a run's identity sees)."""
+    return _settings(training, _LATER_TRAINING_FIELDS_NEUTRAL)
+
+
+def training_fingerprint(training: TrainConfig) -> str:
     """The training settings as their dataclass repr, without later-added fields left at their neutral value."""
-    shown = [f"{f.name}={getattr(training, f.name)!r}" for f in dataclasses.fields(training)
-             if getattr(training, f.name) != LATER_TRAINING_FIELDS_NEUTRAL.get(f.name, object())]
-    return f"{type(training).__name__}({', '.join(shown)})"
+    return _fingerprint(training, _LATER_TRAINING_FIELDS_NEUTRAL)
 
 
 @dataclass

@@ -126,6 +126,7 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
     """
     from leap_core.data import DataError, read_sts
     from leap_core.encoder import EarlyExitEncoder
+    from leap_core.evaluation.sts import pair_rows
 
     path = experiment.data_path(profile, profile.data.sts_eval_genres)
     pairs = read_sts(path)
@@ -133,13 +134,14 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
         raise DataError(f"{path}: no genre field (data.sts_eval_genres needs the raw STS-B layout)")
     encoder = EarlyExitEncoder.from_pretrained(str(model_dir), theta=profile.exit.theta, k=profile.exit.k,
                                                l_min=profile.exit.l_min)
+    unique, idx1, idx2 = pair_rows(pairs)
+    _, exit_layers = encoder.encode(unique, batch_size=64, mode="compact", return_exit_layers=True)
+    exit_layers = np.asarray(exit_layers)
+    genres = np.asarray(pairs.genres)
     result = {}
     for genre in dict.fromkeys(pairs.genres):
-        rows = zip(pairs.sentences1, pairs.sentences2, pairs.genres)
-        sentences = list(dict.fromkeys(s for first, second, g in rows if g == genre for s in (first, second)))
-        _, layers = encoder.encode(sentences, batch_size=64, mode="compact", return_exit_layers=True)
-        layers = np.asarray(layers)
-        result[genre] = {"sentences": len(sentences), "exit_rate": float(np.mean(layers < encoder.num_layers)),
+        layers = exit_layers[np.unique(np.concatenate([idx1[genres == genre], idx2[genres == genre]]))]
+        result[genre] = {"sentences": len(layers), "exit_rate": float(np.mean(layers < encoder.num_layers)),
                          "mean_exit_layer": float(layers.mean())}
     return result
 

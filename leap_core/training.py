@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from leap_core.config import LATER_TRAINING_FIELDS_NEUTRAL, ExitConfig, TrainConfig
+from leap_core.config import ExitConfig, TrainConfig, training_settings
 from leap_core.io import atomic_path, sha256_strings, write_json_atomic
 from leap_core.losses import LeapObjective
 from leap_core.models import save_sentence_transformer
@@ -70,9 +70,8 @@ class LeapTrainer:
         self.device = pick_device(config.device)
         # A checkpoint is only resumed by the run that wrote it.
         # Settings that do not change what is learned stay out of it: a run may resume with other ones.
-        semantic = {k: v for k, v in dataclasses.asdict(config).items()
-                    if k not in ("checkpoint_every", "log_every", "num_threads", "device")
-                    and v != LATER_TRAINING_FIELDS_NEUTRAL.get(k, object())}
+        semantic = {k: v for k, v in training_settings(config).items()
+                    if k not in ("checkpoint_every", "log_every", "num_threads", "device")}
         self.fingerprint = sha256_strings([run_fingerprint, json.dumps(semantic, sort_keys=True),
                                            str(seed), str(len(teacher.sentences))])
         self.steps_per_epoch = math.ceil(len(teacher.sentences) / config.batch_size)
