@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import bootstrap
 
 from leap_core import experiment
 from leap_core.config import Profile, _build, _merge, objective_fingerprint, training_fingerprint
 from leap_core.io import sha256_strings
 from leap_core.models import resolve_model
+from leap_core.stats import spearman_difference_ci
 
 log = logging.getLogger(__name__)
 RETROFIT_ARM = "retrofit"
@@ -54,6 +54,12 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
     values = _merge(values, copy.deepcopy(base.retrofit))
     if RETROFIT_ARM not in values["arms"]:
         raise ValueError(f"profile {base.name!r} defines no {RETROFIT_ARM!r} arm")
+    arm = {**values["objective"], **values["arms"][RETROFIT_ARM]}
+    if arm["adjacent"] and arm["adjacent_layers"] is None:
+        # L_adjacent on the pairs among the exit layers, (l_min, l_min+1) .. (L-2, L-1): not (l_min-1, l_min),
+        # which moves a layer below the exits (all-MiniLM-L6-v2 with it, at weight 40: exited STS-B 0.735),
+        # nor (L-1, L), which L_late already pulls.
+        values["arms"][RETROFIT_ARM]["adjacent_layers"] = list(range(l_min + 1, depth))
     return _build(Profile, values, f"{base.name} (retrofit of {model})")
 
 
@@ -83,20 +89,6 @@ def retrofit_sentences(base: Profile, profile: Profile, sentences_path: str | Pa
     return experiment.extract(profile, experiment.run_dir(base) / name)
 
 
-def paired_spearman_difference(cos_a: np.ndarray, cos_b: np.ndarray, gold: np.ndarray, seed: int = 0,
-                               n_resamples: int = 2000) -> dict[str, float]:
-    """Spearman(cos_a, gold) - Spearman(cos_b, gold) with a 95% bootstrap CI over pairs (paired resampling)."""
-    from scipy.stats import spearmanr
-
-    def difference(a, b, g):
-        return spearmanr(a, g).statistic - spearmanr(b, g).statistic
-
-    result = bootstrap((cos_a, cos_b, gold), difference, paired=True, vectorized=False, n_resamples=n_resamples,
-                       confidence_level=0.95, method="percentile", random_state=np.random.default_rng(seed))
-    return {"difference": float(difference(cos_a, cos_b, gold)), "ci_low": float(result.confidence_interval.low),
-            "ci_high": float(result.confidence_interval.high)}
-
-
 def _pair_cosines(embeddings: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.ndarray:
     return (embeddings[idx1] * embeddings[idx2]).sum(-1)
 
@@ -114,9 +106,8 @@ def compare_with_truncation(profile: Profile, original: str, retrofitted: str | 
     exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=64, mode="compact")
     cut = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), **settings).encode(
         unique, batch_size=64, mode=f"fixed:{depth}")
-    gold = np.asarray(pairs.scores)
-    return {"truncated_depth": depth,
-            **paired_spearman_difference(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), gold)}
+    ci = spearman_difference_ci(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), pairs.scores)
+    return {"truncated_depth": depth, "difference": ci["estimate"], "ci_low": ci["low"], "ci_high": ci["high"]}
 
 
 def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dict[str, float]]:

@@ -30,6 +30,22 @@ def test_retrofit_profile_uses_the_model_as_teacher_and_student(base):
     assert objective.late_layers == [2, 3] and objective.contrast_layers == [2, 3, 4]
 
 
+def test_retrofit_adjacent_term_defaults_to_the_pairs_among_the_exit_layers(base):
+    from leap_core.config import Profile, _build
+
+    assert retrofit_profile(base, MODEL).objective_for(RETROFIT_ARM).adjacent_layers is None  # off: nothing set
+    deep = "random-bert:layers=6,hidden=64,heads=2,seed=1"
+
+    def with_arm(**arm):
+        return _build(Profile, _merge(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: arm}}}), "t")
+
+    # l_min = 3 of 6: pairs (3, 4) and (4, 5), written as the upper layer of each pair
+    assert retrofit_profile(with_arm(adjacent=8.0), deep).objective_for(RETROFIT_ARM).adjacent_layers == [4, 5]
+    assert retrofit_profile(with_arm(adjacent=8.0), MODEL).objective_for(RETROFIT_ARM).adjacent_layers == [3]
+    chosen = retrofit_profile(with_arm(adjacent=8.0, adjacent_layers=[3, 4, 5]), deep)
+    assert chosen.objective_for(RETROFIT_ARM).adjacent_layers == [3, 4, 5]  # an explicit choice wins
+
+
 def test_retrofit_dir_changes_with_the_recipe(base):
     from leap_core.config import Profile, _build
 
