@@ -193,20 +193,39 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_retrofit(args: argparse.Namespace) -> None:
-    """Retrofit each MODEL; results merge into --out (one entry per model), so models can run separately."""
-    from leap_core.io import write_json_atomic
-    from leap_core.retrofit import retrofit
+    """Retrofit each MODEL against itself; its entry in --out (one per model) gains this run, so runs can be separate."""
+    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.retrofit import (corpus_name, retrofit_branch, retrofit_finetune_against_original,
+                                    retrofit_peer)
+    from leap_core.retrofit_report import render_markdown, summary_rows
 
     profile = _profile(args)
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     for model in args.models:
-        summary = retrofit(profile, model, seed=args.seed, quality_budget=args.max_drop)
-        report[model] = summary
+        entry = report.get(model, {})
+        if args.design == "finetune":
+            entry.setdefault("designs", {})["exit_aware_finetune"] = retrofit_finetune_against_original(
+                profile, model, args.seed)
+        elif args.corpus:
+            entry.setdefault("in_domain", {})[corpus_name(args.corpus)] = retrofit_branch(
+                profile, model, args.seed, corpus=args.corpus, max_sts_drop=args.max_drop)
+        else:
+            kept = {key: entry[key] for key in ("in_domain", "designs", "peer") if key in entry}
+            entry = {**retrofit_branch(profile, model, args.seed, max_sts_drop=args.max_drop), **kept}
+            if args.peer:
+                entry["peer"] = retrofit_peer(profile, model, entry["model_dir"], args.seed, args.max_drop)
+        report[model] = entry
         write_json_atomic(out, report)
-        keys = ["original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
-                "train_seconds", "vs_truncated_original", "at_quality_budget", "exit_by_genre"]
-        print(json.dumps({model: {key: summary[key] for key in keys if key in summary}}, indent=2))
+        write_text_atomic(out.with_suffix(".md"), render_markdown(report))
+        print("\n".join(summary_rows({model: entry})))
+
+
+def cmd_cut(args: argparse.Namespace) -> None:
+    """Write an exit branch cut to N layers as a standalone sentence-transformers folder."""
+    from leap_core.exit_branch import save_cut
+
+    print(save_cut(args.branch, args.depth, args.out))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -300,7 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     retro.add_argument("--seed", type=int, default=0)
     retro.add_argument("--out", default="reports/retrofit.json")
     retro.add_argument("--max-drop", type=float, default=0.01,
-                       help="also choose theta on STS dev for exited STS-B within this of the original (default 0.01)")
+                       help="the cheapest cut is the smallest depth within this of the original on STS-B dev")
+    retro.add_argument("--design", choices=["branch", "finetune"], default="branch",
+                       help="branch: an exit branch beside the untouched original (default); finetune: the "
+                            "exit-aware fine-tune of the whole model, judged the same way")
+    retro.add_argument("--corpus", help="retrofit on your own documents (.jsonl with text[/title], .parquet with a "
+                                        "text column, or .txt, one per line; .gz too), reported apart")
+    retro.add_argument("--peer", action="store_true",
+                       help="also fine-tune with sentence-transformers' AdaptiveLayerLoss on the same texts and budget")
+    cut = add("cut", cmd_cut, "an exit branch cut to N layers -> a standalone model for the original's index")
+    cut.add_argument("branch", help="the branch folder `leap retrofit` trained (model_dir in reports/retrofit.json)")
+    cut.add_argument("--depth", type=int, required=True, help="layers to keep (one of the branch's exit layers)")
+    cut.add_argument("--out", required=True, help="the new model folder")
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")

@@ -149,6 +149,22 @@ class EvaluationConfig:
 
 
 @dataclass
+class BranchConfig:
+    """`leap retrofit`'s exit branch: a trained copy of the original's first layers whose exits land in the
+    original's final space, while the full path stays the original, bit for bit (leap_core.exit_branch)."""
+
+    exit_layers: list[int] | None = None  # 1-indexed; None = half the depth .. L-1. The branch is max() deep
+    n_sentences: int = 10000  # corpus sentences, drawn equally over data.balance_by's sources when set
+    n_documents: int = 4000  # pseudo-documents of doc_sentences corpus sentences each: long inputs get trained
+    doc_sentences: list[int] = field(default_factory=lambda: [3, 12])
+    corpus_sentences: int = 10000  # --corpus: sentences split from the user's documents (its short text)
+    max_length: int = 256  # training tokens per text; the saved branch keeps the original's own max length
+    contrast: float = 1.0  # weight of the in-batch similarity-structure term
+    temperature: float = 0.05
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, dropout=0.0))
+
+
+@dataclass
 class RegistryConfig:
     """Deployment gate (the paper's checklist) and the registered model's name."""
 
@@ -178,6 +194,7 @@ class Profile:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # Profile overrides applied by `leap retrofit` on top of MODEL-as-teacher-and-student.
     retrofit: dict[str, Any] = field(default_factory=dict)
+    branch: BranchConfig = field(default_factory=BranchConfig)
     # Models the pipeline's retrofit step makes exit-compatible (first seed), each beside its original.
     retrofit_models: list[str] = field(default_factory=list)
     output_dir: str = "runs"

@@ -13,6 +13,7 @@ The exit test then passes for text like the training text (exit_rate_by_genre sh
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from leap_core import experiment
 from leap_core.config import Profile, _build, _merge, objective_fingerprint, training_fingerprint
-from leap_core.io import sha256_strings
+from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 from leap_core.models import resolve_model
 from leap_core.stats import spearman_difference_ci
 
@@ -229,3 +230,124 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
 SUMMARY_KEYS = ("original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
                 "train_seconds")
 
+
+
+def against_original(profile: Profile, model: str, full: str | Path | None, cuts: str | Path,
+                     depths: list[int], batch_size: int = 64) -> dict[str, Any]:
+    """STS-B dev and test and every BEIR set of the profile, full path and each cut, against MODEL itself.
+
+    full: the full path's folder (None: the original itself, as for an exit branch); cuts: the folder whose
+    layers 1..max(depths) give the cuts. Every BEIR document is encoded at each model's own max length.
+    """
+    from leap_core.data import read_sts
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.evaluation.against_original import Embedder, beir_against_original, sts_against_original
+    from leap_core.models import model_fingerprint
+
+    original_folder = resolve_model(model)
+    key = _evaluation_key(profile, [original_folder, full or original_folder, cuts], depths)
+    saved = Path(cuts).parent / "against-original.json"
+    if saved.is_file() and (found := json.loads(saved.read_text())).get("key") == key:
+        log.info("reusing the evaluation in %s", saved)
+        return found["evaluation"]
+    load = lambda path: Embedder(EarlyExitEncoder.from_pretrained(str(path)), batch_size)  # noqa: E731
+    original = load(original_folder)
+    same = full is None or model_fingerprint(full) == model_fingerprint(original_folder)
+    full_path = original if same else load(full)
+    cut_path = load(cuts)
+    n = profile.evaluation.bootstrap_resamples
+    result: dict[str, Any] = {"full_is_original": same, "depths": depths, "max_length": {
+        "original": original.encoder.max_length, "cuts": cut_path.encoder.max_length}}
+    for split, relative in (("dev", profile.data.sts_dev), ("test", profile.data.sts_eval)):
+        pairs = read_sts(experiment.data_path(profile, relative))
+        result[f"sts_{split}"] = sts_against_original(original, full_path, cut_path, depths, pairs, f"sts-{split}", n)
+    settings = profile.evaluation
+    result["beir"] = {Path(folder).name: beir_against_original(
+        original, full_path, cut_path, depths, experiment.data_path(profile, folder), n,
+        settings.max_beir_docs or None, settings.max_beir_queries or None) for folder in settings.beir}
+    write_json_atomic(saved, {"key": key, "evaluation": result})
+    return result
+
+
+def _evaluation_key(profile: Profile, folders: list[str | Path], depths: list[int]) -> str:
+    """What an against_original result depends on: the models' weights, the data files and the settings."""
+    from leap_core.io import sha256_folder
+    from leap_core.models import model_fingerprint
+
+    data = [experiment.data_path(profile, profile.data.sts_dev), experiment.data_path(profile, profile.data.sts_eval)]
+    beir = [sha256_folder(experiment.data_path(profile, folder)) for folder in profile.evaluation.beir]
+    settings = profile.evaluation
+    return sha256_strings([*(model_fingerprint(f) for f in folders), *(sha256_file(f) for f in data), *beir,
+                           str(depths), str((settings.beir, settings.max_beir_docs, settings.max_beir_queries,
+                                             settings.bootstrap_resamples))])
+
+
+def summarize_against_original(model: str, evaluation: dict[str, Any], max_sts_drop: float = 0.01) -> dict[str, Any]:
+    """The report's keys: originals and full path, and the cheapest cut chosen on STS-B dev, measured on the rest."""
+    from leap_core.evaluation.against_original import cheapest_cut
+
+    test = evaluation["sts_test"]
+    summary: dict[str, Any] = {
+        "model": model, "original_stsb": test["original"], "stsb_full": test["full"],
+        "full_is_original": evaluation["full_is_original"],
+        "beir": {name: {"original_ndcg10": s["original_ndcg10"], "full_ndcg10": s["full_ndcg10"],
+                        "cos_to_original_final": s["cos_to_original_final"]} for name, s in evaluation["beir"].items()},
+    }
+    depth = cheapest_cut(evaluation["sts_dev"], max_sts_drop)
+    summary["cheapest_cut"] = None if depth is None else {
+        "depth": depth, "chosen_on": f"STS-B dev: within {max_sts_drop} of the original",
+        "stsb": test["cuts"][str(depth)]["stsb"],
+        "ndcg10": {name: s["cuts"][str(depth)]["ndcg10"] for name, s in evaluation["beir"].items()},
+        "index_compat_ndcg10": {name: s["cuts"][str(depth)]["index_compat_ndcg10"]
+                                for name, s in evaluation["beir"].items()},
+        "cos_to_original_final": {name: s["cuts"][str(depth)]["cos_to_original_final"]
+                                  for name, s in evaluation["beir"].items()},
+    }
+    return summary
+
+
+def retrofit_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path | None = None,
+                    max_sts_drop: float = 0.01) -> dict[str, Any]:
+    """Train MODEL's exit branch (leap_core.exit_branch) and judge it against MODEL: the report's entry."""
+    from leap_core.exit_branch import original_of, read_branch, train_branch
+
+    trained = train_branch(profile, model, seed, corpus=corpus)
+    record = read_branch(trained.model_dir)
+    original_of(trained.model_dir)  # the original still hashes as it did when the branch was trained
+    evaluation = against_original(profile, model, None, trained.model_dir, record["exit_layers"])
+    return {**summarize_against_original(model, evaluation, max_sts_drop), "design": "exit_branch",
+            "model_dir": str(trained.model_dir), "exit_layers": record["exit_layers"],
+            "original_fingerprint": record["original_fingerprint"], "texts": record["texts"],
+            "corpus": str(corpus) if corpus else None, "train_texts": record["train_texts"],
+            "train_steps": trained.steps, "train_seconds": round(trained.train_seconds, 1),
+            "evaluation": evaluation}
+
+
+def retrofit_peer(profile: Profile, model: str, branch_dir: str | Path, seed: int = 0,
+                  max_sts_drop: float = 0.01) -> dict[str, Any]:
+    """sentence-transformers' AdaptiveLayerLoss fine-tune on the branch's texts and budget, judged the same way."""
+    from leap_core.exit_branch import read_branch
+    from leap_core.peer import peer_result, train_peer
+
+    record = read_branch(branch_dir)
+    peer = train_peer(profile, model, Path(branch_dir).parent / "texts.parquet", seed)
+    evaluation = against_original(profile, model, peer, peer, record["exit_layers"])
+    done = peer_result(peer)
+    return {**summarize_against_original(model, evaluation, max_sts_drop), "design": "adaptive_layer_loss",
+            "model_dir": str(peer), "train_steps": done["steps"], "train_seconds": round(done["train_seconds"], 1),
+            "evaluation": evaluation}
+
+
+def retrofit_finetune_against_original(profile: Profile, model: str, seed: int = 0) -> dict[str, Any]:
+    """The exit-aware fine-tune (retrofit()), trained or reused, judged by against_original like the branch."""
+    summary = retrofit(profile, model, seed=seed, quality_budget=None)
+    depths = list(range(summary["l_min"], summary["depth"]))
+    evaluation = against_original(profile, model, summary["model_dir"], summary["model_dir"], depths)
+    return {**summarize_against_original(model, evaluation), "design": "exit_aware_finetune",
+            "model_dir": summary["model_dir"], "train_seconds": summary["train_seconds"], "evaluation": evaluation}
+
+
+def corpus_name(corpus: str | Path) -> str:
+    """What an in-domain run is reported under: a BEIR folder's name for its corpus.jsonl[.gz], else the file's stem."""
+    path = Path(corpus)
+    return path.parent.name if path.name.startswith("corpus.") else path.name.split(".")[0]

@@ -58,12 +58,15 @@ class LeapTrainer:
     def __init__(self, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, objective: LeapObjective,
                  teacher: TeacherCache, config: TrainConfig, output_dir: str | Path, seed: int = 0,
                  max_length: int = 128, exit_settings: ExitConfig | None = None,
-                 run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None):
+                 run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None,
+                 serve_max_length: int | None = None):
         n_layers = student.config.num_hidden_layers
         if teacher.embeddings.shape[0] != n_layers:
             raise ValueError(f"teacher cache has {teacher.embeddings.shape[0]} mapped layers; student has {n_layers}")
         self.student, self.tokenizer, self.objective, self.teacher = student, tokenizer, objective, teacher
         self.config, self.seed, self.max_length = config, seed, max_length
+        # The saved folder's max length: a retrofit keeps its original's, whatever length it trained at.
+        self.serve_max_length = serve_max_length or max_length
         self.output_dir = Path(output_dir)
         self.exit_settings = exit_settings or ExitConfig()
         self.on_step = on_step
@@ -217,7 +220,7 @@ class LeapTrainer:
     def save(self) -> Path:
         model_dir = self.output_dir / "model"
         self.student.eval()
-        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.max_length)
+        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.serve_max_length)
         write_json_atomic(model_dir / "leap_exit.json", dataclasses.asdict(self.exit_settings))
         with atomic_path(self.output_dir / "projection.pt") as tmp:
             torch.save(self.objective.state_dict(), tmp)

@@ -6,6 +6,7 @@ l-1 holding student layer l (layers are 1-indexed in every config and API); `tea
 """
 
 from leap_core.losses.adjacent import adjacent_loss
+from leap_core.losses.branch import BranchObjective, branch_loss
 from leap_core.losses.contrast import contrastive_kl
 from leap_core.losses.exit import (
     exit_layer_weights,
@@ -21,6 +22,8 @@ from leap_core.losses.objective import LeapObjective
 from leap_core.losses.redundancy import redundancy_loss
 
 __all__ = [
+    "BranchObjective",
+    "branch_loss",
     "LATE_EPS",
     "LeapObjective",
     "adjacent_loss",

@@ -1,0 +1,161 @@
+"""The exit branch: a retrofit that leaves the original model untouched and adds a cheap path beside it.
+
+The branch is a copy of the original's embeddings and first layers, trained so that the mean pool of
+each exit layer l lands on the ORIGINAL's final embedding of the same text (losses.branch). The full
+path is the original, bit for bit (its weights are never trained or rewritten, and its hash is kept
+with the branch), so an index the original built stays valid and queries may be embedded by the
+branch cut to l layers (a standalone l-layer model) against it.
+
+Training text: the generic recipe draws corpus sentences equally over their sources plus
+pseudo-documents (several sentences joined), so long inputs are trained too; `corpus=` trains on a
+user's own unlabelled documents and the sentences split from them instead (reported apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from leap_core import experiment
+from leap_core.config import BranchConfig, Profile, training_fingerprint
+from leap_core.io import sha256_file, sha256_strings, write_json_atomic
+
+log = logging.getLogger(__name__)
+BRANCH_FILE = "leap_branch.json"
+
+
+def exit_layers(branch: BranchConfig, depth: int) -> list[int]:
+    """The branch's exit layers (1-indexed); the default runs from half the depth to one below the original's."""
+    layers = branch.exit_layers if branch.exit_layers is not None else list(range(max(2, depth // 2), depth))
+    if not layers or not all(1 <= layer < depth for layer in layers):
+        raise ValueError(f"branch.exit_layers {layers} must be layers in 1..{depth - 1} (below the original's {depth})")
+    return sorted(set(layers))
+
+
+def generic_texts(profile: Profile) -> list[str]:
+    """Corpus sentences (balanced over sources when data.balance_by is set) and pseudo-documents from others."""
+    from leap_core.data import extract_sentences, load_corpus, read_tags, sts_sentences
+    from leap_core.data.documents import pseudo_documents
+
+    data, branch = profile.data, profile.branch
+    corpus = load_corpus(data.corpus, data.data_dir)
+    tags = read_tags(experiment.data_path(profile, data.balance_by), len(corpus), data.corpus) if data.balance_by else None
+    pool_size = branch.n_sentences + branch.n_documents * branch.doc_sentences[1]
+    pool = extract_sentences(corpus, pool_size, data.min_chars, data.seed,
+                             exclude=sts_sentences(data.data_dir, data.exclude_sts), tags=tags)
+    random.Random(data.seed).shuffle(pool)  # extract keeps corpus order, which groups sources
+    sentences, rest = pool[:branch.n_sentences], pool[branch.n_sentences:]
+    low, high = branch.doc_sentences
+    return sentences + pseudo_documents(rest, branch.n_documents, low, high, data.seed)
+
+
+def corpus_texts(profile: Profile, corpus: str | Path) -> list[str]:
+    """A user's documents (data.documents.read_user_corpus) and up to branch.corpus_sentences of their sentences."""
+    from leap_core.data.documents import read_user_corpus, split_sentences
+
+    documents = read_user_corpus(corpus, profile.data.min_chars)
+    sentences = list(dict.fromkeys(s for doc in documents for s in split_sentences(doc, profile.data.min_chars)))
+    rng = random.Random(profile.data.seed)
+    sentences = rng.sample(sentences, min(len(sentences), profile.branch.corpus_sentences))
+    return documents + [s for s in sentences if s not in set(documents)]
+
+
+def branch_dir(profile: Profile, model: str, seed: int, texts_key: str) -> Path:
+    """runs/<profile>/branch-<model>-<recipe hash>-seed<seed>: a changed recipe or text trains afresh."""
+    from leap_core.retrofit import model_slug
+
+    branch = profile.branch
+    recipe = sha256_strings([json.dumps({k: v for k, v in dataclasses.asdict(branch).items() if k != "training"},
+                                        sort_keys=True), training_fingerprint(branch.training), texts_key])[:8]
+    return experiment.run_dir(profile) / f"branch-{model_slug(model)}-{recipe}-seed{seed}"
+
+
+def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path | None = None):
+    """Train MODEL's exit branch (resumes a killed run, reuses a finished one); returns its TrainResult."""
+    import torch
+
+    from leap_core.data import write_sentences_parquet
+    from leap_core.encoder import _read_max_seq_length
+    from leap_core.losses import BranchObjective
+    from leap_core.models import build_student, model_fingerprint, resolve_model
+    from leap_core.teacher_cache import build_teacher_cache, load_teacher_cache
+    from leap_core.training import LeapTrainer, seed_everything
+
+    from transformers import AutoConfig
+
+    original = resolve_model(model)
+    depth = AutoConfig.from_pretrained(original).num_hidden_layers
+    layers = exit_layers(profile.branch, depth)
+    texts = corpus_texts(profile, corpus) if corpus else generic_texts(profile)
+    texts_key = sha256_strings(texts)
+    out_dir = branch_dir(profile, model, seed, texts_key)
+    texts_path = out_dir / "texts.parquet"
+    if not texts_path.is_file():
+        write_sentences_parquet(texts, texts_path)
+    branch = profile.branch
+    cache_path = build_teacher_cache(model, texts, [depth], experiment.cache_dir(profile), max_length=branch.max_length,
+                                     batch_size=profile.models.teacher_batch_size, device=branch.training.device)
+    cache = load_teacher_cache(cache_path, texts)
+    cache.embeddings = cache.embeddings.expand(max(layers), -1, -1)  # the trainer wants one target row per layer
+    seed_everything(seed)
+    student, tokenizer = build_student(model, max(layers))
+    student.embeddings.requires_grad_(False)  # shared with the original: the branch stores only its layers' change
+    for module in student.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = branch.training.dropout or 0.0
+    objective = BranchObjective(layers, max(layers), branch.contrast, branch.temperature)
+    fingerprint = sha256_strings(["branch", str(layers), str(branch.contrast), str(branch.temperature),
+                                  model_fingerprint(original), cache_path.name])
+    exit_settings = dataclasses.replace(profile.exit, l_min=layers[0])
+    trainer = LeapTrainer(student, tokenizer, objective, cache, branch.training, out_dir, seed=seed,
+                          max_length=branch.max_length, exit_settings=exit_settings, run_fingerprint=fingerprint,
+                          serve_max_length=_read_max_seq_length(original))
+    result = trainer.train()
+    write_json_atomic(result.model_dir / BRANCH_FILE, {
+        "original": model, "original_fingerprint": model_fingerprint(original), "original_layers": depth,
+        "exit_layers": layers, "texts": "corpus" if corpus else "generic",
+        "corpus_sha256": sha256_file(corpus) if corpus else None, "train_texts": len(texts),
+        "train_steps": result.steps, "train_seconds": round(result.train_seconds, 1)})
+    return result
+
+
+def read_branch(folder: str | Path) -> dict[str, Any]:
+    """The branch's record: its original (by name and weight hash) and exit layers."""
+    file = Path(folder) / BRANCH_FILE
+    if not file.is_file():
+        raise ValueError(f"{folder}: not an exit branch (no {BRANCH_FILE})")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def original_of(folder: str | Path) -> Path:
+    """The folder of the branch's original model, checked against the weight hash recorded at training."""
+    from leap_core.models import model_fingerprint, resolve_model
+
+    record = read_branch(folder)
+    original = resolve_model(record["original"])
+    if model_fingerprint(original) != record["original_fingerprint"]:
+        raise ValueError(f"{folder}: {record['original']} at {original} is not the model this branch was trained "
+                         f"against (weights hash differs): its embeddings would not share the original's space")
+    return original
+
+
+def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
+    """The branch cut to `depth` layers as a standalone sentence-transformers folder (what serves the queries).
+
+    Its embeddings live in the original's final space, so it searches an index the original built. The folder
+    keeps the original's max length and records its provenance (leap_branch.json with "cut_depth").
+    """
+    from leap_core.encoder import _read_max_seq_length
+    from leap_core.models import build_student, save_sentence_transformer
+
+    record = read_branch(branch)
+    if depth not in record["exit_layers"]:
+        raise ValueError(f"{branch}: depth {depth} is not one of the branch's trained exits {record['exit_layers']}")
+    model, tokenizer = build_student(str(branch), depth)
+    folder = save_sentence_transformer(model, tokenizer, out, max_seq_length=_read_max_seq_length(branch) or 256)
+    write_json_atomic(Path(folder) / BRANCH_FILE, {**record, "cut_depth": depth})
+    return Path(folder)

@@ -1,0 +1,83 @@
+"""The peer at equal budget: sentence-transformers' own layer-elastic fine-tune of MODEL against itself.
+
+AdaptiveLayerLoss over MSELoss to the model's own frozen final embeddings (the same texts, targets,
+batch size, learning rate, epochs and training length as the exit branch), so that every layer of the
+one fine-tuned model is trained to be a usable embedding: what a sentence-transformers user would do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from leap_core import experiment
+from leap_core.io import sha256_strings, write_json_atomic
+
+log = logging.getLogger(__name__)
+DONE_FILE = "peer_result.json"
+
+
+def peer_dir(profile, model: str, texts_key: str, seed: int) -> Path:
+    from leap_core.config import training_fingerprint
+    from leap_core.retrofit import model_slug
+
+    key = sha256_strings([training_fingerprint(profile.branch.training), str(profile.branch.max_length), texts_key])[:8]
+    return experiment.run_dir(profile) / f"peer-adaptive-layer-{model_slug(model)}-{key}-seed{seed}"
+
+
+def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Path:
+    """Fine-tune MODEL with AdaptiveLayerLoss(MSELoss) on the branch's texts; returns the saved model folder."""
+    import numpy as np
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss, MSELoss
+
+    from leap_core.data import read_sentences_parquet
+    from leap_core.models import resolve_model
+    from leap_core.teacher_cache import build_teacher_cache, load_teacher_cache
+
+    texts = read_sentences_parquet(texts_path)
+    out = peer_dir(profile, model, sha256_strings(texts), seed)
+    if (out / DONE_FILE).is_file():
+        log.info("%s is already trained: reusing it", out)
+        return out / "model"
+    branch = profile.branch
+    folder = resolve_model(model)
+    student = SentenceTransformer(str(folder), device="cpu")
+    serve_length = student.max_seq_length
+    student.max_seq_length = branch.max_length
+    depth = student[0].auto_model.config.num_hidden_layers
+    cache = load_teacher_cache(build_teacher_cache(model, texts, [depth], experiment.cache_dir(profile),
+                                                   max_length=branch.max_length), texts)
+    labels = cache.embeddings[-1].numpy().astype(np.float32)
+    dataset = Dataset.from_dict({"text": texts, "label": [row for row in labels]})
+    training = branch.training
+    out.mkdir(parents=True, exist_ok=True)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=training.batch_size,
+        num_train_epochs=training.epochs, max_steps=training.max_steps or -1, learning_rate=training.lr,
+        warmup_ratio=training.warmup_ratio, weight_decay=training.weight_decay, max_grad_norm=training.max_grad_norm,
+        seed=seed, save_strategy="no", report_to="none", logging_steps=50, dataloader_drop_last=False)
+    loss = AdaptiveLayerLoss(student, MSELoss(student))
+    started = time.perf_counter()
+    SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset, loss=loss).train()
+    seconds = time.perf_counter() - started
+    student.max_seq_length = serve_length
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    student.save(str(tmp))
+    shutil.rmtree(out / "model", ignore_errors=True)
+    os.replace(tmp, out / "model")
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    steps = -(-len(texts) // training.batch_size) * training.epochs
+    write_json_atomic(out / DONE_FILE, {"train_seconds": seconds, "steps": min(steps, training.max_steps or steps),
+                                        "texts": len(texts)})
+    return out / "model"
+
+
+def peer_result(model_dir: str | Path) -> dict:
+    return json.loads((Path(model_dir).parent / DONE_FILE).read_text())
