@@ -161,7 +161,8 @@ class BranchConfig:
     max_length: int = 256  # training tokens per text; the saved branch keeps the original's own max length
     contrast: float = 1.0  # weight of the in-batch similarity-structure term
     temperature: float = 0.05
-    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, dropout=0.0))
+    # head_lr: the heads start at their least-squares fit (exit_branch.fit_heads), so they need no large steps
+    training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4, head_lr=2e-4, dropout=0.0))
 
 
 @dataclass

@@ -242,6 +242,7 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
     from leap_core.data import read_sts
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.against_original import Embedder, beir_against_original, sts_against_original
+    from leap_core.exit_branch import load_heads
     from leap_core.models import model_fingerprint
 
     original_folder = resolve_model(model)
@@ -250,8 +251,10 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
     if saved.is_file() and (found := json.loads(saved.read_text())).get("key") == key:
         log.info("reusing the evaluation in %s", saved)
         return found["evaluation"]
-    load = lambda path: Embedder(EarlyExitEncoder.from_pretrained(str(path)), batch_size)  # noqa: E731
-    original = load(original_folder)
+    load = lambda path: Embedder(EarlyExitEncoder.from_pretrained(str(path)), batch_size, load_heads(path))  # noqa: E731
+    # The original's pools are reused across the runs judged against it (its weights hash is the key).
+    original = Embedder(EarlyExitEncoder.from_pretrained(str(original_folder)), batch_size,
+                        cache_dir=experiment.cache_dir(profile) / "pools", fingerprint=model_fingerprint(original_folder))
     same = full is None or model_fingerprint(full) == model_fingerprint(original_folder)
     full_path = original if same else load(full)
     cut_path = load(cuts)

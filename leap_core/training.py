@@ -59,7 +59,7 @@ class LeapTrainer:
                  teacher: TeacherCache, config: TrainConfig, output_dir: str | Path, seed: int = 0,
                  max_length: int = 128, exit_settings: ExitConfig | None = None,
                  run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None,
-                 serve_max_length: int | None = None):
+                 serve_max_length: int | None = None, save_extra: Callable[[Path], None] | None = None):
         n_layers = student.config.num_hidden_layers
         if teacher.embeddings.shape[0] != n_layers:
             raise ValueError(f"teacher cache has {teacher.embeddings.shape[0]} mapped layers; student has {n_layers}")
@@ -67,6 +67,7 @@ class LeapTrainer:
         self.config, self.seed, self.max_length = config, seed, max_length
         # The saved folder's max length: a retrofit keeps its original's, whatever length it trained at.
         self.serve_max_length = serve_max_length or max_length
+        self.save_extra = save_extra  # writes what else the model folder needs, before the run counts as finished
         self.output_dir = Path(output_dir)
         self.exit_settings = exit_settings or ExitConfig()
         self.on_step = on_step
@@ -222,6 +223,8 @@ class LeapTrainer:
         self.student.eval()
         save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.serve_max_length)
         write_json_atomic(model_dir / "leap_exit.json", dataclasses.asdict(self.exit_settings))
+        if self.save_extra is not None:
+            self.save_extra(model_dir)
         with atomic_path(self.output_dir / "projection.pt") as tmp:
             torch.save(self.objective.state_dict(), tmp)
         return model_dir

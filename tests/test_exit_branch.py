@@ -30,10 +30,14 @@ def test_branch_loss_is_zero_only_when_every_exit_is_the_original_final():
     moved = torch.stack([target, torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)])
     assert branch_loss(moved, target, 1.0, 0.05)[0].item() > 0.1
     with pytest.raises(ValueError, match="1..4"):
-        BranchObjective([2, 5], n_layers=4)
-    objective = BranchObjective([1, 3], n_layers=4)
+        BranchObjective([2, 5], n_layers=4, dim=16)
+    objective = BranchObjective([1, 3], n_layers=4, dim=16)  # heads start as the identity
     layers = torch.stack([target, torch.zeros_like(target), target, torch.zeros_like(target)])
     assert objective(layers, target.expand(4, -1, -1), 0.0)[1]["cosine"] == pytest.approx(0.0, abs=1e-6)
+    rotation = torch.linalg.qr(torch.randn(16, 16))[0]
+    objective.set_heads([rotation, rotation], [torch.zeros(16)] * 2)  # a head maps the layer's pool first
+    rotated = torch.stack([target @ rotation] * 4)  # head(x) = x @ W.T: W = rotation undoes x = t @ rotation
+    assert objective(rotated, target.expand(4, -1, -1), 0.0)[1]["cosine"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_exit_layers_default_to_half_the_depth_and_stay_below_the_original():
@@ -174,14 +178,19 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
 
     from leap_core.cli import main
     from leap_core.encoder import EarlyExitEncoder
-    from leap_core.exit_branch import train_branch
+    from leap_core.evaluation.against_original import Embedder
+    from leap_core.exit_branch import load_heads, train_branch
 
     branch = train_branch(base, MODEL).model_dir
     assert main(["cut", str(branch), "--depth", "2", "--out", str(tmp_path / "cut2")]) == 0
     texts = ["a short query", "a somewhat longer text about embeddings and search"]
     standalone = SentenceTransformer(str(tmp_path / "cut2"), device="cpu").encode(texts)
-    inside = EarlyExitEncoder.from_pretrained(str(branch)).encode(texts, mode="fixed:2")
+    heads = load_heads(branch)
+    assert sorted(heads) == [2, 3] and heads[2][0].shape == (64, 64)
+    inside = Embedder(EarlyExitEncoder.from_pretrained(str(branch)), heads=heads).layers("t", texts)[1]
     np.testing.assert_allclose(standalone, inside, atol=1e-5)
+    plain = EarlyExitEncoder.from_pretrained(str(branch)).encode(texts, mode="fixed:2")
+    assert not np.allclose(standalone, plain, atol=1e-3)  # the head is part of the deployed cut
     assert read_branch(tmp_path / "cut2")["cut_depth"] == 2
     with pytest.raises(ValueError, match="trained exits"):
         main(["cut", str(branch), "--depth", "1", "--out", str(tmp_path / "cut1")])

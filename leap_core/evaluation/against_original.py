@@ -51,14 +51,41 @@ def _sts_ci(a: np.ndarray, b: np.ndarray, gold: np.ndarray, n_resamples: int) ->
 
 
 class Embedder:
-    """Every layer's normalised pools of one model (EarlyExitEncoder.layer_embeddings), remembered per text set."""
+    """Every layer's normalised pools of one model (EarlyExitEncoder.layer_embeddings), remembered per text set.
 
-    def __init__(self, encoder: Any, batch_size: int = 64):
-        self.encoder, self.batch_size, self._memo = encoder, batch_size, {}
+    heads: {layer: (weight, bias)} exit heads (leap_core.exit_branch) applied to those layers' pools, re-normalised.
+    cache_dir and fingerprint (the model folder's weights hash): pools also kept on disk as .npy, keyed by the
+    weights, the texts and the max length, so the original's are computed once for every run judged against it.
+    """
+
+    def __init__(self, encoder: Any, batch_size: int = 64, heads: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                 cache_dir: str | Path | None = None, fingerprint: str | None = None):
+        self.encoder, self.batch_size, self.heads, self._memo = encoder, batch_size, heads or {}, {}
+        self.cache_dir, self.fingerprint = (Path(cache_dir) if cache_dir else None), fingerprint
+
+    def _pools(self, texts: list[str]) -> np.ndarray:
+        from leap_core.io import atomic_path, sha256_strings
+
+        if self.cache_dir is None or self.fingerprint is None:
+            return self.encoder.layer_embeddings(texts, batch_size=self.batch_size)
+        key = sha256_strings([self.fingerprint, str(self.encoder.max_length), sha256_strings(texts)])[:24]
+        file = self.cache_dir / f"pools-{key}.npy"
+        if file.is_file():
+            return np.load(file, allow_pickle=False)
+        pools = self.encoder.layer_embeddings(texts, batch_size=self.batch_size)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(file) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, pools, allow_pickle=False)
+        return pools
 
     def layers(self, name: str, texts: list[str]) -> np.ndarray:
         if name not in self._memo:
-            self._memo[name] = self.encoder.layer_embeddings(texts, batch_size=self.batch_size)
+            pools = self._pools(texts)
+            for layer, (weight, bias) in self.heads.items():
+                mapped = pools[layer - 1] @ weight.T + bias
+                pools[layer - 1] = mapped / np.maximum(np.linalg.norm(mapped, axis=-1, keepdims=True), 1e-12)
+            self._memo[name] = pools
         return self._memo[name]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from leap_core.losses.contrast import contrastive_kl
@@ -35,16 +36,35 @@ class BranchObjective(nn.Module):
     """LeapTrainer's objective interface over branch_loss: (student_layers, targets, progress) -> (loss, terms).
 
     exit_layers: 1-indexed branch layers trained as exits; targets[-1] holds the original's final embedding.
+    Each exit has a linear head (dim -> dim) on its normalised pool, re-normalised: an intermediate layer's
+    pool carries a large common component and outlier dimensions that a linear map removes at once, which
+    the layers alone learn only slowly. The heads start as the identity (set_heads puts a fitted map in).
     """
 
-    def __init__(self, exit_layers: list[int], n_layers: int, contrast: float = 1.0, temperature: float = 0.05):
+    def __init__(self, exit_layers: list[int], n_layers: int, dim: int, contrast: float = 1.0,
+                 temperature: float = 0.05):
         super().__init__()
         bad = [layer for layer in exit_layers if not 1 <= layer <= n_layers]
         if bad or not exit_layers:
             raise ValueError(f"branch exit_layers {bad or exit_layers} must be 1-indexed layers in 1..{n_layers}")
         self.exit_layers, self.contrast, self.temperature = list(exit_layers), contrast, temperature
+        self.heads = nn.ModuleList(nn.Linear(dim, dim) for _ in exit_layers)
+        for head in self.heads:
+            nn.init.eye_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def set_heads(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for head, weight, bias in zip(self.heads, weights, biases):
+                head.weight.copy_(weight)
+                head.bias.copy_(bias)
+
+    def exits(self, student_layers: torch.Tensor) -> torch.Tensor:
+        """(E, B, d): each exit layer's pool through its head, normalised."""
+        return torch.stack([F.normalize(head(student_layers[layer - 1]), dim=-1)
+                            for layer, head in zip(self.exit_layers, self.heads)])
 
     def forward(self, student_layers: torch.Tensor, targets: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-        exits = student_layers[[layer - 1 for layer in self.exit_layers]]
+        exits = self.exits(student_layers)
         return branch_loss(exits, targets[-1].to(exits.dtype), self.contrast, self.temperature)
