@@ -7,6 +7,7 @@ one fine-tuned model is trained to be a usable embedding: what a sentence-transf
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Pa
         num_train_epochs=training.epochs, max_steps=training.max_steps or -1, learning_rate=training.lr,
         warmup_ratio=training.warmup_ratio, weight_decay=training.weight_decay, max_grad_norm=training.max_grad_norm,
         seed=seed, save_strategy="no", report_to="none", logging_steps=50, dataloader_drop_last=False)
+    args.batch_sampler = functools.partial(BranchBatches, texts=texts, seed=seed)
     loss = AdaptiveLayerLoss(student, MSELoss(student))
     started = time.perf_counter()
     SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset, loss=loss).train()
@@ -77,6 +79,27 @@ def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Pa
     write_json_atomic(out / DONE_FILE, {"train_seconds": seconds, "steps": min(steps, training.max_steps or steps),
                                         "texts": len(texts)})
     return out / "model"
+
+
+class BranchBatches:
+    """The exit branch's own batches (training.length_grouped_batches), epoch by epoch: the peer sees the same
+    rows in the same order, and batches of like lengths (random batches pad every row to the longest text)."""
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, texts: list[str], seed: int, **_: object):
+        from leap_core.training import length_grouped_batches
+
+        self.batches_for = lambda epoch: length_grouped_batches(texts, batch_size, seed, epoch)
+        self.epoch = 0
+        self.n_batches = len(self.batches_for(0))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.batches_for(self.epoch))
+
+    def __len__(self) -> int:
+        return self.n_batches
 
 
 def peer_result(model_dir: str | Path) -> dict:

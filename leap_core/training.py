@@ -48,6 +48,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def length_grouped_batches(texts: list[str], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Seeded batches; within windows of 50 batches rows are grouped by length (less padding)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(texts), generator=generator).tolist()
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: len(texts[i]))
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
 class LeapTrainer:
     """Distils `teacher` (cached embeddings) into `student` under `objective`.
 
@@ -85,17 +98,7 @@ class LeapTrainer:
 
     # -- data order -------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Seeded batches; within windows of 50 batches rows are grouped by length (less padding)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.teacher.sentences), generator=generator).tolist()
-        size = self.config.batch_size
-        window = size * 50
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: len(self.teacher.sentences[i]))
-            batches.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
-        shuffle = torch.randperm(len(batches), generator=generator).tolist()
-        return [batches[i] for i in shuffle]
+        return length_grouped_batches(self.teacher.sentences, self.config.batch_size, self.seed, epoch)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _state(self, step: int) -> dict:
