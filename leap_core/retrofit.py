@@ -257,7 +257,8 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
                         cache_dir=experiment.cache_dir(profile) / "pools", fingerprint=model_fingerprint(original_folder))
     same = full is None or model_fingerprint(full) == model_fingerprint(original_folder)
     full_path = original if same else load(full)
-    cut_path = load(cuts)
+    # A fine-tuned model is both its own full path and its cuts: one Embedder, so its pools are computed once.
+    cut_path = full_path if full is not None and Path(full) == Path(cuts) and not same else load(cuts)
     n = profile.evaluation.bootstrap_resamples
     result: dict[str, Any] = {"full_is_original": same, "depths": depths, "max_length": {
         "original": original.encoder.max_length, "cuts": cut_path.encoder.max_length}}
