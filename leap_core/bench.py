@@ -334,7 +334,7 @@ def run_benchmark(
     if clock == "process" and dev.type == "cpu" and torch.get_num_threads() != 1:
         raise ValueError("clock 'process' sums CPU time over threads: set torch.set_num_threads(1) first")
     for mode in modes:
-        parse_mode(mode, encoder.num_layers)  # an unknown mode fails before minutes of timing
+        parse_mode(encoder.policy.mode() if mode == "policy" else mode, encoder.num_layers)  # fails before timing
 
     calls: dict[str, Callable[[list[str], int], Any]] = {
         mode: (lambda batch, size, mode=mode: encoder.encode(batch, batch_size=size, mode=mode,
@@ -453,3 +453,30 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Agreement with per-sentence batch-1 encoding (the peer: with our full): min cosine "
                       f"{worst:.6f}, exit layers {'identical' if same else 'DIFFER'} for every mode and batch size."]
     return "\n".join(lines) + "\n"
+
+
+def compare_calls(calls: dict[str, Callable[[list[str], int], Any]], baseline: str, sentences: Sequence[str],
+                  batch_sizes: Sequence[int] = (1, 32), warmup: int = 5, iterations: int = 40,
+                  seed: int = 0) -> dict[str, Any]:
+    """Time callables (batch, batch_size) on the same batches, interleaved and rotated, after warm-up.
+
+    Per batch size: each call's time percentiles (ms), speedup = median(baseline) / median(call), and paired =
+    median over iterations of baseline_i / call_i (drift-robust).
+    """
+    names, out = list(calls), {}
+    with torch.inference_mode(), _no_gc():
+        for size in batch_sizes:
+            seconds: dict[str, list[float]] = {name: [] for name in names}
+            for step, batch in enumerate(draw_batches(sentences, size, warmup + iterations, seed)):
+                shift = step % len(names)
+                for name in names[shift:] + names[:shift]:
+                    elapsed, _ = _timed(lambda: calls[name](batch, size), torch.device("cpu"))
+                    if step >= warmup:
+                        seconds[name].append(elapsed)
+            base = np.asarray(seconds[baseline])
+            out[str(size)] = {name: {**{k: v * 1e3 for k, v in _percentiles(times).items()},
+                                     "speedup": float(np.median(base) / np.median(times)),
+                                     "paired": float(np.median(base / np.asarray(times)))}
+                              for name, times in seconds.items()}
+    return {"batch_sizes": out, "baseline": baseline, "warmup": warmup, "iterations": iterations,
+            "timer": "time.perf_counter (wall)", "threads": torch.get_num_threads()}

@@ -180,16 +180,21 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    """Choose theta on held-out STS data for a quality floor; report its expected layer reduction."""
-    from leap_core.evaluation.calibrate import calibrate
+    """The fastest deployable policy (full, fixed:N, the exit rule, per-layer thresholds) within the floors on dev."""
+    from leap_core.evaluation.pareto import calibrate_policy
 
-    if args.max_sts_drop is None and args.min_nn10 is None:
-        raise SystemExit("give a quality floor: --max-sts-drop and/or --min-nn10")
-    profile = _profile(args)
-    result = calibrate(args.model, profile.data.data_dir, sts_file=args.sts or profile.data.sts_dev,
-                       max_sts_drop=args.max_sts_drop, min_nn10=args.min_nn10, k=args.k, l_min=args.l_min,
-                       batch_size=args.batch_size)
-    _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "points"})
+    result = calibrate_policy(_profile(args), args.model, args.max_sts_drop, args.max_ndcg_drop, save=args.save)
+    _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "dev_full"})
+
+
+def cmd_pareto(args: argparse.Namespace) -> None:
+    """Quality against depth for every deployable point -> reports/pareto/<name>.{json,md,png}."""
+    from leap_core.evaluation.pareto import write_pareto
+
+    result = write_pareto(_profile(args), args.model, args.name, args.out_dir, args.max_sts_drop,
+                          args.max_ndcg_drop, timing=not args.no_timing)
+    print(f"{result['chosen']['name']}: STS-B test {result['chosen']['test_stsb']:.3f}, "
+          f"{result['chosen']['layer_reduction']:.2f}x fewer layers -> {args.out_dir}/{args.name}.md")
 
 
 def cmd_retrofit(args: argparse.Namespace) -> None:
@@ -305,15 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--runs", type=int, default=5, help="timed runs per mode for the overhead (default 5)")
     diagnose.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
     diagnose.add_argument("--out", help="write the JSON here too (e.g. reports/diagnose/<model>.json)")
-    calibrate = add("calibrate", cmd_calibrate, "choose theta on held-out data for a quality floor")
-    calibrate.add_argument("model", help="model folder, hub id or random-bert: spec")
-    calibrate.add_argument("--max-sts-drop", type=float, help="floor: largest allowed STS Spearman drop vs full depth")
-    calibrate.add_argument("--min-nn10", type=float, help="floor: smallest allowed NN@10 vs full depth")
-    calibrate.add_argument("--sts", help="held-out STS file, relative to the data dir (default: the profile's sts_dev)")
-    calibrate.add_argument("--out", help="write the JSON (with every theta's point) here")
+    calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
+    calibrate.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
+    calibrate.add_argument("--max-sts-drop", type=float, default=0.01,
+                           help="floor: largest STS-B dev Spearman drop vs full depth (default 0.01)")
+    calibrate.add_argument("--max-ndcg-drop", type=float,
+                           help="floor: largest relative NDCG@10 drop vs full depth on each BEIR set's dev queries")
+    calibrate.add_argument("--save", action="store_true",
+                           help="write the chosen policy to the model's leap_exit.json (the encoder then serves it)")
+    calibrate.add_argument("--out", help="write the JSON here")
+    pareto = add("pareto", cmd_pareto, "quality vs depth of every deployable point -> reports/pareto/NAME.*")
+    pareto.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
+    pareto.add_argument("--name", required=True, help="report name: reports/pareto/NAME.{json,md,png}")
+    pareto.add_argument("--out-dir", default="reports/pareto")
+    pareto.add_argument("--max-sts-drop", type=float, default=0.01, help="calibration floor (see calibrate)")
+    pareto.add_argument("--max-ndcg-drop", type=float, default=0.03, help="calibration floor (see calibrate)")
+    pareto.add_argument("--no-timing", action="store_true", help="skip timing the chosen policy")
     for command, theta_default in ((suite, None), (diagnose, 0.95)):
         command.add_argument("--theta", type=float, default=theta_default)
-    for command in (suite, diagnose, calibrate):
+    for command in (suite, diagnose):
         saved = "" if command is diagnose else "the model's leap_exit.json, else "
         command.add_argument("--k", type=int, help=f"exit test distance (default: {saved}1)")
         command.add_argument("--l-min", type=int, help=f"first layer that may exit (default: {saved}half the depth)")
@@ -342,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
     bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")
     bench.add_argument("--batch-sizes", default="1,8,32")
-    bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N)")
+    bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N, and policy: the model's calibrated policy)")
     bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
     bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
     bench.add_argument("--no-peer", action="store_true", help="skip SentenceTransformer.encode")

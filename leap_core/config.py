@@ -47,7 +47,7 @@ class ModelConfig:
 @dataclass
 class ObjectiveConfig:
     """L = final L_final + alpha L_inter + beta L_exit + delta L_contrast + late L_late + redund L_redund
-    + adjacent L_adjacent."""
+    + adjacent L_adjacent + cross L_cross."""
 
     alpha: float = 0.3
     beta: float = 0.4
@@ -69,12 +69,14 @@ class ObjectiveConfig:
     adjacent: float = 0.0  # weight of L_adjacent (consecutive layers agree); 0 = the paper's objective
     adjacent_margin: float = 0.97  # hinge on cos(e^{l-1}, e^l); above theta, so passing samples keep a cushion
     adjacent_layers: list[int] | None = None  # 1-indexed l of the pairs (l-1, l); None = exit_weight_from..L-1
+    cross: float = 0.0  # weight of L_cross (layers' in-batch similarities agree across depths); 0 = off
+    cross_layers: list[int] | None = None  # 1-indexed exit layers it pairs; None = exit_weight_from..L
 
 
 # Objective fields added after runs were recorded, at the value that reproduces the behaviour before
 # them: left out of the fingerprint at that value, so runs trained before they existed stay resumable.
 _LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None, "adjacent": 0.0, "adjacent_margin": 0.97,
-                         "adjacent_layers": None}
+                         "adjacent_layers": None, "cross": 0.0, "cross_layers": None}
 
 
 def _settings(config: Any, neutral: dict[str, Any]) -> dict[str, Any]:

@@ -27,11 +27,12 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.masking_utils import create_bidirectional_mask
 
 from leap_core.io import write_json_atomic
+from leap_core.policy import ALWAYS, ExitPolicy
 
 logger = logging.getLogger(__name__)
 
 EXIT_SETTINGS_FILE = "leap_exit.json"
-EXIT_SETTINGS_KEYS = ("theta", "k", "l_min")
+EXIT_SETTINGS_KEYS = ("theta", "k", "l_min", "policy", "calibration")
 MODES = ("full", "monitored", "batch", "compact")  # plus "fixed:N"
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call: a large corpus never sits in Python lists at once
 
@@ -54,7 +55,11 @@ def parse_mode(mode: str, n_layers: int) -> tuple[str, int]:
 
 
 def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
-    """The {"theta", "k", "l_min"} saved in `<path>/leap_exit.json`; {} when the file is absent."""
+    """The settings saved in `<path>/leap_exit.json`; {} when the file is absent.
+
+    theta, k, l_min: the exit rule; policy (optional): {"kind": full|fixed|rule|thresholds, "depth", "thresholds"}
+    (leap_core.policy), the policy the encoder serves by default; calibration (optional): what chose it.
+    """
     file = Path(path) / EXIT_SETTINGS_FILE
     if not file.is_file():
         return {}
@@ -67,7 +72,15 @@ def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(values) - set(EXIT_SETTINGS_KEYS))
     if unknown:
         raise ValueError(f"{file}: unknown key(s) {unknown}; known: {list(EXIT_SETTINGS_KEYS)}")
+    if "policy" in values:
+        rule = {key: values[key] for key in ("theta", "k", "l_min") if key in values}
+        ExitPolicy.from_dict({**rule, **values["policy"]} if isinstance(values["policy"], dict) else values["policy"],
+                             where=f"{file}: policy")
+    if "calibration" in values and not isinstance(values["calibration"], dict):
+        raise ValueError(f"{file}: calibration must be a JSON object")
     for key, value in values.items():
+        if key in ("policy", "calibration"):
+            continue
         wanted = (int, float) if key == "theta" else int
         if isinstance(value, bool) or not isinstance(value, wanted):
             raise ValueError(f"{file}: {key} must be {'a number' if key == 'theta' else 'an integer'}, got {value!r}")
@@ -142,6 +155,8 @@ class EarlyExitEncoder:
         l_min: int = 6,
         max_length: int = 128,
         device: str | torch.device | None = None,
+        policy: ExitPolicy | dict[str, Any] | str | None = None,
+        calibration: dict[str, Any] | None = None,
     ) -> None:
         if not (hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")):
             raise TypeError(
@@ -157,12 +172,14 @@ class EarlyExitEncoder:
         self.theta = float(theta)
         self.k = k
         self.l_min = l_min
+        self.calibration = calibration
         self.max_length = max_length
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.policy = self._policy(policy)
         embed_params = inspect.signature(model.embeddings.forward).parameters
         self._embeddings_take_token_types = "token_type_ids" in embed_params
         # MPNet adds a relative position bias, computed once per shape by the encoder, to every layer.
@@ -173,6 +190,30 @@ class EarlyExitEncoder:
         if builder is not None and not wanted <= set(inspect.signature(builder).parameters):
             builder = None
         self._mask_builder = builder
+
+    def _policy(self, policy: ExitPolicy | dict[str, Any] | str | None) -> ExitPolicy:
+        """The served policy; its rule part is this encoder's theta, k and l_min."""
+        # theta outside [-1, 1] (tests' "never" / "always") is kept on self.theta for exit_thresholds.
+        rule = {"theta": min(max(self.theta, ALWAYS), 1.0), "k": self.k, "l_min": self.l_min}
+        if policy is None:
+            return ExitPolicy("rule", **rule)
+        if isinstance(policy, str):
+            return ExitPolicy.parse(policy, **rule)
+        values = policy.to_dict() if isinstance(policy, ExitPolicy) else dict(policy)
+        chosen = ExitPolicy.from_dict({**values, **rule})
+        chosen.vector(self.num_layers)  # checks depth / thresholds against this model's layers
+        return chosen
+
+    def exit_thresholds(self) -> np.ndarray:
+        """(L,) per-layer thresholds of the exit test that "compact"/"batch"/"monitored" apply.
+
+        The policy's own when it is "thresholds", else Algorithm 1 with this encoder's (current) theta, k, l_min.
+        """
+        if self.policy.kind == "thresholds":
+            return self.policy.vector(self.num_layers)
+        if self.theta > 1:  # no cosine reaches it: nothing exits
+            return np.full(self.num_layers, np.inf)
+        return ExitPolicy("rule", theta=max(self.theta, ALWAYS), k=self.k, l_min=self.l_min).vector(self.num_layers)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "EarlyExitEncoder":
@@ -198,9 +239,15 @@ class EarlyExitEncoder:
         return cls(model, tokenizer, **settings)
 
     def save_exit_settings(self, path: str | os.PathLike) -> Path:
-        """Write {"theta", "k", "l_min"} to `<path>/leap_exit.json` atomically; returns the file."""
+        """Write theta, k, l_min, the policy (and the calibration, if any) to `<path>/leap_exit.json` atomically."""
         target = Path(path) / EXIT_SETTINGS_FILE
-        write_json_atomic(target, {"theta": self.theta, "k": self.k, "l_min": self.l_min})
+        settings: dict[str, Any] = {"theta": self.theta, "k": self.k, "l_min": self.l_min}
+        if self.policy.kind != "rule":
+            settings["policy"] = {key: value for key, value in self.policy.to_dict().items()
+                                  if key not in ("theta", "k", "l_min")}
+        if self.calibration is not None:
+            settings["calibration"] = self.calibration
+        write_json_atomic(target, settings)
         return target
 
     @property
@@ -218,7 +265,7 @@ class EarlyExitEncoder:
         self,
         sentences: str | Sequence[str],
         batch_size: int = 32,
-        mode: str = "compact",
+        mode: str | None = None,
         normalize_embeddings: bool = True,
         convert_to_numpy: bool = True,
         return_exit_layers: bool = False,
@@ -234,14 +281,16 @@ class EarlyExitEncoder:
           "monitored" (computes the exit test where it could fire but never exits: measures overhead),
           "batch" (the paper's batched exit: the batch runs until every row has exited, each row keeps
           its own exit-layer embedding), "compact" (exited rows leave the batch at once and padding
-          columns no longer needed are trimmed), "fixed:N" (every row stops at layer N).
+          columns no longer needed are trimmed), "fixed:N" (every row stops at layer N); None (default): the
+          mode of the folder's policy (leap_exit.json: "full", "fixed:N", or "compact" for the rule and
+          per-layer thresholds); "policy" says the same. The exit test of the exiting modes is exit_thresholds().
         Returns embeddings (float32 numpy, or a torch tensor on the encoder's device when
         convert_to_numpy=False), and with return_exit_layers also the 1-indexed exit layers
         (np.int64 array; a scalar for a str input): L in "full" and "monitored", N in "fixed:N".
         """
         single = isinstance(sentences, str)
         items = [sentences] if single else _check_sentences(sentences)
-        kind, depth = parse_mode(mode, self.num_layers)
+        kind, depth = parse_mode(self.policy.mode() if mode in (None, "policy") else mode, self.num_layers)
         _check_batch_size(batch_size)
 
         if not items:
@@ -393,7 +442,9 @@ class EarlyExitEncoder:
         out = torch.zeros(n_rows, hidden.shape[-1], dtype=torch.float32, device=device) if exiting else None
         any_exit = False
         on_cpu = device.type == "cpu"
-        first_check = max(self.l_min, self.k + 1)
+        thresholds = self.exit_thresholds()
+        tested = np.flatnonzero(np.isfinite(thresholds))
+        first_check = int(tested[0]) + 1 if len(tested) else depth + 1
         # Pools, as (B, 1, d), kept only from layer first_check - k on: the oldest one a test compares against.
         history: deque[torch.Tensor] = deque(maxlen=self.k)
         exited = np.zeros(n_rows, dtype=bool)  # "batch" mode
@@ -412,13 +463,17 @@ class EarlyExitEncoder:
             if not checking or layer_no < first_check - self.k:
                 continue
             pooled = pool(hidden)
-            if layer_no >= first_check:
+            threshold = thresholds[index]
+            if threshold <= ALWAYS:  # the policy stops every row here: no cosine needed
+                passes = np.ones(pooled.shape[0], dtype=bool)
+            elif np.isfinite(threshold):
                 pair = torch.cat([pooled, history[0]], dim=1)  # (B, 2, d)
                 with exact:
                     gram = torch.bmm(pair, pair.transpose(1, 2)).view(-1, 4)
                 gram = (gram if on_cpu else gram.cpu()).numpy().astype(np.float64)  # the one host sync
                 # cos = <p_l, p_{l-k}> / (|p_l| |p_{l-k}|), clamped like F.cosine_similarity (eps 1e-8).
-                passes = gram[:, 1] / np.sqrt(np.maximum(gram[:, 0] * gram[:, 3], 1e-16)) >= self.theta
+                passes = gram[:, 1] / np.sqrt(np.maximum(gram[:, 0] * gram[:, 3], 1e-16)) >= threshold
+            if np.isfinite(threshold):
                 if kind == "batch":
                     fresh = passes & ~exited
                     if fresh.any():

@@ -8,6 +8,7 @@ l-1 holding student layer l (layers are 1-indexed in every config and API); `tea
 from leap_core.losses.adjacent import adjacent_loss
 from leap_core.losses.branch import BranchObjective, branch_loss
 from leap_core.losses.contrast import contrastive_kl
+from leap_core.losses.cross_depth import cross_depth_loss
 from leap_core.losses.exit import (
     exit_layer_weights,
     exit_loss_self,
@@ -28,6 +29,7 @@ __all__ = [
     "LeapObjective",
     "adjacent_loss",
     "contrastive_kl",
+    "cross_depth_loss",
     "default_late_layers",
     "exit_layer_weights",
     "exit_loss_self",

@@ -9,6 +9,7 @@ from torch import nn
 from leap_core.config import ObjectiveConfig
 from leap_core.losses.adjacent import adjacent_loss
 from leap_core.losses.contrast import contrastive_kl
+from leap_core.losses.cross_depth import cross_depth_loss
 from leap_core.losses.exit import exit_layer_weights, exit_loss_self, exit_loss_teacher, student_target_ramp
 from leap_core.losses.final import final_loss
 from leap_core.losses.inter import inter_loss
@@ -18,7 +19,7 @@ from leap_core.losses.redundancy import redundancy_loss
 
 class LeapObjective(nn.Module):
     """L = final L_final + alpha L_inter + beta (L_exit^t + factor ramp(progress) L_exit^s)
-           + delta L_contrast + late L_late + redund L_redund + adjacent L_adjacent.
+           + delta L_contrast + late L_late + redund L_redund + adjacent L_adjacent + cross L_cross.
 
     Teacher-comparing terms (final, inter, exit^t) see the student projected to the teacher's width
     and re-normalised; contrast compares the raw student final (or the mean over contrast_layers)
@@ -59,6 +60,12 @@ class LeapObjective(nn.Module):
             raise ValueError(f"objective.adjacent_layers: {bad} outside 2..{n_student_layers} "
                              f"(1-indexed layers l, each compared with l-1)")
         self.adjacent_layers = list(adjacent)
+        cross = (config.cross_layers if config.cross_layers is not None
+                 else list(range(max(1, config.exit_weight_from), n_student_layers + 1)))
+        bad = [layer for layer in cross if not 1 <= layer <= n_student_layers]
+        if bad:
+            raise ValueError(f"objective.cross_layers: {bad} outside 1..{n_student_layers} (1-indexed layers)")
+        self.cross_layers = list(cross)
         # Not persistent: derived from the config, so checkpoints hold only the projection.
         self.register_buffer(
             "exit_weights",
@@ -120,6 +127,9 @@ class LeapObjective(nn.Module):
         if cfg.adjacent != 0:
             terms["adjacent"] = adjacent_loss(student_layers, self.adjacent_layers, cfg.adjacent_margin)
             total = total + cfg.adjacent * terms["adjacent"]
+        if cfg.cross != 0:
+            terms["cross"] = cross_depth_loss(student_layers, self.cross_layers)
+            total = total + cfg.cross * terms["cross"]
         if cfg.redund != 0:
             terms["redund"] = redundancy_loss(student_layers, cfg.redund_margin)
             total = total + cfg.redund * terms["redund"]
