@@ -307,9 +307,13 @@ class LeapFlow(FlowSpec):
         if best is None:
             log.warning("no successful %r arm: nothing to register", LEAP_ARM)
         else:
+            from leap_core.evaluation.pareto import policy_metrics
+
             name = self.settings.registry.model_name
-            version = registry.register(local_path(best["model"]), best["metrics"], best["mlflow_run_id"], name,
-                                        self.tracking_uri)
+            folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy
+            metrics = {**best["metrics"], **policy_metrics(self.settings, str(folder),
+                                                           self.settings.registry.policy_max_sts_drop)}
+            version = registry.register(folder, metrics, best["mlflow_run_id"], name, self.tracking_uri)
             self.promotion = {"model_name": name, "arm": best["arm"], "seed": best["seed"],
                               **registry.promote(name, version, self.settings.registry, self.tracking_uri)}
             log.info("promotion: %s", self.promotion)

@@ -202,6 +202,7 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
     from leap_core.io import write_json_atomic, write_text_atomic
     from leap_core.retrofit import (corpus_name, retrofit_branch, retrofit_finetune_against_original,
                                     retrofit_peer)
+    from leap_core.evaluation.pareto import calibrate_policy
     from leap_core.retrofit_report import render_markdown, summary_rows
 
     profile = _profile(args)
@@ -224,6 +225,9 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
             entry = {**retrofit_branch(profile, model, args.seed, max_sts_drop=args.max_drop), **kept}
             if args.peer:
                 entry["peer"] = retrofit_peer(profile, model, entry["model_dir"], args.seed, args.max_drop)
+            # The branch serves what calibration chose on dev; `leap cut` and `leap pareto` read it from there.
+            entry["policy"] = calibrate_policy(profile, entry["model_dir"], args.max_drop, args.max_ndcg_drop,
+                                               save=True)
         report[model] = entry
         write_json_atomic(out, report)
         write_text_atomic(out.with_suffix(".md"), render_markdown(report))
@@ -232,9 +236,17 @@ def cmd_retrofit(args: argparse.Namespace) -> None:
 
 def cmd_cut(args: argparse.Namespace) -> None:
     """Write an exit branch cut to N layers as a standalone sentence-transformers folder."""
+    from leap_core.encoder import read_exit_settings
     from leap_core.exit_branch import save_cut
 
-    print(save_cut(args.branch, args.depth, args.out))
+    depth = args.depth
+    if depth is None:
+        policy = read_exit_settings(args.branch).get("policy", {})
+        if policy.get("kind") != "fixed":
+            raise SystemExit(f"{args.branch}: no calibrated fixed cut in leap_exit.json (policy {policy or 'none'}); "
+                             "give --depth, or run `leap calibrate BRANCH --save` first")
+        depth = policy["depth"]
+    print(save_cut(args.branch, depth, args.out))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -339,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     retro.add_argument("--out", default="reports/retrofit.json")
     retro.add_argument("--max-drop", type=float, default=0.01,
                        help="the cheapest cut is the smallest depth within this of the original on STS-B dev")
+    retro.add_argument("--max-ndcg-drop", type=float, default=0.03,
+                       help="calibration floor: largest relative NDCG@10 drop on each BEIR set's dev queries")
     retro.add_argument("--design", choices=["branch", "finetune"], default="branch",
                        help="branch: an exit branch beside the untouched original (default); finetune: the "
                             "exit-aware fine-tune of the whole model, judged the same way")
@@ -348,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also fine-tune with sentence-transformers' AdaptiveLayerLoss on the same texts and budget")
     cut = add("cut", cmd_cut, "an exit branch cut to N layers -> a standalone model for the original's index")
     cut.add_argument("branch", help="the branch folder `leap retrofit` trained (model_dir in reports/retrofit.json)")
-    cut.add_argument("--depth", type=int, required=True, help="layers to keep (one of the branch's exit layers)")
+    cut.add_argument("--depth", type=int, help="layers to keep (one of the branch's exit layers; default: the "
+                                                "fixed cut `leap calibrate --save` chose)")
     cut.add_argument("--out", required=True, help="the new model folder")
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")

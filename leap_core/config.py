@@ -176,6 +176,7 @@ class RegistryConfig:
     min_similarity_at_exit: float = 0.94
     min_nn10: float = 0.80
     stsb_tolerance: float = 0.005  # used when no confidence interval is known
+    policy_max_sts_drop: float = 0.01  # the registered model serves the fastest policy this close to full on dev
 
 
 @dataclass

@@ -50,12 +50,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_folder(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> str:
-    """Hash of every file's relative name and content under `path` (sorted, so order-independent)."""
+def sha256_folder(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None,
+                  exclude: tuple[str, ...] = ()) -> str:
+    """Hash of every file's relative name and content under `path` (sorted, so order-independent).
+
+    suffixes: only files ending so; exclude: relative names left out.
+    """
     root = Path(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        if suffixes is not None and file.suffix not in suffixes:
+        if (suffixes is not None and file.suffix not in suffixes) or str(file.relative_to(root)) in exclude:
             continue
         digest.update(str(file.relative_to(root)).encode())
         digest.update(sha256_file(file).encode())

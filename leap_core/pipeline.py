@@ -27,12 +27,16 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
     return plan
 
 
+# A model folder's serving settings (leap calibrate --save writes them in the promote step) are not its content.
+SERVING_SETTINGS = ("leap_exit.json",)
+
+
 def file_ref(path: str | Path) -> dict[str, str]:
     """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data."""
     from leap_core.io import sha256_file, sha256_folder
 
     path = Path(path).resolve()
-    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
+    digest = sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
     return {"uri": path.as_uri(), "sha256": digest}
 
 
@@ -46,7 +50,7 @@ def local_path(ref: dict[str, str]) -> Path:
     path = Path(url2pathname(parsed.path))
     if not path.exists():
         raise FileNotFoundError(f"{path} (from an earlier step) does not exist on this machine")
-    digest = sha256_folder(path) if path.is_dir() else sha256_file(path)
+    digest = sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
     if digest != ref["sha256"]:
         raise ValueError(f"{path} changed since it was written: sha256 {digest[:12]}, expected {ref['sha256'][:12]}")
     return path

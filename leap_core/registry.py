@@ -31,7 +31,7 @@ DECISION_TAG, REASONS_TAG = "leap.decision", "leap.decision_reasons"
 # Metric keys the gate reads from an evaluation dict. NN@10: a per-layer list (index l-1 = layer l)
 # is read at the target layer; a scalar applies as is.
 GATE_KEYS = ("stsb_exited", "stsb_exited_ci", "exit_rate", "mean_exit_layer", "similarity_to_final",
-             "nn10_per_layer", "nn10")
+             "nn10_per_layer", "nn10", "policy", "policy_stsb", "policy_layer_reduction")
 TEXT_COLUMN = "text"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml")
@@ -92,15 +92,18 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, gat
     tolerance = the candidate's CI half-width when known, else gate.stsb_tolerance; no champion: no comparison.
     """
     reasons = gate_failures(candidate, gate)
-    score = float(candidate.get("stsb_exited", math.nan))
+    # Each version at the policy it serves (leap calibrate) when both have one, else at the exit rule.
+    key = "policy_stsb" if "policy_stsb" in candidate and champion is not None and "policy_stsb" in champion \
+        else "stsb_exited"
+    score = float(candidate.get(key, math.nan))
     if not math.isfinite(score):
-        reasons.append("stsb_exited is missing or not a number")
+        reasons.append(f"{key} is missing or not a number")
     elif champion is not None:
-        best = float(champion["stsb_exited"])
+        best = float(champion[key])
         half = ci_half_width(candidate)
         tolerance = gate.stsb_tolerance if half is None else half
         if score < best - tolerance:
-            reasons.append(f"stsb_exited {score:.4f} is below the champion's {best:.4f} by more than {tolerance:.4f}")
+            reasons.append(f"{key} {score:.4f} is below the champion's {best:.4f} by more than {tolerance:.4f}")
     return Decision(CHALLENGER if reasons else CHAMPION, reasons)
 
 
@@ -122,11 +125,12 @@ def texts_from(model_input: Any) -> list[str]:
 
 
 class EarlyExitModel(mlflow.pyfunc.PythonModel):
-    """Serves leap_core.encoder.EarlyExitEncoder (mode "compact") from the model's `encoder` artifact folder.
+    """Serves leap_core.encoder.EarlyExitEncoder at the folder's policy from the model's `encoder` artifact folder.
 
     Input: a column of strings (a list, a Series, a `text` column). Output: a DataFrame with
-    `embedding` (normalised, one list of floats per row) and `exit_layer` (1-indexed). theta, k, l_min
-    come from the folder's leap_exit.json.
+    `embedding` (normalised, one list of floats per row) and `exit_layer` (1-indexed). The policy (full,
+    fixed:N, the exit rule with theta, k, l_min, or per-layer thresholds) comes from the folder's leap_exit.json,
+    as `leap calibrate --save` wrote it; without one, the exit rule ("compact").
     """
 
     def load_context(self, context) -> None:
@@ -135,7 +139,7 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
         self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        embeddings, layers = self.encoder.encode(texts_from(model_input), mode="compact", return_exit_layers=True)
+        embeddings, layers = self.encoder.encode(texts_from(model_input), mode="policy", return_exit_layers=True)
         return pd.DataFrame({"embedding": [row.tolist() for row in embeddings], "exit_layer": layers})
 
 

@@ -555,3 +555,19 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
     write_text_atomic(out / f"{name}.md", render_markdown(result) + f"\n![quality against depth]({name}.png)\n")
     plot(result, out / f"{name}.png")
     return result
+
+
+def policy_metrics(profile: Any, model: str, max_sts_drop: float) -> dict[str, Any]:
+    """Calibrate on STS-B dev, save the policy to the model folder, and measure it once on STS-B test.
+
+    The registry gate compares versions by policy_stsb, each at the policy it will serve.
+    """
+    from leap_core import experiment
+    from leap_core.data import read_sts
+
+    chosen = calibrate_policy(profile, model, max_sts_drop, save=True)
+    model_, _ = depth_model(profile, model)
+    test = sts_sets("stsb-test", read_sts(experiment.data_path(profile, profile.data.sts_eval)))
+    measured = Replay(model_, test).policy_point(ExitPolicy.from_dict(chosen["policy"]))["sets"]["stsb-test"]
+    return {"policy": chosen["name"], "policy_stsb": measured["quality"],
+            "policy_layer_reduction": measured["layer_reduction"]}
