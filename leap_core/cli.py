@@ -242,6 +242,9 @@ def cmd_cut(args: argparse.Namespace) -> None:
     depth = args.depth
     if depth is None:
         policy = read_exit_settings(args.branch).get("policy", {})
+        if policy.get("kind") == "full":
+            raise SystemExit(f"{args.branch}: calibration chose full depth (no cut is within its floors): serve the "
+                             "original model as it is, or give --depth to cut anyway")
         if policy.get("kind") != "fixed":
             raise SystemExit(f"{args.branch}: no calibrated fixed cut in leap_exit.json (policy {policy or 'none'}); "
                              "give --depth, or run `leap calibrate BRANCH --save` first")

@@ -19,8 +19,13 @@ def verdict(result: dict[str, Any]) -> str:
     best = result["best_adaptive"]
     if wins:
         return (f"Adaptive exit ({best['name']}, chosen on STS-B dev) is above the fixed-cut line at matched depth, "
-                f"with a 95% CI above 0, on: {', '.join(wins)}. The calibrated policy is {chosen['name']}.")
-    return ("No adaptive policy beats the fixed-cut line at matched depth with a CI above 0 on any set"
+                f"with a 95% CI above 0 and by at least {result['min_effect']}, on sets not used to choose it: "
+                + "; ".join(f"{name} {_ci(best['minus_cut'][name])} at mean depth "
+                            f"{best['minus_cut'][name]['mean_depth']:.2f} of {result['n_layers']}" for name in wins)
+                + ". "
+                f"The calibrated policy is {chosen['name']}.")
+    return (f"No adaptive policy beats the fixed-cut line at matched depth with a CI above 0 and by at least "
+            f"{result['min_effect']} on any set not used to choose it"
             + (f" (the best on dev, {best['name']}, is {_ci(best['minus_cut']['stsb-test'])} on STS-B test)" if best
                else "") + f". The recommendation is the calibrated {chosen['name']}.")
 
@@ -46,13 +51,16 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"| {chosen['name']} | {chosen['test_stsb']:.3f} | {chosen['layer_reduction']:.2f}x | "
              f"{_speed(chosen.get('speedup_bs1'))} | {_speed(chosen.get('speedup_bs32'))} |", ""]
     for title, key in (("Best adaptive policy on dev against the fixed-cut line", "best_adaptive"),
+                       ("The profile's exit rule against the fixed-cut line", "at_profile_rule"),
                        ("Oracle bound (exit once within tau of the final) against the fixed-cut line", "oracle")):
         comparison = result.get(key)
         lines += [f"## {title}", ""]
         if not comparison:
-            lines += ["No point of this kind mixes depths on dev.", ""]
+            lines += ["No such point mixes depths below full depth on dev." if key != "at_profile_rule" else
+                      "The profile's rule is not among this model's points (its l_min is not an exit layer).", ""]
             continue
-        lines += [f"`{comparison['name']}`, chosen on STS-B dev; quality minus the cut line at the same mean depth, "
+        chosen_how = "the profile's `exit:`" if key == "at_profile_rule" else "chosen on STS-B dev"
+        lines += [f"`{comparison['name']}`, {chosen_how}; quality minus the cut line at the same mean depth, "
                   "paired bootstrap 95% CI:", "", "| set | mean depth | cut line | difference [95% CI] |",
                   "|---|---|---|---|"]
         lines += [f"| {name} | {c['mean_depth']:.2f} | {c['line']:.3f} | {_ci(c)} |"
@@ -116,3 +124,24 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def readme_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The README's table: per report, the calibrated policy, its test quality and speed, and adaptive vs the cut."""
+    rows = ["| model | chosen on dev | STS-B test (full depth) | layer reduction | speedup bs 1 / bs 32 "
+            "| best adaptive minus cut line, STS-B test [95% CI] | adaptive above the line on |",
+            "|---|---|---|---|---|---|---|"]
+    for name, result in sorted(results.items()):
+        chosen, full = result["chosen"], next(p for p in result["points"] if p["kind"] == "full")
+        adaptive = result["adaptive_minus_cut"]
+        rows.append(f"| {name} | {chosen['name']} | {chosen['test_stsb']:.3f} ({full['sets']['stsb-test']['quality']:.3f}) "
+                    f"| {chosen['layer_reduction']:.2f}x | {_speed(chosen.get('speedup_bs1'))} / "
+                    f"{_speed(chosen.get('speedup_bs32'))} | "
+                    + (f"{_ci(adaptive)} ({adaptive['point']})" if adaptive else "-")
+                    + f" | {', '.join(result['adaptive_wins_on']) or 'no set'} |")
+    return rows
+
+
+def report_markdown(result: dict[str, Any], name: str) -> str:
+    """reports/pareto/<name>.md exactly as write_pareto writes it."""
+    return render_markdown(result) + f"\n![quality against depth]({name}.png)\n"

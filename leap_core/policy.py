@@ -131,12 +131,24 @@ class ExitPolicy:
 
 def exit_layers(thresholds: np.ndarray, layer_embs: np.ndarray, k: int) -> np.ndarray:
     """Exit layer (N,) of each row under per-layer thresholds (L,), replayed from layer_embs (L, N, d)."""
-    from leap_core.evaluation.sweep import _checked, _cosines, _first_true
+    return exits_from_cosines(thresholds, layer_cosines(layer_embs, k))
+
+
+def layer_cosines(layer_embs: np.ndarray, k: int) -> np.ndarray:
+    """(L, N) cos(p_l, p_{l-k}), -inf where l <= k (no test possible)."""
+    from leap_core.evaluation.sweep import _checked, _cosines
 
     embs = _checked(layer_embs)
-    n_layers = embs.shape[0]
-    cos = np.nan_to_num(_cosines(embs, k) if k < n_layers else np.full(embs.shape[:2], np.nan), nan=-np.inf)
+    if k >= embs.shape[0]:
+        return np.full(embs.shape[:2], -np.inf)
+    return np.nan_to_num(_cosines(embs, k), nan=-np.inf)
+
+
+def exits_from_cosines(thresholds: np.ndarray, cosines: np.ndarray) -> np.ndarray:
+    """Exit layer (N,): the first l with t_l <= -1 or cos_l >= t_l (l < L), else L."""
+    from leap_core.evaluation.sweep import _first_true
+
     t = np.asarray(thresholds, dtype=np.float64)[:, None]
-    passes = (t <= ALWAYS) | (cos >= t)
+    passes = (t <= ALWAYS) | (cosines >= t)
     passes[-1] = False
-    return _first_true(passes, n_layers)
+    return _first_true(passes, cosines.shape[0])

@@ -31,7 +31,9 @@ DECISION_TAG, REASONS_TAG = "leap.decision", "leap.decision_reasons"
 # Metric keys the gate reads from an evaluation dict. NN@10: a per-layer list (index l-1 = layer l)
 # is read at the target layer; a scalar applies as is.
 GATE_KEYS = ("stsb_exited", "stsb_exited_ci", "exit_rate", "mean_exit_layer", "similarity_to_final",
-             "nn10_per_layer", "nn10", "policy", "policy_stsb", "policy_layer_reduction")
+             "nn10_per_layer", "nn10", "policy", "policy_stsb", "policy_layer_reduction", "policy_speedup_bs1",
+             "policy_speedup_bs32")
+POLICY_TAG = "leap.policy"  # what the version serves and its measured speed, for people browsing the registry
 TEXT_COLUMN = "text"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml")
@@ -198,6 +200,10 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
         )
     version = str(info.registered_model_version)
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))
+    if metrics.get("policy"):
+        shown = [metrics["policy"]] + [f"{key.removeprefix('policy_')} {metrics[key]:.3g}" for key in GATE_KEYS
+                                       if key.startswith("policy_") and metrics.get(key) is not None]
+        tracking.client(uri).set_model_version_tag(model_name, version, POLICY_TAG, ", ".join(shown))
     log.info("registered %s version %s from %s (run %s)", model_name, version, model_dir, run_id)
     return version
 

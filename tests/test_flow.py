@@ -310,4 +310,14 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
     finally:
         stop(process)
     assert len(predictions) == 2
-    assert all(len(p["embedding"]) == 32 and 2 <= p["exit_layer"] <= 4 for p in predictions)
+    assert all(len(p["embedding"]) == 32 and 1 <= p["exit_layer"] <= 4 for p in predictions)
+    # The champion serves the policy calibration chose in the promote step, and the registry says which.
+    from leap_core import tracking
+    from leap_core.registry import POLICY_TAG
+
+    client = tracking.client(smoke_run["uri"])
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    shown = version.tags[POLICY_TAG]
+    assert "speedup_bs1" in shown and "stsb" in shown
+    if shown.startswith("fixed:"):
+        assert {p["exit_layer"] for p in predictions} == {int(shown.split(",")[0].split(":")[1])}

@@ -172,3 +172,59 @@ def test_leap_pareto_writes_the_report_keys(tmp_path, data_dir):
     assert main(["calibrate", MODEL, "--profile", "smoke", "--data-dir", str(data_dir), "--max-sts-drop", "0.01",
                  "--set", f"output_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "cal.json")]) == 0
     assert json.loads((tmp_path / "cal.json").read_text())["policy"]["kind"] in ("full", "fixed", "rule", "thresholds")
+
+
+def test_the_gate_compares_versions_at_the_policies_they_serve():
+    from leap_core.config import RegistryConfig
+    from leap_core.registry import decide
+
+    gate = RegistryConfig(min_exit_rate=-1, min_similarity_at_exit=-1, min_nn10=0)
+    base = {"exit_rate": 1.0, "mean_exit_layer": 2.0, "similarity_to_final": [1.0] * 4}
+    champion = {**base, "stsb_exited": 0.70, "policy": "fixed:3", "policy_stsb": 0.80}
+    better_at_rule = {**base, "stsb_exited": 0.75, "policy": "full", "policy_stsb": 0.78}
+    assert decide(better_at_rule, champion, gate).reasons == [
+        "policy_stsb 0.7800 is below the champion's 0.8000 by more than 0.0050"]
+    assert decide({**base, "stsb_exited": 0.75}, champion, gate).alias == "champion"  # no policy: the rule decides
+
+
+def test_the_objective_adds_l_cross_only_when_weighted():
+    from leap_core.config import ObjectiveConfig
+    from leap_core.losses import LeapObjective
+
+    student, teacher = torch.randn(4, 6, 8), torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)
+    _, off = LeapObjective(ObjectiveConfig(exit_weight_from=2, late_layers=[3]), 4, 8, 8)(student, teacher, 0.5)
+    total, on = LeapObjective(ObjectiveConfig(exit_weight_from=2, late_layers=[3], cross=2.0), 4, 8, 8)(
+        student, teacher, 0.5)
+    assert "cross" not in off and on["cross"] == pytest.approx(cross_depth_loss(student, [2, 3, 4]).item(), rel=1e-5)
+    assert on["total"] == pytest.approx(off["total"] + 2.0 * on["cross"], rel=1e-5)
+
+
+def test_ndcg10_matches_beirs_per_query_scores_and_drops_identical_ids():
+    from leap_core.evaluation.against_original import rank_ndcg10
+    from leap_core.evaluation.retrieval import Ndcg10
+
+    rng = np.random.default_rng(0)
+    doc_ids = [str(i) for i in range(60)]  # query "3" has a document "3": beir ignores it
+    query_ids = ["3", "7", "q2"]
+    qrels = {"3": {"3": 1, "10": 1}, "7": {"11": 2, "40": 1}, "q2": {"5": 1}}
+    docs = rng.normal(size=(60, 8))
+    queries = np.stack([docs[3] + docs[10] * 0.3, docs[11] + docs[2], docs[5] * 0.2 + rng.normal(size=8)])
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    beir = rank_ndcg10(queries, docs, query_ids, doc_ids, qrels)
+    ours = Ndcg10(qrels, query_ids, doc_ids)(queries, docs)
+    np.testing.assert_allclose(ours, [beir[q] for q in query_ids], atol=1e-12)
+
+
+def test_bench_times_the_saved_policy_and_compare_calls_reports_ratios(tmp_path, one_thread):
+    from leap_core.bench import compare_calls, run_benchmark
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model(MODEL), folder)
+    save_policy(folder, ExitPolicy("fixed", depth=2, k=1, l_min=2))
+    result = run_benchmark(folder, TEXTS, batch_sizes=(1, 4), modes=("full", "policy"), warmup=0, iterations=2,
+                           include_sentence_transformers=False, device="cpu")
+    assert result["settings"]["modes"] == ["full", "policy"]
+    timed = compare_calls({"slow": lambda batch, size: sum(range(20000)), "fast": lambda batch, size: None}, "slow",
+                          TEXTS, batch_sizes=(1, 2), warmup=1, iterations=5)
+    assert timed["batch_sizes"]["2"]["slow"]["speedup"] == 1.0 and timed["batch_sizes"]["2"]["fast"]["speedup"] > 1.0

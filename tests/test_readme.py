@@ -53,3 +53,22 @@ def test_readme_retrofit_tables_are_the_retrofit_reports():
         expected = summary_rows({model: measured[model]})
         table = [line for line in expected if line.startswith("|")]
         assert table_after(readme, f"### {model}") == table
+
+
+PARETO = REPO / "reports" / "pareto"
+
+
+@pytest.mark.skipif(not PARETO.is_dir(), reason="no committed pareto reports yet")
+def test_readme_depth_table_is_the_pareto_reports():
+    import json
+
+    from leap_core.pareto_report import readme_rows, report_markdown
+
+    results = {file.stem: json.loads(file.read_text(encoding="utf-8")) for file in sorted(PARETO.glob("*.json"))}
+    assert results
+    for name, result in results.items():
+        assert (PARETO / f"{name}.md").read_text(encoding="utf-8") == report_markdown(result, name)
+        assert (PARETO / f"{name}.png").is_file()
+        assert set(result["chosen"]) >= {"policy", "test_stsb", "layer_reduction", "speedup_bs1", "speedup_bs32"}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert table_after(readme, "## Depth that pays") == readme_rows(results)

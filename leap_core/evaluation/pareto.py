@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from leap_core.policy import ALWAYS, ExitPolicy, exit_layers
+from leap_core.policy import ALWAYS, ExitPolicy, exit_layers, exits_from_cosines, layer_cosines
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ THETAS = tuple(round(0.80 + 0.01 * i, 2) for i in range(20)) + (0.995,)
 TAUS = tuple(round(0.70 + 0.02 * i, 2) for i in range(15)) + (0.99,)
 NOTCHES = (np.inf, *np.round(np.arange(0.995, 0.7999, -0.005), 3), 0.75, 0.7, 0.6, 0.5, 0.0, ALWAYS)
 KS = (1, 2)
+MIN_EFFECT = 0.001  # the smallest quality difference the reports show (3 decimals): below it, no win is claimed
 
 
 @dataclass
@@ -117,8 +118,7 @@ def beir_sets(folder: Any, max_docs: int | None = None, max_queries: int | None 
     from pathlib import Path
 
     from leap_core.data.beir import load_beir
-    from leap_core.evaluation.against_original import rank_ndcg10
-    from leap_core.evaluation.retrieval import document_text, subsample
+    from leap_core.evaluation.retrieval import Ndcg10, document_text, subsample
 
     corpus, queries, qrels = subsample(*load_beir(folder), max_docs, max_queries)
     name = Path(str(folder)).name
@@ -127,8 +127,8 @@ def beir_sets(folder: Any, max_docs: int | None = None, max_queries: int | None 
     out = []
     for half in ("dev", "test"):
         query_ids = [q for q in queries if q in qrels and query_half(q) == half]
-        per_item = lambda embs, ids=query_ids, key=f"{name}/{half}-queries": np.asarray(list(  # noqa: E731
-            rank_ndcg10(embs[key], embs[f"{name}/docs"], ids, doc_ids, qrels).values()))
+        ndcg = Ndcg10(qrels, query_ids, doc_ids)
+        per_item = lambda embs, ndcg=ndcg, key=f"{name}/{half}-queries": ndcg(embs[key], embs[f"{name}/docs"])  # noqa: E731
         out.append(EvalSet(f"{name}-{half}", "ndcg", {f"{name}/docs": docs,
                                                        f"{name}/{half}-queries": [queries[q] for q in query_ids]},
                            per_item))
@@ -141,6 +141,7 @@ class Replay:
     def __init__(self, model: DepthModel, sets: list[EvalSet]):
         self.model, self.sets = model, sets
         self._pools: dict[str, np.ndarray] = {}
+        self._cosines: dict[tuple[str, int], np.ndarray] = {}
 
     def pools(self, group: str) -> np.ndarray:
         if group not in self._pools:
@@ -148,10 +149,15 @@ class Replay:
             self._pools[group] = self.model.layers(group, texts)
         return self._pools[group]
 
-    def point(self, label: dict[str, Any], exits_of: Callable[[np.ndarray], np.ndarray],
+    def cosines(self, group: str, k: int) -> np.ndarray:
+        if (group, k) not in self._cosines:
+            self._cosines[group, k] = layer_cosines(self.pools(group), k)
+        return self._cosines[group, k]
+
+    def point(self, label: dict[str, Any], exits_of: Callable[[str], np.ndarray],
               vector: np.ndarray) -> dict[str, Any]:
         """label + per set: quality, mean depth (layers run), exit rate; per-item values kept under "_items"."""
-        exits = {group: exits_of(self.pools(group)) for s in self.sets for group in s.groups}
+        exits = {group: exits_of(group) for s in self.sets for group in s.groups}
         out: dict[str, Any] = {**label, "sets": {}, "_items": {}, "_exits": exits}
         for s in self.sets:
             embs = {g: self.pools(g)[exits[g] - 1, np.arange(len(exits[g]))] for g in s.groups}
@@ -167,13 +173,13 @@ class Replay:
     def policy_point(self, policy: ExitPolicy) -> dict[str, Any]:
         vector = policy.vector(self.model.n_layers)
         return self.point({"kind": policy.kind, "name": policy.name, "policy": policy.to_dict()},
-                          lambda pools: exit_layers(vector, pools, policy.k), vector)
+                          lambda group: exits_from_cosines(vector, self.cosines(group, policy.k)), vector)
 
     def oracle_point(self, tau: float) -> dict[str, Any]:
         vector = np.full(self.model.n_layers, np.inf)
         vector[np.asarray(self.model.exits) - 1] = tau  # for the cost: the layers an oracle row may test
         return self.point({"kind": "oracle", "name": f"oracle(tau={tau:g})", "tau": tau},
-                          lambda pools: oracle_exits(pools, tau, self.model.exits), vector)
+                          lambda group: oracle_exits(self.pools(group), tau, self.model.exits), vector)
 
 
 def rule_policies(model: DepthModel, thetas=THETAS, ks=KS) -> list[ExitPolicy]:
@@ -197,6 +203,7 @@ def threshold_path(replay: Replay, dev: EvalSet, k: int = 1, notches=NOTCHES) ->
     model = replay.model
     group = next(iter(dev.groups))
     pools = replay.pools(group)
+    cosines = layer_cosines(pools, k)
     layers = [l for l in model.exits if l <= k or l - k >= model.comparable_from]
     current = {l: 0 for l in layers}  # index into notches
 
@@ -210,7 +217,7 @@ def threshold_path(replay: Replay, dev: EvalSet, k: int = 1, notches=NOTCHES) ->
     def measure(state: dict[int, int]) -> tuple[float, float, np.ndarray]:
         chosen = policy(state)
         vector = chosen.vector(model.n_layers)
-        exits = exit_layers(vector, pools, k)
+        exits = exits_from_cosines(vector, cosines)
         embs = {group: pools[exits - 1, np.arange(len(exits))]}
         rows = dev.rows.get(group, slice(None))
         return dev.quality(dev.per_item(embs)), float(model.cost(exits, vector)[rows].mean()), exits
@@ -393,8 +400,10 @@ def deployable(point: dict[str, Any], described: dict[str, Any]) -> bool:
 
 def best_adaptive(points: list[dict[str, Any]], cuts: list[dict[str, Any]], dev: EvalSet, kinds: tuple[str, ...],
                   n_layers: int) -> dict[str, Any] | None:
-    """The point of `kinds` furthest above the cut line on dev, among those that mix depths (not one layer for all)."""
-    mixing = [p for p in points if p["kind"] in kinds and len(np.unique(p["_exits"][next(iter(dev.groups))])) > 1]
+    """The point of `kinds` furthest above the cut line on dev, among those that mix depths (not one layer for all)
+    and cost less than full depth there (beyond it the line has no cut to match)."""
+    mixing = [p for p in points if p["kind"] in kinds and len(np.unique(p["_exits"][next(iter(dev.groups))])) > 1
+              and p["sets"][dev.name]["mean_depth"] < n_layers]
     if not mixing:
         return None
     return max(mixing, key=lambda p: minus_cut_line(p, cuts, dev)["diff"])
@@ -429,6 +438,7 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
         p["deployable"] = deployable(p, described)
     mark_dev_front(points, "stsb-dev")
     dev_sets = [s for s in sets if s.name == "stsb-dev" or s.name.endswith("-dev")]
+    dev_names = {s.name for s in dev_sets}
     chosen = choose([p for p in points if p["deployable"]], dev_sets, max_sts_drop, max_ndcg_drop)
     adaptive = compare_with_cuts(best_adaptive(points, cuts, dev, ("rule", "thresholds"), model_.n_layers), cuts,
                                  full, sets, n_resamples)
@@ -448,8 +458,15 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
         "adaptive_minus_cut": ({"diff": headline["diff"], "ci_low": headline["ci_low"], "ci_high": headline["ci_high"],
                                 "set": "stsb-test", "point": adaptive["name"], "chosen_on": "stsb-dev"}
                                if headline else None),
+        # Judged on the sets nothing was chosen on (a dev set's win would be a win on the data that picked it), and
+        # by at least MIN_EFFECT: a point that almost never exits sits a hair above the line near full depth.
         "adaptive_wins_on": sorted(name for name, c in (adaptive or {}).get("minus_cut", {}).items()
-                                   if c["ci_low"] > 0),
+                                   if c["ci_low"] > 0 and c["diff"] >= MIN_EFFECT and name not in dev_names),
+        "min_effect": MIN_EFFECT,
+        "at_profile_rule": compare_with_cuts(next((p for p in points if p["kind"] == "rule" and p["policy"]["theta"]
+                                                   == profile.exit.theta and p["policy"]["k"] == profile.exit.k
+                                                   and p["policy"]["l_min"] == profile.exit.l_min), None),
+                                             cuts, full, sets, n_resamples),
         "points": [_public(p) for p in points],
     }
     return result, points, sets
@@ -495,7 +512,7 @@ def save_policy(folder: Any, policy: ExitPolicy, calibration: dict[str, Any] | N
 
 
 def chosen_speed(described: dict[str, Any], policy: ExitPolicy, sentences: list[str],
-                 batch_sizes: tuple[int, ...] = (1, 32), warmup: int = 5, iterations: int = 40) -> dict[str, Any]:
+                 batch_sizes: tuple[int, ...] = (1, 32), warmup: int = 10, iterations: int = 100) -> dict[str, Any]:
     """Time the chosen policy against the model at full depth (an exit branch: against its original), in one process."""
     import torch
 
@@ -542,7 +559,7 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
 
     from leap_core.evaluation.diagnose import probe_sentences
     from leap_core.io import write_json_atomic, write_text_atomic
-    from leap_core.pareto_report import plot, render_markdown
+    from leap_core.pareto_report import plot, report_markdown
 
     result, _, _ = pareto(profile, model, max_sts_drop=max_sts_drop, max_ndcg_drop=max_ndcg_drop)
     if timing:
@@ -552,22 +569,30 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
         result["chosen"].update(speedup_bs1=speed["speedup_bs1"], speedup_bs32=speed["speedup_bs32"], timing=speed)
     out = Path(out_dir)
     write_json_atomic(out / f"{name}.json", result)
-    write_text_atomic(out / f"{name}.md", render_markdown(result) + f"\n![quality against depth]({name}.png)\n")
+    write_text_atomic(out / f"{name}.md", report_markdown(result, name))
     plot(result, out / f"{name}.png")
     return result
 
 
-def policy_metrics(profile: Any, model: str, max_sts_drop: float) -> dict[str, Any]:
-    """Calibrate on STS-B dev, save the policy to the model folder, and measure it once on STS-B test.
+def policy_metrics(profile: Any, model: str, max_sts_drop: float, timing: bool = True) -> dict[str, Any]:
+    """Calibrate on STS-B dev, save the policy to the model folder, measure it once on STS-B test, and time it.
 
     The registry gate compares versions by policy_stsb, each at the policy it will serve.
     """
     from leap_core import experiment
     from leap_core.data import read_sts
+    from leap_core.evaluation.diagnose import probe_sentences
 
     chosen = calibrate_policy(profile, model, max_sts_drop, save=True)
-    model_, _ = depth_model(profile, model)
+    model_, described = depth_model(profile, model)
     test = sts_sets("stsb-test", read_sts(experiment.data_path(profile, profile.data.sts_eval)))
-    measured = Replay(model_, test).policy_point(ExitPolicy.from_dict(chosen["policy"]))["sets"]["stsb-test"]
-    return {"policy": chosen["name"], "policy_stsb": measured["quality"],
-            "policy_layer_reduction": measured["layer_reduction"]}
+    policy = ExitPolicy.from_dict(chosen["policy"])
+    measured = Replay(model_, test).policy_point(policy)["sets"]["stsb-test"]
+    out = {"policy": chosen["name"], "policy_stsb": measured["quality"],
+           "policy_layer_reduction": measured["layer_reduction"]}
+    if timing:
+        evaluation = profile.evaluation
+        speed = chosen_speed(described, policy, probe_sentences(profile.data.data_dir), (1, 32),
+                             evaluation.bench_warmup or 5, evaluation.bench_iterations or 40)
+        out.update(policy_speedup_bs1=speed["speedup_bs1"], policy_speedup_bs32=speed["speedup_bs32"])
+    return out

@@ -167,3 +167,26 @@ def evaluate_retrieval(encoder: Any, folder: str | Path, modes: Iterable[str] = 
         log.info("%s %s: ndcg@10 %.4f", out["dataset"], mode, scored["ndcg@10"])
         out["modes"][mode] = scored
     return out
+
+
+class Ndcg10:
+    """Per-query NDCG@10 of exact cosine search, by pytrec_eval (beir's own evaluator), for one query set.
+
+    Built once per (qrels, ids) and called per embedding pair: only the top 10 (after beir's rule that drops a
+    document whose id is the query's) are scored, which gives the same NDCG@10 as scoring beir's top 100.
+    """
+
+    def __init__(self, qrels: dict[str, dict[str, int]], query_ids: list[str], doc_ids: list[str]):
+        import pytrec_eval
+
+        self.query_ids, self.doc_ids = query_ids, doc_ids
+        self.evaluator = pytrec_eval.RelevanceEvaluator({q: qrels[q] for q in query_ids}, {"ndcg_cut.10"})
+
+    def __call__(self, query_embs: np.ndarray, doc_embs: np.ndarray) -> np.ndarray:
+        scores, index = streaming_topk(query_embs, [doc_embs], 11)
+        results = {}
+        for query, row_s, row_i in zip(self.query_ids, scores, index):
+            hits = [(self.doc_ids[j], float(s)) for s, j in zip(row_s, row_i) if self.doc_ids[j] != query]
+            results[query] = dict(hits[:10])
+        scored = self.evaluator.evaluate(results)
+        return np.array([scored[q]["ndcg_cut_10"] for q in self.query_ids])
