@@ -42,7 +42,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Depth that pays: {result['model']}", "",
              f"{result['design']}, {result['n_layers']} layers, exits at {result['exits']}"
              + ("; a row reaching the last layer also runs the original" if result["separate_full"] else "") + ".",
-             "Quality: Spearman (STS) or NDCG@10 (BEIR halves, queries split by id hash); depth: mean layers run.", "",
+             "Quality: Spearman (STS) or NDCG@10 (BEIR halves, queries split by id hash); depth: mean layers run.",
+             *_subsampled(result.get("evaluation") or {}), "",
              "## Verdict", "", verdict(result), "",
              "## Chosen operating point (`leap calibrate`, floors on dev)", "",
              f"Floors: STS drop <= {result['floors']['max_sts_drop']}, NDCG@10 drop <= {result['floors']['max_ndcg_drop']} "
@@ -79,6 +80,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Adaptive rows: the {len(front)} rule / threshold points on the STS-B dev Pareto front "
               f"(of {sum(p['kind'] in ('rule', 'thresholds') for p in result['points'])}); every point is in the JSON.", ""]
     return "\n".join(lines)
+
+
+def _subsampled(evaluation: dict[str, Any]) -> list[str]:
+    if not evaluation.get("max_beir_docs"):
+        return []
+    return [f"BEIR subsampled (retrieval.subsample): at most {evaluation['max_beir_docs']} documents "
+            f"(judged ones first) and {evaluation.get('max_beir_queries') or 'all'} queries per set."]
 
 
 def _speed(value: float | None) -> str:

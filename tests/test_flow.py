@@ -264,15 +264,15 @@ def test_mlflow_holds_a_parent_run_and_a_nested_run_per_arm(smoke_run):
 
 
 def test_champion_loads_from_the_registry_and_embeds_with_early_exit(smoke_run):
-    """In a fresh process, as a consumer would: models:/<name>@champion equals the encoder on the model folder."""
+    """In a fresh process, as a consumer would: models:/<name>@champion equals the encoder on the model folder, both
+    at the policy the promote step calibrated."""
     model_dir = smoke_run["root"] / "runs" / "smoke" / "leap-seed0" / "model"
     script = f"""
 import json, numpy as np, mlflow.pyfunc
 from leap_core.encoder import EarlyExitEncoder
 texts = ["A man is playing a guitar.", "Rain.", "Two children are playing in the snow near a small house."]
 out = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@champion").predict(texts)
-expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, mode="compact",
-                                                                                return_exit_layers=True)
+expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, return_exit_layers=True)
 got = np.array(out["embedding"].tolist())
 print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expected).max()),
                   "exit_layers": out["exit_layer"].tolist(), "expected_layers": layers.tolist()}}))
@@ -283,7 +283,10 @@ print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expe
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["shape"] == [3, 32] and result["max_diff"] < 1e-5
     assert result["exit_layers"] == result["expected_layers"]
-    assert all(2 <= layer <= 4 for layer in result["exit_layers"])  # l_min 2 .. 4 layers
+    assert all(1 <= layer <= 4 for layer in result["exit_layers"])  # the calibrated policy of a 4-layer student
+    settings = json.loads((model_dir / "leap_exit.json").read_text())
+    assert settings["calibration"]["name"] and settings.get("policy", {}).get("kind") in ("full", "fixed", None,
+                                                                                          "thresholds")
     from leap_core import tracking
 
     champion = tracking.client(smoke_run["uri"]).get_model_version_by_alias(MODEL_NAME, "champion")

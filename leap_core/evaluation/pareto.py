@@ -448,6 +448,8 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
     result = {
         "model": str(model), **described, "n_layers": model_.n_layers, "exits": list(model_.exits),
         "separate_full": model_.separate_full,
+        "evaluation": {"profile": profile.name, "max_beir_docs": profile.evaluation.max_beir_docs or None,
+                       "max_beir_queries": profile.evaluation.max_beir_queries or None, "n_resamples": n_resamples},
         "sets": {s.name: {"kind": s.kind, "n_items": len(full["_items"][s.name])} for s in sets},
         "floors": {"max_sts_drop": max_sts_drop, "max_ndcg_drop": max_ndcg_drop, "on": [s.name for s in dev_sets]},
         "chosen": {"policy": chosen["policy"], "name": chosen["name"], "kind": chosen["kind"],
