@@ -252,6 +252,13 @@ def cmd_cut(args: argparse.Namespace) -> None:
     print(save_cut(args.branch, depth, args.out))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder."""
+    from leap_core.export import export_onnx
+
+    print(export_onnx(args.model, args.out, args.depth, args.int8))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Latency of every encoder mode and of sentence-transformers on STS-B test -> JSON and markdown."""
     import torch
@@ -368,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--depth", type=int, help="layers to keep (one of the branch's exit layers; default: the "
                                                 "fixed cut `leap calibrate --save` chose)")
     cut.add_argument("--out", required=True, help="the new model folder")
+    export = add("export", cmd_export, "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder")
+    export.add_argument("model", help="model folder or hub id (its leap_exit.json policy gives the depth)")
+    export.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
+    export.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
+    export.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")
