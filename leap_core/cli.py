@@ -282,6 +282,51 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def _add_depth_commands(add) -> None:
+    """The commands that choose and ship a model's operating point: calibrate, pareto, retrofit, cut, export."""
+    calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
+    calibrate.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
+    calibrate.add_argument("--max-sts-drop", type=float, default=0.01,
+                           help="floor: largest STS-B dev Spearman drop vs full depth (default 0.01)")
+    calibrate.add_argument("--max-ndcg-drop", type=float,
+                           help="floor: largest relative NDCG@10 drop vs full depth on each BEIR set's dev queries")
+    calibrate.add_argument("--save", action="store_true",
+                           help="write the chosen policy to the model's leap_exit.json (the encoder then serves it)")
+    calibrate.add_argument("--out", help="write the JSON here")
+    pareto = add("pareto", cmd_pareto, "quality vs depth of every deployable point -> reports/pareto/NAME.*")
+    pareto.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
+    pareto.add_argument("--name", required=True, help="report name: reports/pareto/NAME.{json,md,png}")
+    pareto.add_argument("--out-dir", default="reports/pareto")
+    pareto.add_argument("--max-sts-drop", type=float, default=0.01, help="calibration floor (see calibrate)")
+    pareto.add_argument("--max-ndcg-drop", type=float, default=0.03, help="calibration floor (see calibrate)")
+    pareto.add_argument("--no-timing", action="store_true", help="skip timing the chosen policy")
+    retro = add("retrofit", cmd_retrofit, "make existing models exit-compatible -> reports/retrofit.json")
+    retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    retro.add_argument("--seed", type=int, default=0)
+    retro.add_argument("--out", default="reports/retrofit.json")
+    retro.add_argument("--max-drop", type=float, default=0.01,
+                       help="the cheapest cut is the smallest depth within this of the original on STS-B dev")
+    retro.add_argument("--max-ndcg-drop", type=float, default=0.03,
+                       help="calibration floor: largest relative NDCG@10 drop on each BEIR set's dev queries")
+    retro.add_argument("--design", choices=["branch", "finetune"], default="branch",
+                       help="branch: an exit branch beside the untouched original (default); finetune: the "
+                            "exit-aware fine-tune of the whole model, judged the same way")
+    retro.add_argument("--corpus", help="retrofit on your own documents (.jsonl with text[/title], .parquet with a "
+                                        "text column, or .txt, one per line; .gz too), reported apart")
+    retro.add_argument("--peer", action="store_true",
+                       help="also fine-tune with sentence-transformers' AdaptiveLayerLoss on the same texts and budget")
+    cut = add("cut", cmd_cut, "an exit branch cut to N layers -> a standalone model for the original's index")
+    cut.add_argument("branch", help="the branch folder `leap retrofit` trained (model_dir in reports/retrofit.json)")
+    cut.add_argument("--depth", type=int, help="layers to keep (one of the branch's exit layers; default: the "
+                                                "fixed cut `leap calibrate --save` chose)")
+    cut.add_argument("--out", required=True, help="the new model folder")
+    export = add("export", cmd_export, "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder")
+    export.add_argument("model", help="model folder or hub id (its leap_exit.json policy gives the depth)")
+    export.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
+    export.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
+    export.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -332,22 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--runs", type=int, default=5, help="timed runs per mode for the overhead (default 5)")
     diagnose.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
     diagnose.add_argument("--out", help="write the JSON here too (e.g. reports/diagnose/<model>.json)")
-    calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
-    calibrate.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
-    calibrate.add_argument("--max-sts-drop", type=float, default=0.01,
-                           help="floor: largest STS-B dev Spearman drop vs full depth (default 0.01)")
-    calibrate.add_argument("--max-ndcg-drop", type=float,
-                           help="floor: largest relative NDCG@10 drop vs full depth on each BEIR set's dev queries")
-    calibrate.add_argument("--save", action="store_true",
-                           help="write the chosen policy to the model's leap_exit.json (the encoder then serves it)")
-    calibrate.add_argument("--out", help="write the JSON here")
-    pareto = add("pareto", cmd_pareto, "quality vs depth of every deployable point -> reports/pareto/NAME.*")
-    pareto.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
-    pareto.add_argument("--name", required=True, help="report name: reports/pareto/NAME.{json,md,png}")
-    pareto.add_argument("--out-dir", default="reports/pareto")
-    pareto.add_argument("--max-sts-drop", type=float, default=0.01, help="calibration floor (see calibrate)")
-    pareto.add_argument("--max-ndcg-drop", type=float, default=0.03, help="calibration floor (see calibrate)")
-    pareto.add_argument("--no-timing", action="store_true", help="skip timing the chosen policy")
     for command, theta_default in ((suite, None), (diagnose, 0.95)):
         command.add_argument("--theta", type=float, default=theta_default)
     for command in (suite, diagnose):
@@ -355,31 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--k", type=int, help=f"exit test distance (default: {saved}1)")
         command.add_argument("--l-min", type=int, help=f"first layer that may exit (default: {saved}half the depth)")
         command.add_argument("--batch-size", type=int, default=32)
-    retro = add("retrofit", cmd_retrofit, "make existing models exit-compatible -> reports/retrofit.json")
-    retro.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
-    retro.add_argument("--seed", type=int, default=0)
-    retro.add_argument("--out", default="reports/retrofit.json")
-    retro.add_argument("--max-drop", type=float, default=0.01,
-                       help="the cheapest cut is the smallest depth within this of the original on STS-B dev")
-    retro.add_argument("--max-ndcg-drop", type=float, default=0.03,
-                       help="calibration floor: largest relative NDCG@10 drop on each BEIR set's dev queries")
-    retro.add_argument("--design", choices=["branch", "finetune"], default="branch",
-                       help="branch: an exit branch beside the untouched original (default); finetune: the "
-                            "exit-aware fine-tune of the whole model, judged the same way")
-    retro.add_argument("--corpus", help="retrofit on your own documents (.jsonl with text[/title], .parquet with a "
-                                        "text column, or .txt, one per line; .gz too), reported apart")
-    retro.add_argument("--peer", action="store_true",
-                       help="also fine-tune with sentence-transformers' AdaptiveLayerLoss on the same texts and budget")
-    cut = add("cut", cmd_cut, "an exit branch cut to N layers -> a standalone model for the original's index")
-    cut.add_argument("branch", help="the branch folder `leap retrofit` trained (model_dir in reports/retrofit.json)")
-    cut.add_argument("--depth", type=int, help="layers to keep (one of the branch's exit layers; default: the "
-                                                "fixed cut `leap calibrate --save` chose)")
-    cut.add_argument("--out", required=True, help="the new model folder")
-    export = add("export", cmd_export, "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder")
-    export.add_argument("model", help="model folder or hub id (its leap_exit.json policy gives the depth)")
-    export.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
-    export.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
-    export.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
+    _add_depth_commands(add)
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")

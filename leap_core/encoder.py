@@ -87,6 +87,20 @@ def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def write_exit_settings(path: str | os.PathLike, policy: ExitPolicy, calibration: dict[str, Any] | None = None,
+                        theta: float | None = None) -> Path:
+    """`<path>/leap_exit.json`: the rule's theta, k, l_min (theta: a value outside the policy's [-1, 1] range, as
+    tests set it), the policy when it is not the rule itself, and what chose it; written atomically."""
+    settings: dict[str, Any] = {"theta": policy.theta if theta is None else theta, "k": policy.k, "l_min": policy.l_min}
+    if policy.kind != "rule":
+        settings["policy"] = {key: value for key, value in policy.to_dict().items() if key not in ("theta", "k", "l_min")}
+    if calibration is not None:
+        settings["calibration"] = calibration
+    target = Path(path) / EXIT_SETTINGS_FILE
+    write_json_atomic(target, settings)
+    return target
+
+
 # Tokenizers without a real limit report a huge sentinel (int(1e30)) as model_max_length.
 _NO_LIMIT = 1_000_000
 
@@ -240,15 +254,7 @@ class EarlyExitEncoder:
 
     def save_exit_settings(self, path: str | os.PathLike) -> Path:
         """Write theta, k, l_min, the policy (and the calibration, if any) to `<path>/leap_exit.json` atomically."""
-        target = Path(path) / EXIT_SETTINGS_FILE
-        settings: dict[str, Any] = {"theta": self.theta, "k": self.k, "l_min": self.l_min}
-        if self.policy.kind != "rule":
-            settings["policy"] = {key: value for key, value in self.policy.to_dict().items()
-                                  if key not in ("theta", "k", "l_min")}
-        if self.calibration is not None:
-            settings["calibration"] = self.calibration
-        write_json_atomic(target, settings)
-        return target
+        return write_exit_settings(path, self.policy, self.calibration, theta=self.theta)
 
     @property
     def num_layers(self) -> int:

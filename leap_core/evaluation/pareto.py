@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from leap_core.policy import ALWAYS, ExitPolicy, exit_layers, exits_from_cosines, layer_cosines
+from leap_core.policy import ALWAYS, ExitPolicy, exits_from_cosines, layer_cosines
 
 log = logging.getLogger(__name__)
 
@@ -376,11 +376,15 @@ def evaluation_sets(profile: Any, dev_only: bool = False, beir: bool = True) -> 
     return sets
 
 
-def replay_points(replay: Replay, dev: EvalSet) -> list[dict[str, Any]]:
-    """Every deployable point (fixed cuts, full, the rule grid, the dev threshold path) and the oracle grid."""
+def candidate_policies(replay: Replay, dev: EvalSet) -> list[ExitPolicy]:
+    """Fixed cuts, full, the rule grid and the threshold path chosen on dev: what calibration chooses among."""
     model = replay.model
-    policies = fixed_policies(model) + rule_policies(model) + threshold_path(replay, dev)
-    points = [replay.policy_point(p) for p in policies]
+    return fixed_policies(model) + rule_policies(model) + threshold_path(replay, dev)
+
+
+def replay_points(replay: Replay, dev: EvalSet) -> list[dict[str, Any]]:
+    """Every candidate policy's point and the oracle grid's."""
+    points = [replay.policy_point(p) for p in candidate_policies(replay, dev)]
     points += [replay.oracle_point(tau) for tau in TAUS]
     log.info("pareto: %d points on %d sets", len(points), len(replay.sets))
     return points
@@ -475,16 +479,16 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
 
 
 def calibrate_policy(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None = None,
-                     save: bool = False) -> dict[str, Any]:
+                     save: bool = False, loaded: tuple[DepthModel, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The fastest deployable policy within the floors on dev (STS-B dev; BEIR dev halves with max_ndcg_drop).
 
     save: write it to the model folder's leap_exit.json (with what chose it), so the encoder serves it by default.
+    loaded: depth_model(profile, model) when the caller already has it.
     """
-    model_, described = depth_model(profile, model)
+    model_, described = loaded or depth_model(profile, model)
     sets = evaluation_sets(profile, dev_only=True, beir=max_ndcg_drop is not None)
     replay = Replay(model_, sets)
-    policies = fixed_policies(model_) + rule_policies(model_) + threshold_path(replay, sets[0])
-    points = [p for p in (replay.policy_point(policy) for policy in policies) if deployable(p, described)]
+    points = [p for p in map(replay.policy_point, candidate_policies(replay, sets[0])) if deployable(p, described)]
     chosen = choose(points, sets, max_sts_drop, max_ndcg_drop)
     full = next(p for p in points if p["kind"] == "full")
     result = {"model": str(model), **described, "policy": chosen["policy"], "name": chosen["name"],
@@ -497,20 +501,10 @@ def calibrate_policy(profile: Any, model: str, max_sts_drop: float, max_ndcg_dro
 
 
 def save_policy(folder: Any, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> Any:
-    """Write policy (its rule part as theta/k/l_min) and what chose it to `<folder>/leap_exit.json` atomically."""
-    from pathlib import Path
+    """Write policy and what chose it to `<folder>/leap_exit.json` atomically (encoder.write_exit_settings)."""
+    from leap_core.encoder import write_exit_settings
 
-    from leap_core.encoder import EXIT_SETTINGS_FILE
-    from leap_core.io import write_json_atomic
-
-    settings: dict[str, Any] = {"theta": policy.theta, "k": policy.k, "l_min": policy.l_min,
-                                "policy": {key: value for key, value in policy.to_dict().items()
-                                           if key not in ("theta", "k", "l_min")}}
-    if calibration is not None:
-        settings["calibration"] = calibration
-    target = Path(folder) / EXIT_SETTINGS_FILE
-    write_json_atomic(target, settings)
-    return target
+    return write_exit_settings(folder, policy, calibration)
 
 
 def chosen_speed(described: dict[str, Any], policy: ExitPolicy, sentences: list[str],
@@ -546,12 +540,13 @@ def chosen_speed(described: dict[str, Any], policy: ExitPolicy, sentences: list[
 
 
 def mark_dev_front(points: list[dict[str, Any]], set_name: str) -> None:
-    """Set "on_dev_front": no other point is at least as shallow and as good on set_name, and better on one."""
-    depth = np.array([p["sets"][set_name]["mean_depth"] for p in points])
-    quality = np.array([p["sets"][set_name]["quality"] for p in points])
+    """Set "on_dev_front": on set_name's Pareto front of (layer reduction, quality) (sweep.pareto_front)."""
+    from leap_core.evaluation.sweep import pareto_front
+
+    rows = [{**p["sets"][set_name], "index": i} for i, p in enumerate(points)]
+    front = {row["index"] for row in pareto_front(rows, "quality")}
     for i, p in enumerate(points):
-        dominated = (depth <= depth[i]) & (quality >= quality[i]) & ((depth < depth[i]) | (quality > quality[i]))
-        p["on_dev_front"] = not bool(dominated.any())
+        p["on_dev_front"] = i in front
 
 
 def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pareto", max_sts_drop: float = 0.01,
@@ -585,8 +580,8 @@ def policy_metrics(profile: Any, model: str, max_sts_drop: float, timing: bool =
     from leap_core.data import read_sts
     from leap_core.evaluation.diagnose import probe_sentences
 
-    chosen = calibrate_policy(profile, model, max_sts_drop, save=True)
-    model_, described = depth_model(profile, model)
+    model_, described = loaded = depth_model(profile, model)
+    chosen = calibrate_policy(profile, model, max_sts_drop, save=True, loaded=loaded)
     test = sts_sets("stsb-test", read_sts(experiment.data_path(profile, profile.data.sts_eval)))
     policy = ExitPolicy.from_dict(chosen["policy"])
     measured = Replay(model_, test).policy_point(policy)["sets"]["stsb-test"]
