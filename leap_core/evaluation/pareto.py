@@ -316,16 +316,21 @@ def meets_floors(point: dict[str, Any], full: dict[str, Any], sets: list[EvalSet
 
 
 SIMPLER_FIRST = {"full": 0, "fixed": 1, "rule": 2, "thresholds": 3}
+DEPTH_TIE = 0.01  # mean depths within 1% of the least are a tie: the simpler policy is served
 
 
 def choose(points: list[dict[str, Any]], dev_sets: list[EvalSet], max_sts_drop: float,
            max_ndcg_drop: float | None = None) -> dict[str, Any]:
-    """The deployable point with the least mean depth over the dev sets within the floors (ties: the simpler kind)."""
+    """The deployable point with the least mean depth over the dev sets within the floors; depths within DEPTH_TIE
+    (relative) of the least count as ties, won by the simpler kind: an exit test that saves 0.1% of the layers
+    costs more than it saves."""
     full = next(p for p in points if p["kind"] == "full")
     fits = [p for p in points if p["kind"] in SIMPLER_FIRST and meets_floors(p, full, dev_sets, max_sts_drop,
                                                                               max_ndcg_drop)]
     depth = lambda p: float(np.mean([p["sets"][s.name]["mean_depth"] for s in dev_sets]))  # noqa: E731
-    return min(fits, key=lambda p: (round(depth(p), 6), SIMPLER_FIRST[p["kind"]]))
+    least = min(map(depth, fits))
+    tied = [p for p in fits if depth(p) <= least * (1 + DEPTH_TIE)]
+    return min(tied, key=lambda p: (SIMPLER_FIRST[p["kind"]], depth(p)))
 
 
 def depth_model(profile: Any, model: str, batch_size: int = 64) -> tuple[DepthModel, dict[str, Any]]:
