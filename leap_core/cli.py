@@ -282,6 +282,38 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def cmd_bench_deploy(args: argparse.Namespace) -> None:
+    """Every serving path of the original and of ours at its point: quality and latency -> JSON and markdown."""
+    import tempfile
+
+    from leap_core.deploy_bench import quality_sets, run_deploy_bench
+    from leap_core.deploy_report import render_markdown
+    from leap_core.evaluation.diagnose import probe_sentences
+    from leap_core.exit_branch import BRANCH_FILE, read_branch
+    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.models import resolve_model
+
+    original = args.original
+    if original is None:
+        folder = resolve_model(args.model)
+        if not (folder / BRANCH_FILE).is_file():
+            raise ValueError(f"{args.model}: not an exit branch: give --original (the model users serve now)")
+        original = read_branch(folder)["original"]
+    profile = _profile(args)
+    data_dir = Path(profile.data.data_dir)
+    sets = [] if args.no_quality else quality_sets(data_dir, profile.data.sts_eval, profile.evaluation.beir,
+                                                    args.max_docs)
+    with tempfile.TemporaryDirectory(prefix="leap-bench-deploy-") as workdir:
+        result = run_deploy_bench(args.model, original, probe_sentences(data_dir, profile.data.sts_eval), sets,
+                                  Path(workdir), args.depth, [int(x) for x in args.batch_sizes.split(",")],
+                                  args.threads, args.warmup, args.iterations, quality=not args.no_quality)
+    result["max_docs"] = args.max_docs
+    write_json_atomic(args.out, result)
+    markdown = render_markdown(result)
+    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    print(markdown)
+
+
 def _add_depth_commands(add) -> None:
     """The commands that choose and ship a model's operating point: calibrate, pareto, retrofit, cut, export."""
     calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
@@ -321,6 +353,7 @@ def _add_depth_commands(add) -> None:
                                                 "fixed cut `leap calibrate --save` chose)")
     cut.add_argument("--out", required=True, help="the new model folder")
     export = add("export", cmd_export, "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="ONNX Runtime graphs (the one format)")
     export.add_argument("model", help="model folder or hub id (its leap_exit.json policy gives the depth)")
     export.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
     export.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
@@ -329,6 +362,7 @@ def _add_depth_commands(add) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -405,14 +439,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocast dtype (auto: fp16 on CUDA, fp32 on CPU)")
     bench.add_argument("--clock", default="wall", choices=["wall", "process"],
                        help="CPU timer: wall, or process CPU time (needs --threads 1; for a shared machine)")
-    bench.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
+    bench.add_argument("--out", default="reports/bench_exit_cpu.json", help="JSON; the markdown goes beside it (.md)")
+    deploy = add("bench-deploy", cmd_bench_deploy, "the original as shipped, in ONNX Runtime fp32/int8 and ours at "
+                 "its calibrated point, PyTorch and ONNX Runtime: quality and speed side by side")
+    deploy.add_argument("model", help="ours: a calibrated model folder or exit branch (leap_exit.json gives the point)")
+    deploy.add_argument("--original", help="the model users run now (default: an exit branch's original)")
+    deploy.add_argument("--depth", type=int, action="append", default=[], help="also ours at this depth (repeatable)")
+    deploy.add_argument("--batch-sizes", default="1,8,32")
+    deploy.add_argument("--threads", type=int, help="intra-op threads, torch and ONNX Runtime (default: every core)")
+    deploy.add_argument("--warmup", type=int, default=10)
+    deploy.add_argument("--iterations", type=int, default=100)
+    deploy.add_argument("--max-docs", type=int, help="subsample each BEIR corpus (default: every document)")
+    deploy.add_argument("--no-quality", action="store_true", help="time only")
+    deploy.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from leap_core.models import ModelNotFoundError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, OSError, ModelNotFoundError) as err:  # bad input: one line naming what is wrong
+        if args.debug:
+            raise
+        print(f"leap {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,137 +1,153 @@
-"""A model at its chosen operating point as an ONNX Runtime graph (fp32, or dynamic int8), in a self-describing folder.
+"""A model at its chosen operating point as an ONNX Runtime graph (fp32, dynamic int8), in a self-describing folder.
 
-The graph is the model cut to the policy's depth (full depth or `fixed:N`: the operating points `leap calibrate`
-chooses when no adaptive policy wins), with mean pooling and L2 normalisation inside, exported by
-torch.onnx.export (TorchScript exporter: the dynamo one needs onnxscript) with dynamic batch and length;
-int8 is onnxruntime.quantization.quantize_dynamic of that graph. The folder holds the graph, the tokenizer and
-`leap_onnx.json` (policy, depth, max length, pooling, the source model's weights hash, each file's sha256), so
-OnnxEncoder.from_folder loads it with one call and checks what it loads.
+The operating point is what `leap calibrate` saved (full depth or `fixed:N`; an adaptive policy needs --depth),
+or a depth given. For an exit branch, full depth is its original model and `fixed:N` its standalone N-layer cut
+(exit_branch.save_cut, exit head included). The graph is the model's first N layers, its mean pooling, any Dense
+head and L2 normalisation, exported by torch.onnx.export (TorchScript exporter: the dynamo one needs onnxscript)
+with dynamic batch and length; int8 is onnxruntime.quantization.quantize_dynamic of that graph.
+
+The folder holds the graphs, the tokenizer and `leap_onnx.json` (policy, depth, max length, pooling, the source's
+weights hash, and the sha256 of every graph and tokenizer file), so OnnxEncoder loads it with one call and refuses
+a graph or tokenizer that is not the one exported. It is written beside its target and renamed into place.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from leap_core.served import BatchedEncoder, OperatingPoint, cut_module, operating_point, trace_inputs
+
 EXPORT_FILE = "leap_onnx.json"
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+GRAPHS = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
 
 
-def _cut_module(folder: Path, depth: int) -> tuple[Any, tuple[str, ...]]:
-    """The model's first `depth` layers, mean-pooled and normalised, as one traceable module, and its input names."""
-    import inspect
+def require_onnx() -> Any:
+    """onnxruntime, or an error that says how to install the optional extra."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as err:
+        raise ValueError(f"ONNX export and serving need the onnx extra: pip install -e \".[onnx]\" ({err})") from None
+    return onnxruntime
 
+
+def _export_graphs(point: OperatingPoint, tokenizer: Any, out: Path, int8: bool) -> tuple[list[str], tuple[str, ...]]:
     import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
-    if not 1 <= depth <= len(model.encoder.layer):
-        raise ValueError(f"depth {depth}: the model has {len(model.encoder.layer)} layers")
-    model = copy.deepcopy(model)
-    model.encoder.layer = model.encoder.layer[:depth]
-    model.config.num_hidden_layers = depth
-
-    class Cut(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, *token_type_ids):
-            extra = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
-
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters  # MPNet has none
-    return Cut().eval(), INPUTS if takes_types else INPUTS[:2]
-
-
-def export_onnx(model: str, out: str | Path, depth: int | None = None, int8: bool = False) -> Path:
-    """Export MODEL at `depth` (default: its calibrated policy when that is full or fixed:N) to the folder `out`."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.io import sha256_file, write_json_atomic
-    from leap_core.models import model_fingerprint, resolve_model
-
-    folder = resolve_model(str(model))
-    encoder = EarlyExitEncoder.from_pretrained(folder)
-    policy = encoder.policy
-    if depth is None:
-        if policy.kind not in ("full", "fixed"):
-            raise ValueError(f"{folder}: its policy {policy.name} exits per sentence; export a fixed depth (--depth N)")
-        depth = policy.depth if policy.kind == "fixed" else encoder.num_layers
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    sample = tokenizer(["a short text", "a somewhat longer text to pad the batch"], padding=True, return_tensors="pt")
-    module, names = _cut_module(folder, depth)
-    inputs = tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in names)
-    graph = out / "model.onnx"
-    torch.onnx.export(module, inputs, str(graph), input_names=list(names), output_names=["embedding"], dynamo=False,
-                      opset_version=17,
+    module, names = cut_module(point.folder, point.depth)
+    torch.onnx.export(module, trace_inputs(tokenizer, names), str(out / GRAPHS["fp32"]), input_names=list(names),
+                      output_names=["embedding"], dynamo=False, opset_version=17,
                       dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in names}, "embedding": {0: "batch"}})
-    files = ["model.onnx"]
+    graphs = [GRAPHS["fp32"]]
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(graph), str(out / "model_int8.onnx"), weight_type=QuantType.QInt8)
-        files.append("model_int8.onnx")
-    tokenizer.save_pretrained(str(out))
-    write_json_atomic(out / EXPORT_FILE, {
-        "source": str(model), "source_fingerprint": model_fingerprint(folder), "depth": depth,
-        "n_layers": encoder.num_layers, "policy": f"fixed:{depth}" if depth < encoder.num_layers else "full",
-        "max_length": encoder.max_length, "pooling": "mean", "normalized": True, "inputs": list(names),
-        "graph": files[-1], "sha256": {name: sha256_file(out / name) for name in files}})
+        quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8)
+        graphs.append(GRAPHS["int8"])
+    return graphs, names
+
+
+def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | None = None, int8: bool = False) -> Path:
+    """Export MODEL at `depth` (default: its calibrated full or fixed:N) to the new folder `out`; returns it.
+
+    `out` may not exist yet, or be an earlier leap export (replaced whole); anything else is refused.
+    """
+    from transformers import AutoTokenizer
+
+    from leap_core.encoder import _read_max_seq_length
+    from leap_core.io import sha256_file, write_json_atomic
+    from leap_core.models import model_fingerprint, resolve_model
+
+    from filelock import FileLock, Timeout
+
+    require_onnx()
+    out = Path(out)
+    if out.exists() and not (out / EXPORT_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not a leap ONNX export: not overwriting it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{out}: another export is writing it (lock {lock.lock_file})") from None
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        point = operating_point(model, depth, staging)
+        folder = staging / "export"
+        folder.mkdir()
+        tokenizer = AutoTokenizer.from_pretrained(str(point.folder))
+        graphs, names = _export_graphs(point, tokenizer, folder, int8)
+        tokenizer_files = [Path(name).name for name in tokenizer.save_pretrained(str(folder))]
+        max_length = _read_max_seq_length(point.folder) or 128
+        write_json_atomic(folder / EXPORT_FILE, {
+            "source": str(model), "source_fingerprint": model_fingerprint(resolve_model(str(model))),
+            "served_folder_fingerprint": model_fingerprint(point.folder), "policy": point.policy,
+            "depth": point.depth, "n_layers": point.model_layers, "max_length": max_length, "pooling": "mean",
+            "normalized": True, "inputs": list(names), "graph": graphs[-1],
+            "graphs": {precision: name for precision, name in GRAPHS.items() if name in graphs},
+            "sha256": {name: sha256_file(folder / name) for name in graphs},
+            "tokenizer_sha256": {name: sha256_file(folder / name) for name in sorted(set(tokenizer_files))
+                                 if (folder / name).is_file()}})
+        if out.exists():  # an earlier export: moved aside, so `out` is always whole
+            os.replace(out, staging / "previous")
+        os.replace(folder, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
     return out
 
 
-class OnnxEncoder:
-    """Embeds with an exported folder's graph in ONNX Runtime: the same tokenisation, depth and pooling as leap's."""
+def _verify(folder: Path, files: dict[str, str], what: str) -> None:
+    from leap_core.io import sha256_file
 
-    def __init__(self, folder: str | Path, graph: str | None = None, threads: int | None = None):
-        import onnxruntime as ort
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != expected:
+            raise ValueError(f"{path}: {what} differs from the one exported (sha256 in {EXPORT_FILE}): not loading it")
+
+
+class OnnxEncoder(BatchedEncoder):
+    """Embeds with an exported folder's graph in ONNX Runtime: the same tokenisation, depth and pooling as leap's.
+
+    precision: "fp32" or "int8" (default: the folder's "graph", int8 when it was exported). Every graph and
+    tokenizer file is checked against its recorded sha256 before loading.
+    """
+
+    def __init__(self, folder: str | os.PathLike, precision: str | None = None, threads: int | None = None,
+                 graph: str | None = None):
         from transformers import AutoTokenizer
 
-        from leap_core.io import sha256_file
-
+        ort = require_onnx()
         self.folder = Path(folder)
         settings_file = self.folder / EXPORT_FILE
         if not settings_file.is_file():
             raise ValueError(f"{self.folder}: not a leap ONNX export (no {EXPORT_FILE})")
         self.settings = json.loads(settings_file.read_text(encoding="utf-8"))
-        name = graph or self.settings["graph"]
-        expected = self.settings["sha256"].get(name)
-        if expected is None or sha256_file(self.folder / name) != expected:
-            raise ValueError(f"{self.folder / name}: sha256 differs from {EXPORT_FILE} (or not listed): not loading it")
+        if precision is not None and precision not in self.settings.get("graphs", {}):
+            raise ValueError(f"{settings_file}: no {precision} graph (has {sorted(self.settings.get('graphs', {}))})")
+        name = graph or (self.settings["graphs"][precision] if precision else self.settings["graph"])
+        if name not in self.settings["sha256"]:
+            raise ValueError(f"{self.folder / name}: not listed in {EXPORT_FILE}: not loading it")
+        _verify(self.folder, {name: self.settings["sha256"][name]}, "graph")
+        _verify(self.folder, self.settings.get("tokenizer_sha256", {}), "tokenizer file")
         options = ort.SessionOptions()
         # Idle ORT threads otherwise spin between calls and take the cores from torch in the same process (bench).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
+        self.graph = name
         self.session = ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
         self.max_length = int(self.settings["max_length"])
+        self.inputs = tuple(self.settings["inputs"])
+        self.precision = next((key for key, value in self.settings.get("graphs", {}).items() if value == name), None)
 
-    def encode(self, sentences: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """(N, d) normalised float32 embeddings ((d,) for one str), batches sorted by length as leap's encoder does."""
-        single = isinstance(sentences, str)
-        items = [sentences] if single else list(sentences)
-        order = np.argsort([-len(text) for text in items], kind="stable")
-        chunks = []
-        for start in range(0, len(items), batch_size):
-            batch = [items[i] for i in order[start:start + batch_size]]
-            encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="np")
-            feed = {name: encoded.get(name, np.zeros_like(encoded["input_ids"])).astype(np.int64)
-                    for name in self.settings["inputs"]}
-            chunks.append(self.session.run(None, feed)[0])
-        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-        embeddings = embeddings[np.argsort(order)] if len(items) else embeddings
-        return embeddings[0] if single else embeddings
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]

@@ -192,5 +192,18 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
     plain = EarlyExitEncoder.from_pretrained(str(branch)).encode(texts, mode="fixed:2")
     assert not np.allclose(standalone, plain, atol=1e-3)  # the head is part of the deployed cut
     assert read_branch(tmp_path / "cut2")["cut_depth"] == 2
+    # The deployable paths at that point: the same cut, head included, in ONNX Runtime and frozen PyTorch.
+    pytest.importorskip("onnxruntime")
+    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.served import TorchCutEncoder
+
+    exported = OnnxEncoder(export_onnx(str(branch), tmp_path / "onnx2", depth=2), precision="fp32")
+    np.testing.assert_allclose(exported.encode(texts), standalone, atol=1e-4)
+    np.testing.assert_allclose(TorchCutEncoder(str(branch), depth=2).encode(texts), standalone, atol=1e-4)
+    at_full = TorchCutEncoder(str(branch), depth=4)  # full depth of a branch is its original
+    assert at_full.point.folder == original_of(branch) and at_full.point.policy == "full"
+    original = SentenceTransformer(str(original_of(branch)), device="cpu").encode(texts)
+    np.testing.assert_allclose(at_full.encode(texts), original, atol=1e-4)
     with pytest.raises(ValueError, match="trained exits"):
-        main(["cut", str(branch), "--depth", "1", "--out", str(tmp_path / "cut1")])
+        main(["--debug", "cut", str(branch), "--depth", "1", "--out", str(tmp_path / "cut1")])
+    assert main(["cut", str(branch), "--depth", "1", "--out", str(tmp_path / "cut1")]) == 2  # one line, no traceback

@@ -72,3 +72,19 @@ def test_readme_depth_table_is_the_pareto_reports():
         assert set(result["chosen"]) >= {"policy", "test_stsb", "layer_reduction", "speedup_bs1", "speedup_bs32"}
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert table_after(readme, "## Depth that pays") == readme_rows(results)
+
+
+BENCH = REPO / "reports" / "bench_cpu.json"
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="no committed deployment bench yet")
+def test_readme_serving_table_is_the_deployment_bench():
+    import json
+
+    from leap_core.deploy_report import readme_rows, render_markdown
+
+    result = json.loads(BENCH.read_text(encoding="utf-8"))
+    assert BENCH.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(result)
+    assert set(result["vs_peer_int8"]) >= {"bs1", "bs32"}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert table_after(readme, "## Serving on CPU") == readme_rows(result)
