@@ -57,16 +57,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     from leap_core import experiment
 
     profile = _profile(args)
+    profile.objective_for(args.arm)  # an unknown arm fails here, before any extraction or teacher pass
     sentences = experiment.extract(profile)
     cache = experiment.cache_teacher(profile, sentences)
-    result = experiment.train_arm(profile, args.arm, args.seed, cache, args.out)
+    result = experiment.train_arm(profile, args.arm, args.seed, cache, args.out, wait=args.wait)
     print(json.dumps({"model_dir": str(result.model_dir), "train_seconds": round(result.train_seconds, 1)}))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from leap_core import experiment
 
-    metrics = experiment.evaluate_model(_profile(args), args.model)
+    overrides = {key: value for key, value in (("theta", args.theta), ("k", args.k), ("l_min", args.l_min))
+                 if value is not None}
+    metrics = experiment.evaluate_model(_profile(args), args.model, exit_overrides=overrides or None)
+    used = metrics["exit_settings"]
+    print(f"exit settings: theta={used['theta']} k={used['k']} l_min={used['l_min']} ({used['source']})",
+          file=sys.stderr)
     text = json.dumps(metrics, indent=2)
     if args.out:
         from leap_core.io import write_text_atomic
@@ -360,6 +366,27 @@ def _add_depth_commands(add) -> None:
     export.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
 
 
+def theta_arg(text: str) -> float:
+    """An exit threshold: a cosine, so a number in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside [-1, 1] (a cosine): no row would ever exit")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
@@ -380,9 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arm", required=True)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out")
+    train.add_argument("--wait", action="store_true", help="wait for another trainer of the run folder to finish")
     evaluate = add("eval", cmd_eval, "STS and exit statistics of a model")
     evaluate.add_argument("model")
     evaluate.add_argument("--out")
+    evaluate.add_argument("--theta", type=theta_arg, help="exit threshold (default: the model's leap_exit.json, "
+                          "else the profile's)")
+    evaluate.add_argument("--k", type=positive_int, help="exit test distance (default: as --theta)")
+    evaluate.add_argument("--l-min", type=positive_int, help="first layer that may exit (default: as --theta)")
     foundation = add("foundation", cmd_foundation, "baseline and LEAP from one cache -> reports/foundation.json")
     foundation.add_argument("--out", default="reports/foundation.json")
     foundation.add_argument("--baseline-arm", default="baseline")
@@ -412,11 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
     diagnose.add_argument("--out", help="write the JSON here too (e.g. reports/diagnose/<model>.json)")
     for command, theta_default in ((suite, None), (diagnose, 0.95)):
-        command.add_argument("--theta", type=float, default=theta_default)
+        command.add_argument("--theta", type=theta_arg, default=theta_default)
     for command in (suite, diagnose):
         saved = "" if command is diagnose else "the model's leap_exit.json, else "
-        command.add_argument("--k", type=int, help=f"exit test distance (default: {saved}1)")
-        command.add_argument("--l-min", type=int, help=f"first layer that may exit (default: {saved}half the depth)")
+        command.add_argument("--k", type=positive_int, help=f"exit test distance (default: {saved}1)")
+        command.add_argument("--l-min", type=positive_int,
+                             help=f"first layer that may exit (default: {saved}half the depth)")
         command.add_argument("--batch-size", type=int, default=32)
     _add_depth_commands(add)
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
@@ -430,9 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
     bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
     bench.add_argument("--no-peer", action="store_true", help="skip SentenceTransformer.encode")
-    bench.add_argument("--theta", type=float, help="override the model's exit threshold")
-    bench.add_argument("--k", type=int, help="override the model's exit test distance")
-    bench.add_argument("--l-min", type=int, help="override the model's first exit layer")
+    bench.add_argument("--theta", type=theta_arg, help="override the model's exit threshold")
+    bench.add_argument("--k", type=positive_int, help="override the model's exit test distance")
+    bench.add_argument("--l-min", type=positive_int, help="override the model's first exit layer")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
@@ -465,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ModelNotFoundError) as err:  # bad input: one line naming what is wrong
         if args.debug:
             raise
-        print(f"leap {args.command}: error: {err}", file=sys.stderr)
+        print(f"leap: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -210,7 +210,7 @@ class Profile:
 
     def objective_for(self, arm: str) -> ObjectiveConfig:
         if arm not in self.arms:
-            raise KeyError(f"profile {self.name!r} has no arm {arm!r}; arms: {sorted(self.arms)}")
+            raise ValueError(f"profile {self.name!r} has no arm {arm!r}; arms: {sorted(self.arms)}")
         return _build(ObjectiveConfig, {**dataclasses.asdict(self.objective), **self.arms[arm]}, f"arms.{arm}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +268,10 @@ def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | No
         values = _merge(values, {"data": {"data_dir": os.environ["LEAP_DATA_DIR"]}})
     values.setdefault("name", path.stem)
     profile = _build(Profile, values, str(path))
+    from leap_core.policy import check_rule
+
+    check_rule(profile.exit.theta, profile.exit.k, profile.exit.l_min, profile.models.student_layers,
+               where=f"{path}: exit")
     for arm in profile.arms:
         profile.objective_for(arm)  # validate every arm now, not mid-run
     for arm in profile.ablation_arms + profile.sweep_arms:

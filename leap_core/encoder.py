@@ -23,11 +23,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 
 from leap_core.io import write_json_atomic
-from leap_core.policy import ALWAYS, ExitPolicy
+from leap_core.policy import ALWAYS, ExitPolicy, check_rule
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
         wanted = (int, float) if key == "theta" else int
         if isinstance(value, bool) or not isinstance(value, wanted):
             raise ValueError(f"{file}: {key} must be {'a number' if key == 'theta' else 'an integer'}, got {value!r}")
+    defaults = {"theta": 0.95, "k": 1, "l_min": 1}
+    check_rule(*(values.get(key, default) for key, default in defaults.items()), where=str(file))
     return values
 
 
@@ -248,8 +250,14 @@ class EarlyExitEncoder:
         if max_seq_length is not None:
             settings["max_length"] = max_seq_length
         settings.update(overrides)
-        model = AutoModel.from_pretrained(str(path))
+        from leap_core.models import load_weights
+
+        model = load_weights(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if {"theta", "k", "l_min"} & set(settings):
+            where = f"{path / EXIT_SETTINGS_FILE}" if not overrides else f"{path}: exit settings (with {sorted(overrides)})"
+            check_rule(settings.get("theta", 0.95), settings.get("k", 1), settings.get("l_min", 6),
+                       len(model.encoder.layer), where=where)
         return cls(model, tokenizer, **settings)
 
     def save_exit_settings(self, path: str | os.PathLike) -> Path:

@@ -7,8 +7,10 @@ caches live in <profile.output_dir>/cache/ so every profile, arm, seed and run s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 from leap_core.config import Profile, objective_fingerprint
 from leap_core.io import sha256_strings
@@ -72,8 +74,11 @@ def arm_dir(profile: Profile, arm: str, seed: int) -> Path:
 
 
 def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | Path,
-              out_dir: str | Path | None = None, on_step=None):
-    """Train one arm (a configuration of the objective) with one seed; resumes a killed run."""
+              out_dir: str | Path | None = None, on_step=None, wait: bool = False):
+    """Train one arm (a configuration of the objective) with one seed; resumes a killed run.
+
+    wait: when another process holds the run folder, wait for it (default: refuse, naming its pid).
+    """
     from leap_core.losses import LeapObjective
     from leap_core.models import build_student, freeze_lower_layers
     from leap_core.teacher_cache import load_teacher_cache
@@ -104,7 +109,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)
-    return trainer.train()
+    return trainer.train(wait=wait)
 
 
 def evaluate_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
@@ -123,9 +128,13 @@ def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> 
     from leap_core.io import sha256_file, write_json_atomic
     from leap_core.models import model_fingerprint
 
+    from leap_core.encoder import read_exit_settings
+
     model_dir = Path(model_dir)
     sts_file = data_path(profile, profile.data.sts_eval)
-    key = sha256_strings([model_fingerprint(model_dir), str(profile.exit), sha256_file(sts_file)])
+    rule = {key: value for key, value in read_exit_settings(model_dir).items() if key in ("theta", "k", "l_min")}
+    key = sha256_strings([model_fingerprint(model_dir), str(profile.exit), json.dumps(rule, sort_keys=True),
+                          sha256_file(sts_file)])
     saved = model_dir.parent / f"{kind}-{sts_file.stem}.json"
     if saved.is_file():
         found = json.loads(saved.read_text())
@@ -212,15 +221,25 @@ def latency(profile: Profile, model: str | Path) -> dict:
                          warmup=settings.bench_warmup or None, iterations=settings.bench_iterations or None)
 
 
-def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
-    """STS (full depth and exited), exit statistics and per-layer similarity on the profile's STS set."""
+def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64,
+                   exit_overrides: dict[str, Any] | None = None) -> dict:
+    """STS (full depth and exited), exit statistics and per-layer similarity on the profile's STS set.
+
+    The exit rule is the model folder's own (leap_exit.json), else the profile's; exit_overrides win over both.
+    metrics["exit_settings"] says which values were used and where they came from.
+    """
     from leap_core.data import read_sts
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.encoder import EXIT_SETTINGS_FILE, EarlyExitEncoder, read_exit_settings
     from leap_core.evaluation.sts import evaluate_sts
     from leap_core.models import resolve_model
 
-    exit_settings = profile.exit
-    encoder = EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), theta=exit_settings.theta,
-                                               k=exit_settings.k, l_min=exit_settings.l_min)
+    folder = resolve_model(str(model))
+    saved = {key: value for key, value in read_exit_settings(folder).items() if key in ("theta", "k", "l_min")}
+    rule = dataclasses.asdict(profile.exit) | saved | (exit_overrides or {})
+    source = (f"{folder / EXIT_SETTINGS_FILE}" if saved else f"profile {profile.name}") + (
+        f", overridden: {sorted(exit_overrides)}" if exit_overrides else "")
+    encoder = EarlyExitEncoder.from_pretrained(str(folder), **rule)
     pairs = read_sts(data_path(profile, profile.data.sts_eval))
-    return evaluate_sts(encoder, pairs, batch_size=batch_size)
+    metrics = evaluate_sts(encoder, pairs, batch_size=batch_size)
+    metrics["exit_settings"] = {**rule, "source": source}
+    return metrics

@@ -14,6 +14,7 @@ a graph or tokenizer that is not the one exported. It is written beside its targ
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -49,7 +50,13 @@ def _export_graphs(point: OperatingPoint, tokenizer: Any, out: Path, int8: bool)
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor on the root logger
+        try:
+            quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         graphs.append(GRAPHS["int8"])
     return graphs, names
 

@@ -72,3 +72,76 @@ def sha256_strings(items: list[str]) -> str:
         digest.update(item.encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, wait: bool = False, what: str = "run") -> Iterator[Path]:
+    """Hold `<folder>/.leap.lock` (filelock) while a writer works in `folder`; a second writer is refused.
+
+    The holder's pid, host and start time go to `.leap.lock.json`, so the refusal says who holds it.
+    wait=True blocks until the holder is done instead.
+    """
+    import socket
+    import time
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(folder / ".leap.lock")), folder / ".leap.lock.json"
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        try:
+            holder = json.loads(owner.read_text(encoding="utf-8"))
+            who = f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        raise ValueError(f"{folder}: another {what} holds it ({who}); wait for it to finish "
+                         f"(--wait) or use another output dir") from None
+    try:
+        write_json_atomic(owner, {"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield folder
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(target: str | os.PathLike) -> Path:
+    """A new hidden folder beside `target` (to fill, then rename onto it), readable as the umask allows.
+
+    mkdtemp makes 0700 folders: renamed into place they would hide a model from a serving user.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete what a killed writer left in `folder` (atomic_path's `.*.tmp` files, temp_dir_beside's folders).
+
+    Call it only while holding the folder's lock (folder_lock): then no live writer owns them.
+    """
+    import shutil
+
+    folder, removed = Path(folder), []
+    for path in folder.glob(".*"):
+        if path.name.startswith(".leap.lock"):
+            continue
+        if path.is_file() and path.suffix == ".tmp":
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and path.name.count(".") >= 2:  # ".model.abc123": temp_dir_beside's pattern
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(path)
+    return removed

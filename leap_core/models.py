@@ -14,6 +14,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -100,9 +101,22 @@ def resolve_model(name: str) -> Path:
         raise ModelNotFoundError(f"{name}: cannot load it from the hub: {err}{hint}") from err
 
 
+def load_weights(folder: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    """AutoModel from a folder's safetensors only (never a pickled .bin); a missing or corrupt file is named."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{folder}: no .safetensors weights (leap never loads pickled .bin weights; convert them "
+                         "with transformers' save_pretrained(safe_serialization=True))")
+    try:
+        return AutoModel.from_pretrained(str(folder), use_safetensors=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # safetensors' HeaderTooLarge, truncated files, ...
+        raise ValueError(f"{folder}: its weights do not load ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                         "delete the folder and train, download or export it again") from None
+
+
 def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     folder = resolve_model(name)
-    return AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    return load_weights(folder), AutoTokenizer.from_pretrained(folder)
 
 
 def _parse_spec(spec: str) -> dict[str, int]:
@@ -181,9 +195,10 @@ def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedToken
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_models
 
+    from leap_core.io import temp_dir_beside
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = temp_dir_beside(folder)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

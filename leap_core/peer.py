@@ -12,12 +12,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from leap_core import experiment
-from leap_core.io import sha256_strings, write_json_atomic
+from leap_core.io import sha256_strings, temp_dir_beside, write_json_atomic
 
 log = logging.getLogger(__name__)
 DONE_FILE = "peer_result.json"
@@ -70,7 +69,7 @@ def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Pa
     SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset, loss=loss).train()
     seconds = time.perf_counter() - started
     student.max_seq_length = serve_length
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    tmp = temp_dir_beside(out / "model")
     student.save(str(tmp))
     shutil.rmtree(out / "model", ignore_errors=True)
     os.replace(tmp, out / "model")

@@ -23,6 +23,19 @@ KINDS = ("full", "fixed", "rule", "thresholds")
 ALWAYS = -1.0  # cos >= -1 holds for every row: exit without computing a cosine
 
 
+def check_rule(theta: Any, k: Any, l_min: Any, n_layers: int | None = None, where: str = "exit settings") -> None:
+    """theta in [-1, 1], k >= 1, l_min >= 1 and, given the model's depth, l_min <= L and k < L; else a ValueError
+    that starts with `where` and names the field."""
+    try:
+        ExitPolicy("rule", theta=theta, k=k, l_min=l_min)
+    except ValueError as err:
+        raise ValueError(f"{where}: {str(err).removeprefix('policy ')}") from None
+    if n_layers is not None and l_min > n_layers:
+        raise ValueError(f"{where}: l_min {l_min} is deeper than the model's {n_layers} layers: no row could exit")
+    if n_layers is not None and k >= n_layers:
+        raise ValueError(f"{where}: k {k} must be below the model's {n_layers} layers")
+
+
 @dataclass(frozen=True)
 class ExitPolicy:
     """One deployable exit policy (module docstring). thresholds: one per layer 1..L-1, None = never exit there."""

@@ -116,9 +116,10 @@ def cut_module(folder: Path, depth: int, attention: str = "eager") -> tuple[Any,
 
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(folder), attn_implementation=attention).eval()
+    from leap_core.models import load_weights
+
+    model = load_weights(folder, attn_implementation=attention).eval()
     if not 1 <= depth <= len(model.encoder.layer):
         raise ValueError(f"{folder}: depth {depth}: the model has {len(model.encoder.layer)} layers")
     model.encoder.layer = model.encoder.layer[:depth]
@@ -223,3 +224,15 @@ class TorchCutEncoder(BatchedEncoder):
 
         with torch.inference_mode():
             return self.module(*(torch.from_numpy(feed[name]) for name in self.inputs)).numpy()
+
+
+def load_encoder(path: str | os.PathLike, **options: Any) -> Any:
+    """One call for any leap folder: an ONNX export (leap_onnx.json) -> export.OnnxEncoder (options: precision,
+    threads); a model folder or hub id -> EarlyExitEncoder serving its saved policy (options: its overrides)."""
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.export import EXPORT_FILE, OnnxEncoder
+    from leap_core.models import resolve_model
+
+    if (Path(path) / EXPORT_FILE).is_file():
+        return OnnxEncoder(path, **options)
+    return EarlyExitEncoder.from_pretrained(resolve_model(str(path)), **options)

@@ -3,12 +3,15 @@
 One row per sentence: the sentence and the teacher's normalised mean pool at each cached layer
 (float16, which keeps cosines to ~1e-4 and halves the file). The file's metadata holds a key — a
 hash of the teacher's weights and tokenizer, the sentences, max length, layers and pooling — so a
-cache made for anything else is never used: it is rebuilt. The build runs in chunks saved beside the
-target, so a killed build resumes where it stopped.
+cache made for anything else is never used: it is rebuilt. It also holds the sha256 of the content
+(sentences and every embedding value), checked on every read: a flipped bit is a warning and a
+rebuild, never a hit. The build runs in chunks saved beside the target, so a killed build resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from leap_core.io import atomic_path, sha256_strings
-from leap_core.models import model_fingerprint, resolve_model
+from leap_core.models import load_weights, model_fingerprint, resolve_model
 from leap_core.pooling import pooled_layers
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,34 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _layer_values(table: pa.Table, layer: int) -> np.ndarray:
+    """(N, D) float16 values of one cached layer's column."""
+    column = table.column(f"layer_{layer}").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+
+
+def content_digest(sentences: list[str], layer_values: list[np.ndarray]) -> str:
+    """sha256 of the sentences and every cached float16 value, in column order."""
+    digest = hashlib.sha256(sha256_strings(sentences).encode())
+    for values in layer_values:
+        digest.update(np.ascontiguousarray(values, dtype=np.float16).tobytes())
+    return digest.hexdigest()
+
+
+def _table_digest(table: pa.Table) -> str:
+    layers = json.loads((table.schema.metadata or {}).get(b"layers", b"[]"))
+    return content_digest(table.column("sentence").to_pylist(), [_layer_values(table, layer) for layer in layers])
+
+
 def _read_verified(path: Path, key: str, n_rows: int) -> pa.Table | None:
-    """The table if the file is readable and made for exactly this key; None (with a warning) if not."""
+    """The table if the file is readable, made for exactly this key and its content is what was written;
+    None (with a warning) if not."""
     try:
         table = pq.read_table(path)
         meta = table.schema.metadata or {}
         found = meta.get(b"leap_cache_key", b"").decode()
+        content = meta.get(b"leap_content_sha256", b"").decode()
+        intact = found != key or table.num_rows != n_rows or content == _table_digest(table)
     except Exception as err:  # a truncated or corrupt file
         log.warning("teacher cache %s is unreadable (%s): rebuilding it", path, err)
         return None
@@ -72,6 +97,10 @@ def _read_verified(path: Path, key: str, n_rows: int) -> pa.Table | None:
         return None
     if table.num_rows != n_rows:
         log.warning("teacher cache %s has %d rows, want %d: rebuilding it", path, table.num_rows, n_rows)
+        return None
+    if not intact:
+        log.warning("teacher cache %s: its content does not match its sha256 (%s): rebuilding it", path,
+                    "none recorded" if not content else "altered or corrupt")
         return None
     return table
 
@@ -101,7 +130,7 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
     Reuses a valid file (logging that no teacher forward pass runs); rebuilds a corrupt or stale one.
     """
     from tqdm.auto import tqdm
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = resolve_model(teacher)
     layers = sorted(set(layers))
@@ -113,7 +142,7 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
 
     log.info("teacher cache miss: encoding %d sentences with %s into %s", len(sentences), teacher, path)
     run_device = pick_device(device)
-    model = AutoModel.from_pretrained(folder).to(run_device).eval()
+    model = load_weights(folder).to(run_device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if max(layers) > model.config.num_hidden_layers:
         raise ValueError(f"teacher {teacher} has {model.config.num_hidden_layers} layers; asked for layer {max(layers)}")
@@ -141,7 +170,8 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
         flat = pa.array(embeddings[position].reshape(-1), type=pa.float16())
         columns[f"layer_{layer}"] = pa.FixedSizeListArray.from_arrays(flat, dim)
     metadata = {"leap_cache_key": key, "teacher": teacher, "layers": json.dumps(layers),
-                "max_length": str(max_length), "pooling": POOLING}
+                "max_length": str(max_length), "pooling": POOLING,
+                "leap_content_sha256": content_digest(sentences, list(embeddings))}
     table = pa.table(columns).replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -152,7 +182,10 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
 def load_teacher_cache(path: str | Path, sentences: list[str] | None = None) -> TeacherCache:
     """Read a cache; if `sentences` is given, they must be exactly the cached ones (same order)."""
     path = Path(path)
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow's errors for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable Parquet teacher cache ({err}); delete it to rebuild") from None
     meta = table.schema.metadata or {}
     if b"leap_cache_key" not in meta:
         raise ValueError(f"{path}: not a leap teacher cache (no leap_cache_key in its metadata)")
@@ -160,9 +193,8 @@ def load_teacher_cache(path: str | Path, sentences: list[str] | None = None) -> 
     cached = table.column("sentence").to_pylist()
     if sentences is not None and cached != sentences:
         raise ValueError(f"{path}: cached sentences differ from the training sentences")
-    stacked = []
-    for layer in layers:
-        column = table.column(f"layer_{layer}").combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
-        stacked.append(torch.from_numpy(values.astype(np.float32)))
+    values = [_layer_values(table, layer) for layer in layers]
+    if meta.get(b"leap_content_sha256", b"").decode() != content_digest(cached, values):
+        raise ValueError(f"{path}: content does not match its sha256 (altered or corrupt); delete it to rebuild")
+    stacked = [torch.from_numpy(layer_values.astype(np.float32)) for layer_values in values]
     return TeacherCache(path=path, sentences=cached, layers=layers, embeddings=torch.stack(stacked))

@@ -1,7 +1,8 @@
 """The trainer: AdamW with warm-up, seeded batches, checkpoints with exact resume, per-term logging.
 
 A run lives in one output folder:
-  checkpoint.pt      the latest checkpoint (student, projection, optimiser, schedule, RNG, step)
+  checkpoint.pt      the latest checkpoint's tensors (student, projection, optimiser, schedule, torch RNG)
+  checkpoint.json    its fingerprint, step, Python/NumPy RNG and the .pt's sha256 (read first)
   train_log.jsonl    per-term losses every `log_every` steps
   model/             the trained student, a standard sentence-transformers folder + leap_exit.json
   projection.pt      the learned width projection (training only; inference does not need it)
@@ -25,13 +26,15 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from leap_core.config import ExitConfig, TrainConfig, training_settings
-from leap_core.io import atomic_path, sha256_strings, write_json_atomic
+from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_file, sha256_strings, write_json_atomic, write_text_atomic
 from leap_core.losses import LeapObjective
 from leap_core.models import save_sentence_transformer
 from leap_core.pooling import pooled_layers
 from leap_core.teacher_cache import TeacherCache, pick_device
 
 log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_META = "checkpoint.json"
 
 
 @dataclass
@@ -40,6 +43,14 @@ class TrainResult:
     train_seconds: float
     steps: int
     final_losses: dict[str, float]
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log.jsonl line; +inf for a line a kill tore (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def seed_everything(seed: int) -> None:
@@ -101,37 +112,75 @@ class LeapTrainer:
         return length_grouped_batches(self.teacher.sentences, self.config.batch_size, self.seed, epoch)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _state(self, step: int) -> dict:
+    # checkpoint.pt holds tensors and plain containers only, loaded with weights_only=True (no pickled code runs);
+    # checkpoint.json, written after it, holds what is read first: the fingerprint, the step, the Python and NumPy
+    # RNG states and the .pt's sha256. A .pt without its .json (a kill between the two, or a planted file) is
+    # never loaded.
+    def _tensors(self) -> dict:
         return {
-            "fingerprint": self.fingerprint, "step": step,
             "student": self.student.state_dict(), "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def save_checkpoint(self, step: int) -> None:
-        with atomic_path(self.output_dir / "checkpoint.pt") as tmp:
-            torch.save(self._state(step), tmp)
+        tensors = self.output_dir / CHECKPOINT
+        with atomic_path(tensors) as tmp:
+            torch.save(self._tensors(), tmp)
+        numpy_state = np.random.get_state()
+        version, python_state, gauss = random.getstate()
+        write_json_atomic(self.output_dir / CHECKPOINT_META, {
+            "fingerprint": self.fingerprint, "step": step, "sha256": sha256_file(tensors),
+            "python_rng": [version, list(python_state), gauss],
+            "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *(x.item() if hasattr(x, "item") else x
+                                                                   for x in numpy_state[2:])]})
+
+    def _read_checkpoint_meta(self) -> dict | None:
+        meta_path, tensors = self.output_dir / CHECKPOINT_META, self.output_dir / CHECKPOINT
+        if not meta_path.is_file():
+            if tensors.is_file():
+                log.warning("%s has no %s beside it: not loading it (unverified); training from step 0",
+                            tensors, CHECKPOINT_META)
+            return None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            step, fingerprint, digest = int(meta["step"]), meta["fingerprint"], meta["sha256"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{meta_path}: unreadable checkpoint record ({err}); delete {meta_path} and "
+                             f"{tensors} to train from step 0") from None
+        if fingerprint != self.fingerprint:
+            raise ValueError(f"{tensors} belongs to a run with another configuration; remove it or use another "
+                             "output dir")
+        if not tensors.is_file() or sha256_file(tensors) != digest:
+            raise ValueError(f"{tensors}: missing or not the file {meta_path} records (sha256); delete both to "
+                             "train from step 0")
+        return {**meta, "step": step}
 
     def load_checkpoint(self) -> int:
-        path = self.output_dir / "checkpoint.pt"
-        if not path.is_file():
+        meta = self._read_checkpoint_meta()
+        if meta is None:
             return 0
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["fingerprint"] != self.fingerprint:
-            raise RuntimeError(f"{path} belongs to a run with another configuration; remove it or use another output dir")
-        self.student.load_state_dict(state["student"])
-        self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        path = self.output_dir / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.student.load_state_dict(state["student"])
+            self.objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except Exception as err:  # noqa: BLE001 - torch's unpickler and load_state_dict raise many types
+            raise ValueError(f"{path}: not a checkpoint this run can load ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); delete it and "
+                             f"{CHECKPOINT_META} to train from step 0") from None
+        torch.set_rng_state(state["torch_rng"].cpu())
+        version, python_state, gauss = meta["python_rng"]
+        random.setstate((version, tuple(python_state), gauss))
+        name, keys, *rest = meta["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        log.info("resumed %s at step %d of %d", self.output_dir, state["step"], self.total_steps)
-        return state["step"]
+        log.info("resumed %s at step %d of %d", self.output_dir, meta["step"], self.total_steps)
+        return meta["step"]
 
     # -- training -----------------------------------------------------------------------------
     def _build_optimizer(self) -> None:
@@ -168,12 +217,19 @@ class LeapTrainer:
         self.scheduler.step()
         return terms
 
-    def train(self) -> TrainResult:
+    def train(self, wait: bool = False) -> TrainResult:
+        """Train to the end (resuming a checkpoint), holding the run folder's lock (wait: for another holder)."""
+        with folder_lock(self.output_dir, wait=wait, what="trainer"):
+            for path in remove_stale_temps(self.output_dir):
+                log.info("removed %s, left by a killed run", path)
+            return self._train()
+
+    def _train(self) -> TrainResult:
         result_path = self.output_dir / "train_result.json"
         if result_path.is_file():
             done = json.loads(result_path.read_text())
             if done.get("fingerprint") != self.fingerprint:
-                raise RuntimeError(f"{self.output_dir} holds a run with another configuration; use another output dir")
+                raise ValueError(f"{self.output_dir} holds a run with another configuration; use another output dir")
             log.info("%s is already trained: reusing it", self.output_dir)
             return TrainResult(self.output_dir / "model", done["train_seconds"], done["steps"], done["final_losses"])
         if self.config.num_threads:
@@ -187,9 +243,9 @@ class LeapTrainer:
         log_path = self.output_dir / "train_log.jsonl"
         if step == 0 and log_path.exists():
             log_path.unlink()
-        elif step and log_path.exists():  # drop lines logged after the checkpoint we resume from
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            log_path.write_text("".join(line + "\n" for line in kept))
+        elif step and log_path.exists():  # drop lines logged after the checkpoint, and a line torn by a kill
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
+            write_text_atomic(log_path, "".join(line + "\n" for line in kept))
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
@@ -218,7 +274,8 @@ class LeapTrainer:
         result = TrainResult(model_dir, seconds, step, terms)
         write_json_atomic(result_path, {"model_dir": str(model_dir), "train_seconds": seconds, "steps": step,
                                         "final_losses": terms, "fingerprint": self.fingerprint})
-        (self.output_dir / "checkpoint.pt").unlink(missing_ok=True)
+        (self.output_dir / CHECKPOINT_META).unlink(missing_ok=True)  # first: a .pt alone is never loaded
+        (self.output_dir / CHECKPOINT).unlink(missing_ok=True)
         return result
 
     def save(self) -> Path:

@@ -337,3 +337,32 @@ def test_awkward_rows_leave_their_batch_mates_intact(model, tokenizer, mode, mon
     assert layers.tolist() == [int(layer) for _, layer in singles]
     assert (got * np.stack([e for e, _ in singles])).sum(-1).min() >= 0.9999
     np.testing.assert_allclose(got[[1, 4, 6]], encoder.encode([SENTENCES[i] for i in (0, 2, 5)], mode=mode), atol=1e-5)
+
+
+@pytest.mark.parametrize("settings, field", [({"theta": 2.0, "k": 1, "l_min": 2}, "theta"),
+                                              ({"theta": 0.9, "k": 1, "l_min": 99}, "l_min 99"),
+                                              ({"theta": 0.9, "k": 0, "l_min": 2}, "k")])
+def test_exit_settings_out_of_range_are_refused_naming_the_file_and_field(tmp_path, settings, field):
+    import json
+    import shutil
+
+    from leap_core.models import resolve_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("random-bert:layers=4,hidden=32,heads=2,seed=0"), folder)
+    (folder / "leap_exit.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=f"leap_exit.json: {field}"):
+        EarlyExitEncoder.from_pretrained(folder)
+
+
+def test_the_cli_and_profiles_refuse_a_threshold_that_can_never_fire(tmp_path, capsys):
+    from leap_core.cli import main
+    from leap_core.config import load_profile
+
+    with pytest.raises(SystemExit):
+        main(["diagnose", "random-bert:layers=4,hidden=32,heads=2,seed=0", "--theta", "2.0"])
+    assert "outside [-1, 1]" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"exit: l_min 9 is deeper than the model's 4 layers"):
+        load_profile("smoke", {"exit": {"l_min": 9}})
+    with pytest.raises(ValueError, match=r"exit: theta must be a number in \[-1, 1\]"):
+        load_profile("smoke", {"exit": {"theta": 1.5}})

@@ -57,6 +57,24 @@ def test_corrupt_file_is_rebuilt_not_used(tmp_path):
     torch.testing.assert_close(tc.load_teacher_cache(rebuilt).embeddings, good)
 
 
+def test_a_flipped_bit_in_an_embedding_is_detected_and_rebuilt_never_a_hit(tmp_path, caplog):
+    import numpy as np
+
+    path = tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path, max_length=32, show_progress=False)
+    good = tc.load_teacher_cache(path).embeddings
+    table = pq.read_table(path)
+    values = tc._layer_values(table, 4).copy()
+    values.view(np.uint16)[7, 3] ^= 1 << 9  # one bit of one float16; the key and the row count stay valid
+    flipped = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=pa.float16()), values.shape[1])
+    pq.write_table(table.set_column(table.schema.get_field_index("layer_4"), "layer_4", flipped), path)
+    with pytest.raises(ValueError, match="content does not match its sha256"):
+        tc.load_teacher_cache(path)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path, max_length=32, show_progress=False)
+    assert "does not match its sha256" in caplog.text
+    torch.testing.assert_close(tc.load_teacher_cache(rebuilt).embeddings, good)
+
+
 def test_stale_file_under_the_same_name_is_rebuilt(tmp_path):
     path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
     table = pq.read_table(path)

@@ -36,8 +36,20 @@ def test_killed_run_resumes_to_the_same_weights(smoke, tmp_path):
     with pytest.raises(Killed):
         experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "killed", on_step=kill_at_step_5)
     assert (tmp_path / "killed" / "checkpoint.pt").is_file()
+    with open(tmp_path / "killed" / "train_log.jsonl", "a") as handle:
+        handle.write('{"step": 6, "epo')  # a line the kill tore: dropped on resume
+    (tmp_path / "killed" / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")  # what a kill leaves behind
+    (tmp_path / "killed" / ".model.a1b2").mkdir()
     assert not (tmp_path / "killed" / "model").exists()
     experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "killed")
+    assert not list((tmp_path / "killed").glob(".*.tmp")) and not (tmp_path / "killed" / ".model.a1b2").exists()
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "killed" / "model").stat().st_mode)
+    assert mode == 0o777 & ~umask  # a serving user can read the model folder (mkdtemp alone gives 0700)
 
     straight, resumed = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "killed" / "model")
     assert straight.keys() == resumed.keys()
@@ -45,6 +57,49 @@ def test_killed_run_resumes_to_the_same_weights(smoke, tmp_path):
         assert torch.equal(straight[name], resumed[name]), name
     log = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5, 6]  # steps after the checkpoint not doubled
+
+
+class Payload:
+    """Unpickling this runs code: it writes a marker file (what an attacker's planted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_or_altered_checkpoint_never_runs_its_pickle(smoke, tmp_path):
+    from leap_core.io import sha256_file
+    from leap_core.training import CHECKPOINT, CHECKPOINT_META
+
+    profile, cache = smoke
+    marker = tmp_path / "pwned"
+
+    def kill_at_step_3(step, terms):
+        if step == 3:
+            raise Killed
+
+    # 1. a .pt planted alone: never loaded, the run trains from step 0 and overwrites it
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    torch.save({"x": Payload(marker)}, planted / CHECKPOINT)
+    experiment.train_arm(profile, "leap", 0, cache, out_dir=planted)
+    assert not marker.exists() and (planted / "model").is_dir()
+    # 2. a real checkpoint whose .pt is swapped for a payload and its record forged to match: weights_only refuses
+    forged = tmp_path / "forged"
+    with pytest.raises(Killed):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=forged, on_step=kill_at_step_3)
+    torch.save({"x": Payload(marker)}, forged / CHECKPOINT)
+    meta = json.loads((forged / CHECKPOINT_META).read_text())
+    (forged / CHECKPOINT_META).write_text(json.dumps({**meta, "sha256": sha256_file(forged / CHECKPOINT)}))
+    with pytest.raises(ValueError, match=f"{forged / CHECKPOINT}: not a checkpoint this run can load"):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=forged)
+    assert not marker.exists()
+    # 3. a .pt altered after its record was written (a torn or corrupt file): named, with the way out
+    (forged / CHECKPOINT_META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"checkpoint.pt: missing or not the file .* records \(sha256\); delete both"):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=forged)
 
 
 def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
@@ -110,12 +165,51 @@ def test_checkpoint_of_another_configuration_is_refused(smoke, tmp_path):
 
     with pytest.raises(Killed):
         experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "x", on_step=kill)
-    with pytest.raises(RuntimeError, match="another configuration"):
+    with pytest.raises(ValueError, match="another configuration"):
         experiment.train_arm(profile, "baseline", 0, cache, out_dir=tmp_path / "x")
 
 
 def test_finished_run_of_another_configuration_is_refused(smoke, tmp_path):
     profile, cache = smoke
     experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "done")
-    with pytest.raises(RuntimeError, match="another configuration"):
+    with pytest.raises(ValueError, match="another configuration"):
         experiment.train_arm(profile, "baseline", 0, cache, out_dir=tmp_path / "done")
+
+
+def test_a_second_trainer_on_a_held_run_folder_is_refused_with_the_holders_pid(smoke, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from leap_core.cli import main
+
+    profile, cache = smoke
+    run = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom leap_core.io import folder_lock\n"
+        f"with folder_lock({str(run)!r}, what='trainer'):\n    print('held', flush=True)\n    time.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"another trainer holds it \\(pid {holder.pid} on "):
+            experiment.train_arm(profile, "leap", 0, cache, out_dir=run)
+        argv = ["train", "--profile", "smoke", "--data-dir", str(profile.data.data_dir), "--set",
+                f"output_dir={tmp_path / 'runs'}", "--arm", "leap", "--out", str(run)]
+        assert main(argv) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not (run / "train_log.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert experiment.train_arm(profile, "leap", 0, cache, out_dir=run).steps == 6  # free again: it trains
+
+
+def test_an_unknown_arm_is_refused_before_any_extraction_or_teacher_pass(tmp_path, data_dir, monkeypatch, capsys):
+    from leap_core.cli import main
+
+    monkeypatch.setattr(experiment, "extract", lambda *a, **k: pytest.fail("extracted before checking the arm"))
+    argv = ["train", "--profile", "smoke", "--data-dir", str(data_dir), "--set", f"output_dir={tmp_path}",
+            "--arm", "no-such-arm"]
+    assert main(argv) == 2
+    assert "has no arm 'no-such-arm'" in capsys.readouterr().err
