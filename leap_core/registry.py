@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import mlflow.pyfunc
 import pandas as pd
+import pydantic
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ GATE_KEYS = ("stsb_exited", "stsb_exited_ci", "exit_rate", "mean_exit_layer", "s
 POLICY_TAG = "leap.policy"  # what the version serves and its measured speed, for people browsing the registry
 TEXT_COLUMN = "text"
 PACKAGE_DIR = Path(__file__).resolve().parent
-SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml")
+MODEL_CODE = PACKAGE_DIR / "serving_model.py"  # models-from-code: what MLflow runs to build the served model
+INPUT_EXAMPLE = ["A man is playing a guitar.", "Two children play in the snow."]
+SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml", "pydantic")
 
 
 # ---------------------------------------------------------------- the gate (pure)
@@ -112,27 +115,46 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, gat
 # ---------------------------------------------------------------- the pyfunc model
 
 def texts_from(model_input: Any) -> list[str]:
-    """The sentences of a pyfunc input: a DataFrame's `text` column (or its only column), a Series, a list or a str."""
+    """The sentences of a pyfunc input: a DataFrame's one column (`text` or unnamed), a Series, a list or a str.
+
+    Anything else — extra columns, a null, a number — is refused, naming the row (never converted: str(None)
+    would embed the text "None"). The served model's type hint (list[str]) makes MLflow refuse those first,
+    with HTTP 400; this is the same rule for callers in Python.
+    """
     if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN in model_input.columns:
-            return model_input[TEXT_COLUMN].tolist()
-        if model_input.shape[1] == 1:
-            return model_input.iloc[:, 0].tolist()
-        raise ValueError(f"input has columns {list(model_input.columns)}; expected one column {TEXT_COLUMN!r}")
-    if isinstance(model_input, pd.Series):
-        return model_input.tolist()
-    if isinstance(model_input, str):
-        return [model_input]
-    return list(model_input)
+        if model_input.shape[1] != 1:
+            raise ValueError(f"input has columns {list(model_input.columns)}; expected exactly one column of "
+                             f"strings (named {TEXT_COLUMN!r} or unnamed)")
+        texts = model_input.iloc[:, 0].tolist()
+    elif isinstance(model_input, pd.Series):
+        texts = model_input.tolist()
+    elif isinstance(model_input, str):
+        texts = [model_input]
+    elif isinstance(model_input, (list, tuple)):
+        texts = list(model_input)
+    else:
+        raise ValueError(f"input is {type(model_input).__name__}; expected a list or column of strings")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            shown = "null" if text is None or (isinstance(text, float) and math.isnan(text)) else repr(text)
+            raise ValueError(f"input row {row} is {shown} ({type(text).__name__}); every row must be a string")
+    return texts
+
+
+class Embedded(pydantic.BaseModel):
+    """One served row: its normalised embedding and the 1-indexed layer it exited at."""
+
+    embedding: list[float]
+    exit_layer: int
 
 
 class EarlyExitModel(mlflow.pyfunc.PythonModel):
     """Serves leap_core.encoder.EarlyExitEncoder at the folder's policy from the model's `encoder` artifact folder.
 
-    Input: a column of strings (a list, a Series, a `text` column). Output: a DataFrame with
-    `embedding` (normalised, one list of floats per row) and `exit_layer` (1-indexed). The policy (full,
-    fixed:N, the exit rule with theta, k, l_min, or per-layer thresholds) comes from the folder's leap_exit.json,
-    as `leap calibrate --save` wrote it; without one, the exit rule ("compact").
+    Input: a list of strings (the type hint is the signature: MLflow answers anything else with HTTP 400,
+    naming the bad rows). Output: one {embedding, exit_layer} per row. The policy (full, fixed:N, the exit rule
+    with theta, k, l_min, or per-layer thresholds) comes from the folder's leap_exit.json, as `leap calibrate
+    --save` wrote it; without one, the exit rule ("compact"). Registered as code (serving_model.py), never pickled.
     """
 
     def load_context(self, context) -> None:
@@ -140,22 +162,9 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
 
         self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Embedded]:
         embeddings, layers = self.encoder.encode(texts_from(model_input), mode="policy", return_exit_layers=True)
-        return pd.DataFrame({"embedding": [row.tolist() for row in embeddings], "exit_layer": layers})
-
-
-def signature():
-    """Input: one column of strings; output: `embedding` (array of float) and `exit_layer` (long).
-
-    The input column is unnamed so a list of strings, a Series, a str and a one-column DataFrame
-    (e.g. `text`) all pass MLflow's schema check.
-    """
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
-
-    return ModelSignature(inputs=Schema([ColSpec("string")]),
-                          outputs=Schema([ColSpec(Array("float"), "embedding"), ColSpec("long", "exit_layer")]))
+        return [Embedded(embedding=row.tolist(), exit_layer=int(layer)) for row, layer in zip(embeddings, layers)]
 
 
 def pip_requirements() -> list[str]:
@@ -194,9 +203,9 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
     mlflow.set_registry_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=EarlyExitModel(), artifacts={"encoder": str(model_dir)},
-            code_paths=[str(PACKAGE_DIR)], signature=signature(), pip_requirements=pip_requirements(),
-            registered_model_name=model_name,
+            name="model", python_model=str(MODEL_CODE), artifacts={"encoder": str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)], pip_requirements=pip_requirements(),
+            input_example=INPUT_EXAMPLE, registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))

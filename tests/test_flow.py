@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -273,9 +274,9 @@ from leap_core.encoder import EarlyExitEncoder
 texts = ["A man is playing a guitar.", "Rain.", "Two children are playing in the snow near a small house."]
 out = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@champion").predict(texts)
 expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, return_exit_layers=True)
-got = np.array(out["embedding"].tolist())
+got = np.array([row.embedding for row in out])
 print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expected).max()),
-                  "exit_layers": out["exit_layer"].tolist(), "expected_layers": layers.tolist()}}))
+                  "exit_layers": [row.exit_layer for row in out], "expected_layers": layers.tolist()}}))
 """
     done = subprocess.run([sys.executable, "-c", script], env=flow_env(smoke_run["root"], smoke_run["uri"]),
                           capture_output=True, text=True, timeout=300)
@@ -304,12 +305,18 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
             start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", process, 180, log)
-        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [["A cat sleeps."], ["Rain."]]}})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
+        def invoke(rows):
+            body = json.dumps({"inputs": rows}).encode()
+            return urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}),
+                timeout=60)
+
+        with invoke(["A cat sleeps.", "Rain."]) as response:
             assert response.status == 200
             predictions = json.loads(response.read())["predictions"]
+        with pytest.raises(urllib.error.HTTPError) as refused:  # a null is refused, never embedded as "None"
+            invoke(["A cat sleeps.", None])
+        assert refused.value.code == 400 and "NoneType" in refused.value.read().decode()
     finally:
         stop(process)
     assert len(predictions) == 2

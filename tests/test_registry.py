@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -197,14 +198,42 @@ def test_a_version_without_gate_metrics_is_refused(store, tmp_path):
 # ---------------------------------------------------------------- the pyfunc model
 
 
+def test_the_registered_model_is_code_not_a_pickle_and_a_null_row_is_a_400(store, tmp_path):
+    import mlflow.pyfunc
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from leap_core.models import resolve_model
+
+    uri, mlflow_client, _, _ = store
+    run_id = mlflow_client.create_run(tracking.experiment_id("registry-test", uri)).info.run_id
+    version = registry.register(resolve_model("random-bert:layers=4,hidden=64,heads=2,seed=1"), metrics(), run_id,
+                                "coded", uri)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/coded/{version}", dst_path=str(tmp_path / "dl"),
+                                                     tracking_uri=uri))
+    assert not list(local.rglob("*.pkl")) and "serving_model.py" in (local / "MLmodel").read_text()
+    client = TestClient(scoring_server.init(mlflow.pyfunc.load_model(str(local))))
+    ok = client.post("/invocations", json={"inputs": ["A man is playing a guitar."]})
+    assert ok.status_code == 200, ok.text
+    for bad, said in (([None, "a"], "Expected type str, but got NoneType"), (["a", 1], "Expected type str, but got int"),
+                      ({"dataframe_split": {"columns": ["text", "extra"], "data": [["a", "b"]]}}, "'inputs' key")):
+        body = bad if isinstance(bad, dict) else {"inputs": bad}
+        answer = client.post("/invocations", json=body)
+        assert answer.status_code == 400 and said in answer.text, (bad, answer.status_code, answer.text)
+
+
 def test_texts_from_accepts_the_usual_inputs():
     assert registry.texts_from(pd.DataFrame({"text": ["a", "b"]})) == ["a", "b"]
     assert registry.texts_from(pd.DataFrame({0: ["c"]})) == ["c"]
     assert registry.texts_from(pd.Series(["d"])) == ["d"]
     assert registry.texts_from("e") == ["e"]
     assert registry.texts_from(["f", "g"]) == ["f", "g"]
-    with pytest.raises(ValueError, match="expected one column 'text'"):
-        registry.texts_from(pd.DataFrame({"x": ["a"], "y": ["b"]}))
+    with pytest.raises(ValueError, match="expected exactly one column of strings"):
+        registry.texts_from(pd.DataFrame({"text": ["a"], "y": ["b"]}))  # never silently dropped
+    with pytest.raises(ValueError, match="input row 1 is null"):
+        registry.texts_from(pd.Series(["a", None]))
+    with pytest.raises(ValueError, match="input row 0 is 1"):
+        registry.texts_from([1])
 
 
 def test_pyfunc_serves_the_encoder_with_its_saved_exit_settings(tmp_path):
@@ -216,14 +245,13 @@ def test_pyfunc_serves_the_encoder_with_its_saved_exit_settings(tmp_path):
     shutil.copytree(resolve_model("random-bert:layers=4,hidden=64,heads=2,seed=1"), folder)
     # theta -1 passes every test: every row exits at the first layer the rule may fire, max(l_min, k + 1) = 2.
     (folder / "leap_exit.json").write_text(json.dumps({"theta": -1.0, "k": 1, "l_min": 2}))
-    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=registry.EarlyExitModel(),
-                             artifacts={"encoder": str(folder)}, signature=registry.signature(),
+    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=str(registry.MODEL_CODE),
+                             artifacts={"encoder": str(folder)}, input_example=registry.INPUT_EXAMPLE,
                              pip_requirements=registry.pip_requirements())
     model = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     out = model.predict(["A man is playing a guitar.", "Rain.", "Two children play in the snow."])
-    assert list(out.columns) == ["embedding", "exit_layer"]
-    assert out["exit_layer"].tolist() == [2, 2, 2]
-    embeddings = np.array(out["embedding"].tolist())
+    assert [row.exit_layer for row in out] == [2, 2, 2]
+    embeddings = np.array([row.embedding for row in out])
     assert embeddings.shape == (3, 64)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     requirements = (tmp_path / "pyfunc" / "requirements.txt").read_text()
