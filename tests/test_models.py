@@ -69,3 +69,20 @@ def test_packaged_minilm_resolves_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     assert (folder / "config.json").is_file()
+
+
+def test_a_corrupt_or_pickled_only_model_is_named_with_the_way_out(tmp_path):
+    import shutil
+
+    from leap_core.encoder import EarlyExitEncoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("random-bert:layers=2,hidden=32,heads=2,seed=0"), folder)
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=f"{folder}: its weights do not load .*delete the folder"):
+        EarlyExitEncoder.from_pretrained(folder)
+    weights.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="no .safetensors weights .*never loads pickled .bin"):
+        EarlyExitEncoder.from_pretrained(folder)
