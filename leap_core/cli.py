@@ -320,6 +320,23 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+def cmd_reliability(args: argparse.Namespace) -> None:
+    """Every fault and bad input of leap_core/reliability.py, tried on the smoke profile -> JSON and markdown."""
+    import tempfile
+
+    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.reliability import render_markdown, run_probes
+
+    with tempfile.TemporaryDirectory(prefix="leap-reliability-") as work:
+        results = run_probes(_profile(args).data.data_dir, work)
+    write_json_atomic(args.out, results)
+    markdown = render_markdown(results)
+    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    print(markdown)
+    if not all(row["held"] for row in results):
+        raise SystemExit(1)
+
+
 def _add_depth_commands(add) -> None:
     """The commands that choose and ship a model's operating point: calibrate, pareto, retrofit, cut, export."""
     calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
@@ -473,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clock", default="wall", choices=["wall", "process"],
                        help="CPU timer: wall, or process CPU time (needs --threads 1; for a shared machine)")
     bench.add_argument("--out", default="reports/bench_exit_cpu.json", help="JSON; the markdown goes beside it (.md)")
+    reliability = add("reliability", cmd_reliability, "try every fault and bad input on the smoke profile")
+    reliability.add_argument("--out", default="reports/reliability.json", help="JSON; the markdown goes beside it")
     deploy = add("bench-deploy", cmd_bench_deploy, "the original as shipped, in ONNX Runtime fp32/int8 and ours at "
                  "its calibrated point, PyTorch and ONNX Runtime: quality and speed side by side")
     deploy.add_argument("model", help="ours: a calibrated model folder or exit branch (leap_exit.json gives the point)")

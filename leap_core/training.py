@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +170,9 @@ class LeapTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except Exception as err:  # noqa: BLE001 - torch's unpickler and load_state_dict raise many types
-            raise ValueError(f"{path}: not a checkpoint this run can load ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); delete it and "
-                             f"{CHECKPOINT_META} to train from step 0") from None
+            first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split("\n")[0]  # torch styles it for terminals
+            raise ValueError(f"{path}: not a checkpoint this run can load ({type(err).__name__}: {first_line}); "
+                             f"delete it and {CHECKPOINT_META} to train from step 0") from None
         torch.set_rng_state(state["torch_rng"].cpu())
         version, python_state, gauss = meta["python_rng"]
         random.setstate((version, tuple(python_state), gauss))

@@ -1,0 +1,220 @@
+"""Faults and bad inputs, tried for real on the smoke profile: what happened, and that nothing was lost.
+
+Each probe builds what it needs in its own folder, does what an attacker, a kill or a careless user would, and
+returns {probe, tried, outcome, held}: `held` is True when the system refused or recovered as it should. `leap
+reliability` runs them all and writes reports/reliability.{json,md}; the same behaviours are pinned by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Payload:
+    """Unpickling it would create a marker file: what a planted checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _error(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 - the probe reports whatever was raised
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+def _smoke(work: Path, data_dir: Path) -> tuple[Any, Path]:
+    from leap_core import experiment
+    from leap_core.config import load_profile
+
+    profile = load_profile("smoke", {"output_dir": str(work / "runs"), "data": {"data_dir": str(data_dir)}})
+    return profile, experiment.cache_teacher(profile, experiment.extract(profile), show_progress=False)
+
+
+def probe_checkpoints(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """A planted pickle, a forged checkpoint record, a torn log line."""
+    import torch
+
+    from leap_core import experiment
+    from leap_core.io import sha256_file
+    from leap_core.training import CHECKPOINT, CHECKPOINT_META
+
+    profile, cache = _smoke(work, data_dir)
+    marker, out = work / "payload-ran", []
+    planted = work / "planted"
+    planted.mkdir()
+    torch.save({"x": _Payload(marker)}, planted / CHECKPOINT)
+    steps = experiment.train_arm(profile, "leap", 0, cache, out_dir=planted).steps
+    out.append({"probe": "planted checkpoint.pt", "tried": "a pickle payload saved as checkpoint.pt in a run folder",
+                "outcome": f"not loaded (no checkpoint.json); trained from step 0 to {steps}; payload ran: "
+                           f"{marker.exists()}", "held": not marker.exists()})
+
+    def kill(step: int, terms: dict) -> None:
+        if step == 3:
+            raise _Killed
+
+    forged = work / "forged"
+    _error(lambda: experiment.train_arm(profile, "leap", 0, cache, out_dir=forged, on_step=kill))
+    meta = json.loads((forged / CHECKPOINT_META).read_text())
+    torch.save({"x": _Payload(marker)}, forged / CHECKPOINT)
+    (forged / CHECKPOINT_META).write_text(json.dumps({**meta, "sha256": sha256_file(forged / CHECKPOINT)}))
+    said = _error(lambda: experiment.train_arm(profile, "leap", 0, cache, out_dir=forged))
+    out.append({"probe": "forged checkpoint", "tried": "a killed run's checkpoint.pt swapped for a payload, its "
+                "record's sha256 forged to match", "outcome": f"{said}; payload ran: {marker.exists()}",
+                "held": not marker.exists() and "not a checkpoint this run can load" in said})
+    torn = work / "torn"
+    _error(lambda: experiment.train_arm(profile, "leap", 0, cache, out_dir=torn, on_step=kill))
+    with open(torn / "train_log.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 4, "ep')
+    result = experiment.train_arm(profile, "leap", 0, cache, out_dir=torn)
+    logged = [json.loads(line)["step"] for line in (torn / "train_log.jsonl").read_text().splitlines()]
+    out.append({"probe": "torn log line", "tried": "killed at step 3, a half-written line appended to the log",
+                "outcome": f"resumed to step {result.steps}; log steps {logged}",
+                "held": logged == list(range(1, result.steps + 1))})
+    return out
+
+
+def probe_lock_and_cache(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """A second trainer on a held run folder; a flipped bit in the teacher cache."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from leap_core import experiment
+    from leap_core import teacher_cache as tc
+
+    profile, cache = _smoke(work, data_dir)
+    held = work / "held"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom leap_core.io import folder_lock\n"
+        f"with folder_lock({str(held)!r}, what='trainer'):\n    print('held', flush=True)\n    time.sleep(120)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        said = _error(lambda: experiment.train_arm(profile, "leap", 0, cache, out_dir=held))
+    finally:
+        holder.kill()
+        holder.wait()
+    out = [{"probe": "second trainer", "tried": "leap train on a run folder another process is training",
+            "outcome": said, "held": f"pid {holder.pid}" in said and not (held / "train_log.jsonl").exists()}]
+    path = Path(cache)
+    table = pq.read_table(path)
+    layer = json.loads(table.schema.metadata[b"layers"])[-1]
+    values = tc._layer_values(table, layer).copy()
+    values.view(np.uint16)[0, 0] ^= 1 << 3
+    column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=pa.float16()), values.shape[1])
+    pq.write_table(table.set_column(table.schema.get_field_index(f"layer_{layer}"), f"layer_{layer}", column), path)
+    said = _error(lambda: tc.load_teacher_cache(path))
+    rebuilt = experiment.cache_teacher(profile, experiment.extract(profile), show_progress=False)
+    intact = _error(lambda: tc.load_teacher_cache(rebuilt)) == "no error"
+    out.append({"probe": "flipped bit in the teacher cache", "tried": "one bit of one float16 embedding flipped "
+                "(key and row count still valid)", "outcome": f"read: {said}; the next cache step rebuilt it: {intact}",
+                "held": "does not match its sha256" in said and intact})
+    return out
+
+
+def probe_inputs(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """Bad exit settings, an unknown arm, corrupt weights, an altered export."""
+    from leap_core.cli import main
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.models import resolve_model
+
+    out = []
+    folder = work / "model"
+    shutil.copytree(resolve_model(TINY), folder)
+    for settings, what in (({"theta": 2.0, "k": 1, "l_min": 2}, "theta 2.0"),
+                           ({"theta": 0.9, "k": 1, "l_min": 99}, "l_min 99 on a 4-layer model")):
+        (folder / "leap_exit.json").write_text(json.dumps(settings))
+        said = _error(lambda: EarlyExitEncoder.from_pretrained(folder))
+        out.append({"probe": f"leap_exit.json with {what}", "tried": "exit settings that could never fire",
+                    "outcome": said, "held": "leap_exit.json" in said})
+    (folder / "leap_exit.json").unlink()
+    runs = work / "arm-runs"
+    code = _cli_code(main, ["train", "--profile", "smoke", "--data-dir", str(data_dir), "--set",
+                            f"output_dir={runs}", "--arm", "no-such-arm"])
+    out.append({"probe": "unknown --arm", "tried": "leap train --arm no-such-arm",
+                "outcome": f"exit {code}; anything written: {runs.exists()}", "held": code == 2 and not runs.exists()})
+    exported = export_onnx(str(folder), work / "onnx", depth=2, int8=True)
+    (exported / "tokenizer_config.json").write_text((exported / "tokenizer_config.json").read_text() + " ")
+    said = _error(lambda: OnnxEncoder(exported))
+    out.append({"probe": "altered tokenizer in an ONNX export", "tried": "one byte appended to tokenizer_config.json",
+                "outcome": said, "held": "differs from the one exported" in said})
+    next(folder.glob("*.safetensors")).write_bytes(b"\0" * 64)
+    said = _error(lambda: EarlyExitEncoder.from_pretrained(folder))
+    out.append({"probe": "corrupt model.safetensors", "tried": "the weights file overwritten with zeros",
+                "outcome": said, "held": str(folder) in said and "delete" in said})
+    return out
+
+
+def _cli_code(main: Callable, argv: list[str]) -> int:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return main(argv)
+
+
+def probe_served_model(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """The registered model's code path and its answer to a null row, through MLflow's scoring server."""
+    import mlflow.pyfunc
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from leap_core import registry
+    from leap_core.models import resolve_model
+
+    saved = work / "pyfunc"
+    mlflow.pyfunc.save_model(str(saved), python_model=str(registry.MODEL_CODE),
+                             artifacts={"encoder": str(resolve_model(TINY))}, input_example=registry.INPUT_EXAMPLE)
+    client = TestClient(scoring_server.init(mlflow.pyfunc.load_model(str(saved))))
+    answer = client.post("/invocations", json={"inputs": ["a sentence", None]})
+    pickles = [p.name for p in saved.rglob("*.pkl")]
+    return [{"probe": "null row to the served model", "tried": 'POST /invocations {"inputs": ["a sentence", null]}',
+             "outcome": f"HTTP {answer.status_code}: {answer.json().get('message', '')[:160]}",
+             "held": answer.status_code == 400},
+            {"probe": "pickles in the registered model", "tried": "models-from-code save of the served model",
+             "outcome": f"pickle files: {pickles or 'none'}", "held": not pickles}]
+
+
+PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_served_model)
+
+
+def run_probes(data_dir: str | Path, work: str | Path) -> list[dict[str, Any]]:
+    """Every probe, each group in its own subfolder of `work`."""
+    results = []
+    for probe in PROBES:
+        folder = Path(work) / probe.__name__
+        folder.mkdir(parents=True, exist_ok=True)
+        results += probe(folder, Path(data_dir))
+    for row in results:  # the report names files relative to the probes' folder, not this machine's temp dir
+        row["outcome"] = row["outcome"].replace(str(Path(work).resolve()), "<work>").replace(str(work), "<work>")
+    return results
+
+
+def render_markdown(results: list[dict[str, Any]]) -> str:
+    held = sum(row["held"] for row in results)
+    lines = ["# Reliability: faults and bad inputs, tried", "",
+             f"Generated by `leap reliability` (leap_core/reliability.py) on the smoke profile: {held} of "
+             f"{len(results)} held (refused with a message naming what, or recovered with nothing lost).", "",
+             "| probe | tried | what happened | held |", "|---|---|---|---|"]
+    for row in results:
+        outcome = row["outcome"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {row['probe']} | {row['tried']} | {outcome} | {'yes' if row['held'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
