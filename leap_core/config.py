@@ -202,6 +202,7 @@ class Profile:
     # Models the pipeline's retrofit step makes exit-compatible (first seed), each beside its original.
     retrofit_models: list[str] = field(default_factory=list)
     output_dir: str = "runs"
+    cache_uri: str = ""  # s3://bucket/prefix: teacher caches shared across runs and machines (boto3, sha256-checked)
 
     def training_for(self, arm: str) -> TrainConfig:
         if arm in self.ablation_arms or arm in self.sweep_arms:

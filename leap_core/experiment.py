@@ -66,7 +66,8 @@ def cache_teacher(profile: Profile, sentences_path: str | Path, show_progress: b
     models = profile.models
     return build_teacher_cache(models.teacher, sentences, teacher_layer_map(profile), cache_dir(profile),
                                max_length=models.max_length, batch_size=models.teacher_batch_size,
-                               device=profile.training.device, show_progress=show_progress)
+                               device=profile.training.device, show_progress=show_progress,
+                               shared_uri=profile.cache_uri or None)
 
 
 def arm_dir(profile: Profile, arm: str, seed: int) -> Path:

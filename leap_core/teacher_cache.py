@@ -124,10 +124,12 @@ def _encode_chunk(model, tokenizer, sentences: list[str], layers: list[int], max
 
 def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], cache_dir: str | Path,
                         max_length: int = 128, batch_size: int = 64, device: str = "auto",
-                        show_progress: bool = True) -> Path:
+                        show_progress: bool = True, shared_uri: str | None = None) -> Path:
     """Make sure a verified cache of `teacher` on `sentences` at `layers` exists; return its path.
 
     Reuses a valid file (logging that no teacher forward pass runs); rebuilds a corrupt or stale one.
+    shared_uri (s3://bucket/prefix): a cache another run built there is fetched (sha256-checked) instead of
+    recomputed, and a cache built here is put there.
     """
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -136,8 +138,12 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
     layers = sorted(set(layers))
     key = cache_key(folder, sentences, layers, max_length)
     path = Path(cache_dir) / f"teacher-{key[:16]}.parquet"
+    remote = f"{shared_uri.rstrip('/')}/{path.name}" if shared_uri else None
     if path.is_file() and _read_verified(path, key, len(sentences)) is not None:
         log.info("teacher cache hit: %s (%d sentences, layers %s): no teacher forward pass", path, len(sentences), layers)
+        return path
+    if remote and _fetch_verified(remote, path, key, len(sentences)):
+        log.info("teacher cache hit in %s: no teacher forward pass", remote)
         return path
 
     log.info("teacher cache miss: encoding %d sentences with %s into %s", len(sentences), teacher, path)
@@ -176,7 +182,29 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     shutil.rmtree(parts, ignore_errors=True)
+    if remote:
+        from leap_core.storage import upload
+
+        upload(path, remote)
+        log.info("teacher cache shared at %s", remote)
     return path
+
+
+def _fetch_verified(remote: str, path: Path, key: str, n_rows: int) -> bool:
+    """Download a shared cache (sha256-checked) and keep it only if it verifies like a local one."""
+    from leap_core.storage import download, exists
+
+    if not exists(remote):
+        return False
+    try:
+        download(remote, path)
+    except ValueError as err:
+        log.warning("%s: rebuilding the teacher cache", err)
+        return False
+    if _read_verified(path, key, n_rows) is None:
+        path.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def load_teacher_cache(path: str | Path, sentences: list[str] | None = None) -> TeacherCache:

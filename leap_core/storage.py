@@ -1,0 +1,72 @@
+"""Files by URI: s3://bucket/key through boto3, every read checked against the sha256 stored with the object.
+
+boto3 finds credentials and the endpoint the usual way (AWS_* variables, ~/.aws; AWS_ENDPOINT_URL_S3 for an
+S3-compatible server such as MinIO or moto_server), so another store is configuration, not code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SHA256_KEY = "sha256"  # the object's user metadata: the content's sha256, written by upload
+
+
+def is_s3(uri: str | os.PathLike | None) -> bool:
+    return str(uri or "").startswith("s3://")
+
+
+def split(uri: str) -> tuple[str, str]:
+    """("bucket", "key") of s3://bucket/key."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{uri}: expected s3://bucket/key")
+    return bucket, key
+
+
+def client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def exists(uri: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = split(uri)
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def upload(local: str | os.PathLike, uri: str) -> str:
+    """Put a local file at `uri` with its sha256 as metadata; returns the sha256."""
+    from leap_core.io import sha256_file
+
+    digest = sha256_file(local)
+    bucket, key = split(uri)
+    client().upload_file(str(local), bucket, key, ExtraArgs={"Metadata": {SHA256_KEY: digest}})
+    return digest
+
+
+def download(uri: str, local: str | os.PathLike, sha256: str | None = None) -> Path:
+    """Fetch `uri` to `local` (atomically) if its content has the expected sha256 (given, else the object's own
+    metadata); a mismatch is a ValueError and nothing is written."""
+    from leap_core.io import atomic_path, sha256_file
+
+    bucket, key = split(uri)
+    s3 = client()
+    expected = sha256 or s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SHA256_KEY)
+    if not expected:
+        raise ValueError(f"{uri}: no sha256 recorded with the object: not trusting its content")
+    with atomic_path(local) as tmp:
+        s3.download_file(bucket, key, str(tmp))
+        found = sha256_file(tmp)
+        if found != expected:
+            raise ValueError(f"{uri}: content sha256 {found[:12]} is not the recorded {expected[:12]}: not using it")
+    return Path(local)
