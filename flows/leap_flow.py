@@ -88,6 +88,9 @@ class LeapFlow(FlowSpec):
                          help="data directory ($LEAP_DATA_DIR, else the profile's)")
     output_dir = Parameter("output-dir", default=os.environ.get("LEAP_OUTPUT_DIR", ""),
                            help="where runs and the teacher cache go ($LEAP_OUTPUT_DIR, else the profile's)")
+    artifact_uri = Parameter("artifact-uri", default=os.environ.get("LEAP_ARTIFACT_URI", ""),
+                             help="s3://bucket/prefix: steps hand each other files through S3 (sha256-checked), "
+                                  "and teacher caches are shared there ($LEAP_ARTIFACT_URI, else a shared disk)")
     reports_dir = Parameter("reports-dir", default=os.environ.get("LEAP_REPORTS_DIR", "reports"),
                             help="reports are written to <this>/<profile>/ ($LEAP_REPORTS_DIR, else reports)")
 
@@ -102,6 +105,8 @@ class LeapFlow(FlowSpec):
             overrides["data"] = {"data_dir": self.data_dir}
         if self.output_dir:
             overrides["output_dir"] = self.output_dir
+        if self.artifact_uri:
+            overrides["cache_uri"] = f"{self.artifact_uri.rstrip('/')}/teacher-cache"
         self.settings = load_profile(self.profile, overrides)
         self.plan = plan_arms(self.settings)
         self.tracking_uri = tracking.tracking_uri()
@@ -120,7 +125,7 @@ class LeapFlow(FlowSpec):
         """Extract and filter the training sentences into Parquet."""
         from leap_core import experiment
 
-        self.sentences = file_ref(experiment.extract(self.settings))
+        self.sentences = file_ref(experiment.extract(self.settings), self.artifact_uri or None)
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.cache_teacher)
 
@@ -131,7 +136,7 @@ class LeapFlow(FlowSpec):
         from leap_core import experiment
 
         self.teacher_cache = file_ref(experiment.cache_teacher(self.settings, local_path(self.sentences),
-                                                               show_progress=False))
+                                                               show_progress=False), self.artifact_uri or None)
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.train, foreach="plan")
 
@@ -153,7 +158,7 @@ class LeapFlow(FlowSpec):
                                            arm_params(self.settings, arm, seed), self.tracking_uri)
         result = experiment.train_arm(self.settings, arm, seed, local_path(self.teacher_cache), on_step=kill_hook(arm))
         tracking.log_training(self.arm_run_id, Path(result.model_dir).parent / "train_log.jsonl", self.tracking_uri)
-        self.model = file_ref(result.model_dir)
+        self.model = file_ref(result.model_dir, self.artifact_uri or None)
         self.train_seconds = result.train_seconds
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.evaluate)
@@ -288,7 +293,7 @@ class LeapFlow(FlowSpec):
                  "step_failures": {k: v for k, v in failures.items() if v},
                  "started_at": self.started_at, "report_at": time.time(),
                  "steps": step_usage(current.flow_name, current.run_id, current.origin_run_id)})
-        self.report_ref = file_ref(written["json"])
+        self.report_ref = file_ref(written["json"], self.artifact_uri or None)
         current.card["report"].append(Markdown(written["markdown"]))
         for figure in written["figures"]:
             current.card["report"].append(Image(figure.read_bytes(), label=figure.stem))

@@ -31,26 +31,66 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
 SERVING_SETTINGS = ("leap_exit.json",)
 
 
-def file_ref(path: str | Path) -> dict[str, str]:
-    """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data."""
+def _digest(path: Path) -> str:
     from leap_core.io import sha256_file, sha256_folder
 
+    return sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
+
+
+def file_ref(path: str | Path, store: str | None = None) -> dict[str, str]:
+    """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data.
+
+    store (s3://bucket/prefix): the content is put there, under its own sha256, and the URI points there, so the
+    next step needs no disk in common with this one; else a file:// URI (a volume every step sees).
+    """
     path = Path(path).resolve()
-    digest = sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
-    return {"uri": path.as_uri(), "sha256": digest}
+    digest = _digest(path)
+    if not store:
+        return {"uri": path.as_uri(), "sha256": digest}
+    from leap_core import storage
+
+    uri = f"{store.rstrip('/')}/{digest[:16]}/{path.name}"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        storage.upload(file, uri if file == path else f"{uri}/{file.relative_to(path).as_posix()}")
+    return {"uri": uri, "sha256": digest, "files": [f.relative_to(path).as_posix() for f in files]
+            if path.is_dir() else []}
+
+
+def _fetch(ref: dict[str, str]) -> Path:
+    """An s3:// reference's content in this machine's artifact cache (each file sha256-checked on download)."""
+    from leap_core import storage
+    from leap_core.io import cache_root
+
+    uri = ref["uri"]
+    target = cache_root() / "artifacts" / ref["sha256"][:16] / uri.rstrip("/").rsplit("/", 1)[-1]
+    if target.exists() and _digest(target) == ref["sha256"]:
+        return target
+    if ref.get("files"):
+        for name in ref["files"]:
+            storage.download(f"{uri}/{name}", target / name)
+    else:
+        storage.download(uri, target)
+    return target
 
 
 def local_path(ref: dict[str, str]) -> Path:
-    """The local path of a file reference, after checking that its content still has the recorded hash."""
-    from leap_core.io import sha256_file, sha256_folder
+    """The local path of a file reference, after checking that its content still has the recorded hash.
 
-    parsed = urlparse(ref["uri"])
-    if parsed.scheme != "file":
-        raise ValueError(f"{ref['uri']}: only file:// URIs are supported (mount shared storage, see infra/README.md)")
-    path = Path(url2pathname(parsed.path))
+    An s3:// reference is downloaded first (into the leap cache, keyed by its sha256).
+    """
+    from leap_core.storage import is_s3
+
+    if is_s3(ref["uri"]):
+        path = _fetch(ref)
+    else:
+        parsed = urlparse(ref["uri"])
+        if parsed.scheme != "file":
+            raise ValueError(f"{ref['uri']}: expected a file:// or s3:// URI")
+        path = Path(url2pathname(parsed.path))
     if not path.exists():
         raise FileNotFoundError(f"{path} (from an earlier step) does not exist on this machine")
-    digest = sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
+    digest = _digest(path)
     if digest != ref["sha256"]:
         raise ValueError(f"{path} changed since it was written: sha256 {digest[:12]}, expected {ref['sha256'][:12]}")
     return path

@@ -331,3 +331,34 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
     assert "speedup_bs1" in shown and "stsb" in shown
     if shown.startswith("fixed:"):
         assert {p["exit_layer"] for p in predictions} == {int(shown.split(",")[0].split(":")[1])}
+
+
+def test_with_an_s3_artifact_uri_steps_share_no_disk_and_the_teacher_cache_is_in_s3(tmp_path, data_dir, s3_server):
+    """The smoke DAG (two arms) with --artifact-uri against a real S3 server process: every file a step hands
+    the next is an s3:// reference (sha256-checked on download into the reader's own cache), the teacher cache
+    is put in S3 and a second run, on an empty disk, takes it from there."""
+    profile = smoke_profile(tmp_path / "profile", data_dir,
+                            arms={"baseline": {"beta": 0.0, "late": 0.0, "redund": 0.0}, "leap": {}})
+    env = {**flow_env(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"),
+           **{key: os.environ[key] for key in os.environ if key.startswith("AWS_")}}
+    logs = []
+    for attempt in ("first", "second"):  # the second: a fresh output dir and leap cache, as on another machine
+        args = ["run", "--profile", str(profile), "--output-dir", str(tmp_path / attempt / "runs"), "--reports-dir",
+                str(tmp_path / attempt / "reports"), "--artifact-uri", f"{s3_server}/flow", "--max-workers", "2"]
+        done = run_flow(args, {**env, "LEAP_CACHE_DIR": str(tmp_path / attempt / "cache")})
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        logs.append(done.stdout + done.stderr)
+    assert "teacher cache shared at s3://leap-test/flow/teacher-cache/" in logs[0]
+    assert "teacher cache hit in s3://leap-test/flow/teacher-cache/" in logs[1] and "teacher cache miss" not in logs[1]
+    script = """
+import json
+from metaflow import Flow, namespace
+namespace(None)
+run = Flow("LeapFlow").latest_run
+refs = [run["extract"].task.data.sentences, run["cache_teacher"].task.data.teacher_cache]
+refs += [task.data.model for task in run["train"]] + [run["report"].task.data.report_ref]
+print(json.dumps([ref["uri"] for ref in refs]))
+"""
+    found = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    uris = json.loads(found.stdout.strip().splitlines()[-1])
+    assert len(uris) == 5 and all(uri.startswith("s3://leap-test/flow/") for uri in uris), uris

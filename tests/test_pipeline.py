@@ -44,8 +44,8 @@ def test_file_references_notice_changed_content(tmp_path):
     (tmp_path / "model" / "weights.bin").write_bytes(b"abd")
     with pytest.raises(ValueError, match="changed since it was written"):
         pipeline.local_path(ref)
-    with pytest.raises(ValueError, match="only file:// URIs"):
-        pipeline.local_path({"uri": "s3://bucket/x", "sha256": ref["sha256"]})
+    with pytest.raises(ValueError, match="expected a file:// or s3:// URI"):
+        pipeline.local_path({"uri": "http://host/x", "sha256": ref["sha256"]})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pipeline.local_path({"uri": (tmp_path / "gone").as_uri(), "sha256": ref["sha256"]})
 

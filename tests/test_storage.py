@@ -2,13 +2,7 @@
 and the teacher cache shared across runs."""
 
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -19,41 +13,6 @@ from leap_core import teacher_cache as tc  # noqa: E402
 
 TEACHER = "random-bert:layers=4,hidden=32,heads=2,seed=3"
 SENTENCES = [f"Sentence number {i} about {'birds ' * (i % 4)}and trees." for i in range(24)]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """moto_server as its own process on a free port; boto3 reaches it through AWS_ENDPOINT_URL_S3."""
-    server = Path(sys.executable).parent / "moto_server"
-    if not server.is_file():
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        for _ in range(100):
-            try:
-                storage.client().create_bucket(Bucket="leap-test")
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield "s3://leap-test"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_a_download_is_checked_against_the_sha256_stored_with_the_object(s3_server, tmp_path):
@@ -88,3 +47,27 @@ def test_a_second_run_on_another_machine_reuses_the_teacher_cache_from_s3(s3_ser
                                    show_progress=False, shared_uri=shared)
     assert (tc.load_teacher_cache(third).embeddings == expected).all()
     assert storage.download(f"{shared}/{first.name}", tmp_path / "again.parquet")  # the good one is back
+
+
+def test_a_step_hands_the_next_a_file_or_folder_through_s3_not_a_shared_disk(s3_server, tmp_path, monkeypatch):
+    from leap_core import pipeline
+
+    monkeypatch.setenv("LEAP_CACHE_DIR", str(tmp_path / "other-machine"))
+    model = tmp_path / "writer" / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "weights.safetensors").write_bytes(b"abc")
+    (model / "sub" / "config.json").write_text("{}")
+    ref = pipeline.file_ref(model, store=f"{s3_server}/artifacts")
+    assert ref["uri"].startswith("s3://leap-test/artifacts/") and sorted(ref["files"]) == [
+        "sub/config.json", "weights.safetensors"]
+    shutil.rmtree(tmp_path / "writer")  # the writer's disk is gone: the reader has only the reference
+    local = pipeline.local_path(ref)
+    assert str(local).startswith(str(tmp_path / "other-machine")) and (local / "sub" / "config.json").read_text() == "{}"
+    single = tmp_path / "sentences.parquet"
+    single.write_bytes(b"rows")
+    assert pipeline.local_path(pipeline.file_ref(single, store=f"{s3_server}/artifacts")).read_bytes() == b"rows"
+    bucket, key = storage.split(f"{ref['uri']}/weights.safetensors")
+    storage.client().put_object(Bucket=bucket, Key=key, Body=b"abd", Metadata={"sha256": "0" * 64})
+    shutil.rmtree(tmp_path / "other-machine")
+    with pytest.raises(ValueError, match="is not the recorded"):
+        pipeline.local_path(ref)
