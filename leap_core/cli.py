@@ -404,6 +404,42 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _add_bench_commands(add) -> None:
+    """The commands that time and stress what we ship: bench, bench-deploy, reliability."""
+    bench = add("bench", cmd_bench, "latency of every encoder mode vs sentence-transformers -> JSON + markdown")
+    bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
+    bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")
+    bench.add_argument("--batch-sizes", default="1,8,32")
+    bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N, and policy: the model's calibrated policy)")
+    bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
+    bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
+    bench.add_argument("--no-peer", action="store_true", help="skip SentenceTransformer.encode")
+    bench.add_argument("--theta", type=theta_arg, help="override the model's exit threshold")
+    bench.add_argument("--k", type=positive_int, help="override the model's exit test distance")
+    bench.add_argument("--l-min", type=positive_int, help="override the model's first exit layer")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="autocast dtype (auto: fp16 on CUDA, fp32 on CPU)")
+    bench.add_argument("--clock", default="wall", choices=["wall", "process"],
+                       help="CPU timer: wall, or process CPU time (needs --threads 1; for a shared machine)")
+    bench.add_argument("--out", default="reports/bench_exit_cpu.json", help="JSON; the markdown goes beside it (.md)")
+    reliability = add("reliability", cmd_reliability, "try every fault and bad input on the smoke profile")
+    reliability.add_argument("--out", default="reports/reliability.json", help="JSON; the markdown goes beside it")
+    deploy = add("bench-deploy", cmd_bench_deploy, "the original as shipped, in ONNX Runtime fp32/int8 and ours at "
+                 "its calibrated point, PyTorch and ONNX Runtime: quality and speed side by side")
+    deploy.add_argument("model", help="ours: a calibrated model folder or exit branch (leap_exit.json gives the point)")
+    deploy.add_argument("--original", help="the model users run now (default: an exit branch's original)")
+    deploy.add_argument("--depth", type=int, action="append", default=[], help="also ours at this depth (repeatable)")
+    deploy.add_argument("--batch-sizes", default="1,8,32")
+    deploy.add_argument("--threads", type=int, help="intra-op threads, torch and ONNX Runtime (default: every core)")
+    deploy.add_argument("--warmup", type=int, default=10)
+    deploy.add_argument("--iterations", type=int, default=100)
+    deploy.add_argument("--max-docs", type=int, help="subsample each BEIR corpus (default: every document)")
+    deploy.add_argument("--no-quality", action="store_true", help="time only")
+    deploy.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leap", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
@@ -472,38 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")
-    bench = add("bench", cmd_bench, "latency of every encoder mode vs sentence-transformers -> JSON + markdown")
-    bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
-    bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")
-    bench.add_argument("--batch-sizes", default="1,8,32")
-    bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N, and policy: the model's calibrated policy)")
-    bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
-    bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
-    bench.add_argument("--no-peer", action="store_true", help="skip SentenceTransformer.encode")
-    bench.add_argument("--theta", type=theta_arg, help="override the model's exit threshold")
-    bench.add_argument("--k", type=positive_int, help="override the model's exit test distance")
-    bench.add_argument("--l-min", type=positive_int, help="override the model's first exit layer")
-    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bench.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                       help="autocast dtype (auto: fp16 on CUDA, fp32 on CPU)")
-    bench.add_argument("--clock", default="wall", choices=["wall", "process"],
-                       help="CPU timer: wall, or process CPU time (needs --threads 1; for a shared machine)")
-    bench.add_argument("--out", default="reports/bench_exit_cpu.json", help="JSON; the markdown goes beside it (.md)")
-    reliability = add("reliability", cmd_reliability, "try every fault and bad input on the smoke profile")
-    reliability.add_argument("--out", default="reports/reliability.json", help="JSON; the markdown goes beside it")
-    deploy = add("bench-deploy", cmd_bench_deploy, "the original as shipped, in ONNX Runtime fp32/int8 and ours at "
-                 "its calibrated point, PyTorch and ONNX Runtime: quality and speed side by side")
-    deploy.add_argument("model", help="ours: a calibrated model folder or exit branch (leap_exit.json gives the point)")
-    deploy.add_argument("--original", help="the model users run now (default: an exit branch's original)")
-    deploy.add_argument("--depth", type=int, action="append", default=[], help="also ours at this depth (repeatable)")
-    deploy.add_argument("--batch-sizes", default="1,8,32")
-    deploy.add_argument("--threads", type=int, help="intra-op threads, torch and ONNX Runtime (default: every core)")
-    deploy.add_argument("--warmup", type=int, default=10)
-    deploy.add_argument("--iterations", type=int, default=100)
-    deploy.add_argument("--max-docs", type=int, help="subsample each BEIR corpus (default: every document)")
-    deploy.add_argument("--no-quality", action="store_true", help="time only")
-    deploy.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
+    _add_bench_commands(add)
     return parser
 
 

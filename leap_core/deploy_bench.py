@@ -52,12 +52,13 @@ class ServedPath:
     quality_key: str  # rows with one key compute the same embeddings (to fp32 rounding): evaluated once
     chosen: bool = True
     quality: dict[str, float] = field(default_factory=dict)
+    tokenizer: Any = None
 
 
 def _has_dense_head(folder: Path) -> bool:
-    from leap_core.served import _head
+    from leap_core.served import head_modules
 
-    return any(type(module).__name__ == "Dense" for module in _head(folder))
+    return any(type(module).__name__ == "Dense" for module in head_modules(folder))
 
 
 def paths_at(label: str, model: str, depth: int | None, workdir: Path, threads: int,
@@ -84,6 +85,7 @@ def paths_at(label: str, model: str, depth: int | None, workdir: Path, threads: 
         rows.append(row("torch-eager", "leap encoder (eager)", "fp32",
                         lambda b, s: encoder.encode(b, batch_size=s, mode=mode), "fp32"))
     rows.append(row("torch-frozen", "PyTorch frozen", "fp32", frozen.encode, "fp32"))
+    rows[-1].tokenizer = frozen.tokenizer
     rows.append(row("torch-frozen", "PyTorch frozen", "int8", frozen_int8.encode, "torch-int8"))
     exported = export_onnx(model, workdir / f"{label}-{point.policy.replace(':', '')}", depth, int8=True)
     for precision in ("fp32", "int8"):
@@ -252,7 +254,6 @@ def run_deploy_bench(model: str, original: str, sentences: Sequence[str], sets: 
     torch_paths = {path.name: path.encode for path in paths if path.model == "ours" and path.chosen
                    and path.runtime.startswith("torch") and path.precision == "fp32"}
     ours = next(path for path in paths if path.name == OURS_TORCH)
-    tokenizer_source = next(p for p in paths if p.name == OURS_ORT_FP32)
     result = {
         "model": str(model), "original": str(original), "policy": ours.policy, "depth": ours.depth,
         "extra_depths": list(depths), "threads": threads,
@@ -262,7 +263,7 @@ def run_deploy_bench(model: str, original: str, sentences: Sequence[str], sets: 
                                                  for size in timing["batch_sizes"]}} for p in paths],
         "timing": {key: value for key, value in timing.items() if key != "batch_sizes"},
         "quality_sets": [s.name for s in sets] if quality else [],
-        "profile_bs1": profile_torch(torch_paths, sentences[0], _tokenizer_of(tokenizer_source)),
+        "profile_bs1": profile_torch(torch_paths, sentences[0], ours.tokenizer),
         "sentence_transformers_onnx": sentence_transformers_onnx_backend(),
         "environment": environment(torch.device("cpu")) | {"onnxruntime": _ort_version()},
     }
@@ -271,10 +272,6 @@ def run_deploy_bench(model: str, original: str, sentences: Sequence[str], sets: 
         row["quality_drop"] = quality_drops(row["quality"], reference)
     result.update(headlines(timing, paths))
     return result
-
-
-def _tokenizer_of(path: ServedPath) -> Any:
-    return path.encode.__self__.tokenizer  # a bound OnnxEncoder.encode
 
 
 def _ort_version() -> str:

@@ -73,7 +73,7 @@ def operating_point(model: str | os.PathLike, depth: int | None, scratch: Path) 
     return OperatingPoint(save_cut(folder, depth, scratch / "cut"), depth, label, n_layers)
 
 
-def _head(folder: Path) -> list[Any]:
+def head_modules(folder: Path) -> list[Any]:
     """The sentence-transformers modules after the pooling, in order, as torch modules (Dense, Normalize)."""
     import torch
     import torch.nn.functional as F
@@ -124,7 +124,7 @@ def cut_module(folder: Path, depth: int, attention: str = "eager") -> tuple[Any,
         raise ValueError(f"{folder}: depth {depth}: the model has {len(model.encoder.layer)} layers")
     model.encoder.layer = model.encoder.layer[:depth]
     model.config.num_hidden_layers = depth
-    head = _head(folder)
+    head = head_modules(folder)
 
     class Cut(torch.nn.Module):
         def __init__(self) -> None:

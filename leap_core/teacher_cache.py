@@ -169,18 +169,7 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
                         np.save(handle, chunk)
             chunks.append(chunk)
             bar.update(chunk.shape[1])
-    embeddings = np.concatenate(chunks, axis=1)
-    columns = {"sentence": pa.array(sentences, type=pa.string())}
-    dim = embeddings.shape[-1]
-    for position, layer in enumerate(layers):
-        flat = pa.array(embeddings[position].reshape(-1), type=pa.float16())
-        columns[f"layer_{layer}"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-    metadata = {"leap_cache_key": key, "teacher": teacher, "layers": json.dumps(layers),
-                "max_length": str(max_length), "pooling": POOLING,
-                "leap_content_sha256": content_digest(sentences, list(embeddings))}
-    table = pa.table(columns).replace_schema_metadata(metadata)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    _write_table(path, key, teacher, sentences, layers, max_length, np.concatenate(chunks, axis=1))
     shutil.rmtree(parts, ignore_errors=True)
     if remote:
         from leap_core.storage import upload
@@ -188,6 +177,20 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
         upload(path, remote)
         log.info("teacher cache shared at %s", remote)
     return path
+
+
+def _write_table(path: Path, key: str, teacher: str, sentences: list[str], layers: list[int], max_length: int,
+                 embeddings: np.ndarray) -> None:
+    """The cache file, atomically: one row per sentence, one float16 column per layer, key and checksum as metadata."""
+    columns = {"sentence": pa.array(sentences, type=pa.string())}
+    for position, layer in enumerate(layers):
+        flat = pa.array(embeddings[position].reshape(-1), type=pa.float16())
+        columns[f"layer_{layer}"] = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[-1])
+    metadata = {"leap_cache_key": key, "teacher": teacher, "layers": json.dumps(layers),
+                "max_length": str(max_length), "pooling": POOLING,
+                "leap_content_sha256": content_digest(sentences, list(embeddings))}
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(columns).replace_schema_metadata(metadata), tmp)
 
 
 def _fetch_verified(remote: str, path: Path, key: str, n_rows: int) -> bool:
