@@ -5,7 +5,8 @@
     python flows/leap_flow.py resume                   # after a failure: finished steps are reused
 
 start -> extract -> cache_teacher -> train (foreach arm x seed) -> evaluate -> join -> retrieval -> latency
--> retrofit -> report -> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays.
+-> retrofit -> report -> promote -> end. Steps pass files by URI + sha256 (Parquet, model folders), never arrays:
+file:// on a disk every step sees, or s3:// with `--output-dir s3://bucket/prefix` (no shared disk at all).
 The model steps ask for a GPU (`--with kubernetes` puts them on GPU nodes; locally they run on
 whatever device there is); one failed arm (or BEIR / latency step) is caught and named in the report,
 the others go on.
@@ -32,8 +33,8 @@ from pathlib import Path  # noqa: E402
 
 from metaflow import FlowSpec, Parameter, card, catch, current, resources, retry, schedule, step  # noqa: E402
 
-from leap_core.pipeline import (arm_result, best_result, failure_text, file_ref, local_path, plan_arms,  # noqa: E402
-                                 step_usage)
+from leap_core.pipeline import (arm_result, best_result, failure_text, file_ref, local_path,  # noqa: E402
+                                 output_location, plan_arms, step_usage, task_profile)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.flow")
@@ -87,12 +88,15 @@ class LeapFlow(FlowSpec):
     data_dir = Parameter("data-dir", default=os.environ.get("LEAP_DATA_DIR", ""),
                          help="data directory ($LEAP_DATA_DIR, else the profile's)")
     output_dir = Parameter("output-dir", default=os.environ.get("LEAP_OUTPUT_DIR", ""),
-                           help="where runs and the teacher cache go ($LEAP_OUTPUT_DIR, else the profile's)")
-    artifact_uri = Parameter("artifact-uri", default=os.environ.get("LEAP_ARTIFACT_URI", ""),
-                             help="s3://bucket/prefix: steps hand each other files through S3 (sha256-checked), "
-                                  "and teacher caches are shared there ($LEAP_ARTIFACT_URI, else a shared disk)")
+                           help="where runs and the teacher cache go ($LEAP_OUTPUT_DIR, else the profile's); "
+                                "s3://bucket/prefix: steps hand each other every file through S3 (sha256-checked), "
+                                "with checkpoints, teacher caches and (with no MLflow server) MLflow artifacts there")
     reports_dir = Parameter("reports-dir", default=os.environ.get("LEAP_REPORTS_DIR", "reports"),
                             help="reports are written to <this>/<profile>/ ($LEAP_REPORTS_DIR, else reports)")
+
+    def profile_here(self):
+        """The profile with this task's own scratch folder when files travel through an S3 output dir."""
+        return task_profile(self.settings, self.store)
 
     @step
     def start(self):
@@ -103,17 +107,19 @@ class LeapFlow(FlowSpec):
         overrides = {}
         if self.data_dir:
             overrides["data"] = {"data_dir": self.data_dir}
+        self.store = None
         if self.output_dir:
-            overrides["output_dir"] = self.output_dir
-        if self.artifact_uri:
-            overrides["cache_uri"] = f"{self.artifact_uri.rstrip('/')}/teacher-cache"
+            overrides["output_dir"], self.store = output_location(self.output_dir)
+        if self.store:
+            overrides["cache_uri"] = f"{self.store}/teacher-cache"
         self.settings = load_profile(self.profile, overrides)
         self.plan = plan_arms(self.settings)
         self.tracking_uri = tracking.tracking_uri()
         self.run_pathspec = f"{current.flow_name}/{current.run_id}"
         self.started_at = time.time()
-        self.mlflow_run_id = tracking.start_flow_run(f"leap-{self.settings.name}", self.run_pathspec.replace("/", "-"),
-                                                     self.run_pathspec, self.settings.to_dict(), self.tracking_uri)
+        self.mlflow_run_id = tracking.start_flow_run(
+            f"leap-{self.settings.name}", self.run_pathspec.replace("/", "-"), self.run_pathspec,
+            self.settings.to_dict(), self.tracking_uri, artifact_store=self.store and f"{self.store}/mlflow")
         log.info("profile %s: %d arm runs %s; MLflow %s run %s", self.settings.name, len(self.plan),
                  [f"{p['arm']}-seed{p['seed']}" for p in self.plan], self.tracking_uri, self.mlflow_run_id)
         self.peak_rss_mb = peak_rss_mb()
@@ -125,7 +131,7 @@ class LeapFlow(FlowSpec):
         """Extract and filter the training sentences into Parquet."""
         from leap_core import experiment
 
-        self.sentences = file_ref(experiment.extract(self.settings), self.artifact_uri or None)
+        self.sentences = file_ref(experiment.extract(self.profile_here()), self.store)
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.cache_teacher)
 
@@ -135,8 +141,8 @@ class LeapFlow(FlowSpec):
         """Teacher embeddings of the sentences, computed once and reused when their content key matches."""
         from leap_core import experiment
 
-        self.teacher_cache = file_ref(experiment.cache_teacher(self.settings, local_path(self.sentences),
-                                                               show_progress=False), self.artifact_uri or None)
+        self.teacher_cache = file_ref(experiment.cache_teacher(self.profile_here(), local_path(self.sentences),
+                                                               show_progress=False), self.store)
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.train, foreach="plan")
 
@@ -156,9 +162,10 @@ class LeapFlow(FlowSpec):
         arm, seed = self.spec["arm"], self.spec["seed"]
         self.arm_run_id = tracking.arm_run(self.mlflow_run_id, arm, seed, current.pathspec,
                                            arm_params(self.settings, arm, seed), self.tracking_uri)
-        result = experiment.train_arm(self.settings, arm, seed, local_path(self.teacher_cache), on_step=kill_hook(arm))
+        result = experiment.train_arm(self.profile_here(), arm, seed, local_path(self.teacher_cache),
+                                      on_step=kill_hook(arm), checkpoint_store=self.store and f"{self.store}/checkpoints")
         tracking.log_training(self.arm_run_id, Path(result.model_dir).parent / "train_log.jsonl", self.tracking_uri)
-        self.model = file_ref(result.model_dir, self.artifact_uri or None)
+        self.model = file_ref(result.model_dir, self.store)
         self.train_seconds = result.train_seconds
         self.peak_rss_mb = peak_rss_mb()
         self.next(self.evaluate)
@@ -178,7 +185,7 @@ class LeapFlow(FlowSpec):
         self.spec = dict(self.input)
         self.metrics = None
         if self.train_failure is None:
-            self.metrics = experiment.analyse_trained(self.settings, local_path(self.model))
+            self.metrics = experiment.analyse_trained(self.profile_here(), local_path(self.model))
             tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec}, self.tracking_uri)
             tracking.log_evaluation(self.arm_run_id, self.metrics, self.tracking_uri)
         self.peak_rss_mb = peak_rss_mb()
@@ -191,7 +198,7 @@ class LeapFlow(FlowSpec):
 
         self.results = [arm_result(task) for task in inputs]
         self.merge_artifacts(inputs, include=["settings", "plan", "tracking_uri", "run_pathspec", "mlflow_run_id",
-                                              "sentences", "teacher_cache", "started_at"])
+                                              "sentences", "teacher_cache", "started_at", "store"])
         for result in self.results:
             if result["mlflow_run_id"]:
                 if result["error"]:
@@ -213,7 +220,7 @@ class LeapFlow(FlowSpec):
         from leap_core import experiment, tracking
         from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
 
-        settings = self.settings
+        settings = self.profile_here()
         best = {arm: best_result(self.results, arm) for arm in (LEAP_ARM, BASELINE_ARM)}
         models = {arm: local_path(r["model"]) for arm, r in best.items() if r is not None}
         # Early exit is what LEAP is for; the baseline is the full-depth reference.
@@ -244,7 +251,7 @@ class LeapFlow(FlowSpec):
         best = best_result(self.results, LEAP_ARM)
         self.latency_result = None
         if best is not None:
-            self.latency_result = experiment.latency(self.settings, local_path(best["model"]))
+            self.latency_result = experiment.latency(self.profile_here(), local_path(best["model"]))
             self.latency_result["arm"], self.latency_result["seed"] = best["arm"], best["seed"]
             tracking.log_evaluation(self.mlflow_run_id, {"latency": {key: value for key, value in
                                                                      self.latency_result.items() if key != "table"}},
@@ -266,7 +273,7 @@ class LeapFlow(FlowSpec):
         for model in self.settings.retrofit_models:
             run_id = tracking.arm_run(self.mlflow_run_id, f"{RETROFIT_ARM}-{model_slug(model)}", seed, current.pathspec,
                                       {"model": model, "profile": self.settings.name}, self.tracking_uri)
-            summary = retrofit(self.settings, model, seed=seed, sentences_path=local_path(self.sentences))
+            summary = retrofit(self.profile_here(), model, seed=seed, sentences_path=local_path(self.sentences))
             tracking.log_evaluation(run_id, summary, self.tracking_uri)
             tracking.end_run(run_id, "FINISHED", self.tracking_uri)
             self.retrofit_results[model] = summary
@@ -293,7 +300,7 @@ class LeapFlow(FlowSpec):
                  "step_failures": {k: v for k, v in failures.items() if v},
                  "started_at": self.started_at, "report_at": time.time(),
                  "steps": step_usage(current.flow_name, current.run_id, current.origin_run_id)})
-        self.report_ref = file_ref(written["json"], self.artifact_uri or None)
+        self.report_ref = file_ref(written["json"], self.store)
         current.card["report"].append(Markdown(written["markdown"]))
         for figure in written["figures"]:
             current.card["report"].append(Image(figure.read_bytes(), label=figure.stem))
@@ -316,7 +323,7 @@ class LeapFlow(FlowSpec):
 
             name = self.settings.registry.model_name
             folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy
-            metrics = {**best["metrics"], **policy_metrics(self.settings, str(folder),
+            metrics = {**best["metrics"], **policy_metrics(self.profile_here(), str(folder),
                                                            self.settings.registry.policy_max_sts_drop)}
             version = registry.register(folder, metrics, best["mlflow_run_id"], name, self.tracking_uri)
             self.promotion = {"model_name": name, "arm": best["arm"], "seed": best["seed"],

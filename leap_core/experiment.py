@@ -75,10 +75,12 @@ def arm_dir(profile: Profile, arm: str, seed: int) -> Path:
 
 
 def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | Path,
-              out_dir: str | Path | None = None, on_step=None, wait: bool = False):
+              out_dir: str | Path | None = None, on_step=None, wait: bool = False,
+              checkpoint_store: str | None = None):
     """Train one arm (a configuration of the objective) with one seed; resumes a killed run.
 
     wait: when another process holds the run folder, wait for it (default: refuse, naming its pid).
+    checkpoint_store: s3://... to mirror checkpoints in, so that a restart on another machine resumes them.
     """
     from leap_core.losses import LeapObjective
     from leap_core.models import build_student, freeze_lower_layers
@@ -109,7 +111,8 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     fingerprint = sha256_strings([objective_fingerprint(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
     trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
-                          exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step)
+                          exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step,
+                          checkpoint_store=checkpoint_store)
     return trainer.train(wait=wait)
 
 

@@ -37,6 +37,27 @@ def _digest(path: Path) -> str:
     return sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
 
 
+def output_location(output_dir: str) -> tuple[str, str | None]:
+    """(local run folder, store) of an --output-dir: s3://bucket/prefix is the store every step hands its files
+    through, and runs train in a scratch folder of the task's own machine; a path is a disk every step sees."""
+    from leap_core.io import cache_root
+    from leap_core.storage import is_s3
+
+    if is_s3(output_dir):
+        return str(cache_root() / "runs"), output_dir.rstrip("/")
+    return output_dir, None
+
+
+def task_profile(profile: Any, store: str | None) -> Any:
+    """The profile as one task uses it: with a store, runs go to the scratch folder of the task's own machine
+    (a step retried or resumed elsewhere fetches what it needs from the store, never from another's disk)."""
+    if not store:
+        return profile
+    import dataclasses
+
+    return dataclasses.replace(profile, output_dir=output_location(store)[0])
+
+
 def file_ref(path: str | Path, store: str | None = None) -> dict[str, str]:
     """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data.
 

@@ -193,7 +193,47 @@ def probe_served_model(work: Path, data_dir: Path) -> list[dict[str, Any]]:
              "outcome": f"pickle files: {pickles or 'none'}", "held": not pickles}]
 
 
-PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_served_model)
+def probe_s3(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """Files handed between steps through S3 (a local S3 server process): tampered objects, a pod lost mid-training."""
+    import torch
+    from safetensors.torch import load_file
+
+    from leap_core import experiment, storage
+    from leap_core.pipeline import file_ref, local_path
+
+    profile, cache = _smoke(work, data_dir)
+    with storage.local_server("leap-reliability") as bucket:
+        ref = file_ref(cache, f"{bucket}/handoff")
+        bucket_name, key = storage.split(ref["uri"])
+        storage.client().put_object(Bucket=bucket_name, Key=key, Body=b"not the cache",
+                                    Metadata={storage.SHA256_KEY: ref["sha256"]})  # its recorded digest kept
+        said = _error(lambda: local_path(ref))
+        out = [{"probe": "tampered file between steps", "tried": "the teacher cache a step put in S3 overwritten "
+                "(its sha256 metadata kept) before the next step reads it", "outcome": said,
+                "held": "sha256" in said and ref["uri"] in said}]
+
+        def kill_at_step_3(step: int, terms: dict) -> None:
+            if step == 3:
+                raise _Killed
+
+        store = f"{bucket}/checkpoints"
+        _error(lambda: experiment.train_arm(profile, "leap", 0, cache, out_dir=work / "pod1" / "leap-seed0",
+                                            on_step=kill_at_step_3, checkpoint_store=store))
+        resumed = experiment.train_arm(profile, "leap", 0, cache, out_dir=work / "pod2" / "leap-seed0",
+                                       checkpoint_store=store)
+        straight = experiment.train_arm(profile, "leap", 0, cache, out_dir=work / "straight" / "leap-seed0")
+        a, b = load_file(str(resumed.model_dir / "model.safetensors")), load_file(str(straight.model_dir /
+                                                                                    "model.safetensors"))
+        same = a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+        left = storage.client().list_objects_v2(Bucket=bucket_name, Prefix="checkpoints/").get("KeyCount", 0)
+        out.append({"probe": "training pod lost", "tried": "training killed at step 3 on one disk, restarted on an "
+                    "empty one with the checkpoint mirrored in S3", "outcome": f"resumed from S3 to step "
+                    f"{resumed.steps}; weights equal to a run never killed: {same}; checkpoint objects left: {left}",
+                    "held": same and left == 0})
+    return out
+
+
+PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_served_model, probe_s3)
 
 
 def run_probes(data_dir: str | Path, work: str | Path) -> list[dict[str, Any]]:

@@ -37,15 +37,23 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def experiment_id(name: str, uri: str | None = None) -> str:
-    """Id of experiment `name`, created if missing (artifacts beside the default SQLite store)."""
+def experiment_id(name: str, uri: str | None = None, artifact_store: str | None = None) -> str:
+    """Id of experiment `name`, created if missing.
+
+    Its artifacts: with a server, where the server puts them (`--artifacts-destination`); with no server, under
+    artifact_store (s3://...) when given, else beside the SQLite file (not in ./mlruns of whatever the cwd is).
+    """
     mlflow_client = client(uri)
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):  # no server: artifacts beside the database, not in ./mlruns of any cwd
+    if uri.startswith(("http://", "https://")):
+        pass
+    elif artifact_store:
+        location = f"{artifact_store.rstrip('/')}/{name}"
+    elif uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
@@ -138,10 +146,10 @@ def log_params(run_id: str, params: Mapping[str, Any], uri: str | None = None) -
 
 
 def start_flow_run(experiment: str, run_name: str, pathspec: str, params: Mapping[str, Any],
-                   uri: str | None = None) -> str:
+                   uri: str | None = None, artifact_store: str | None = None) -> str:
     """Open the parent run of one flow run, tagged with its Metaflow pathspec; returns the run id."""
     mlflow_client = client(uri)
-    run = mlflow_client.create_run(experiment_id(experiment, uri), run_name=run_name,
+    run = mlflow_client.create_run(experiment_id(experiment, uri, artifact_store), run_name=run_name,
                                    tags={PATHSPEC_TAG: pathspec, "leap.kind": "flow"})
     log_params(run.info.run_id, params, uri)
     return run.info.run_id

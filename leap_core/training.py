@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from leap_core import checkpoint_store as mirror
 from leap_core.config import ExitConfig, TrainConfig, training_settings
 from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_file, sha256_strings, write_json_atomic, write_text_atomic
 from leap_core.losses import LeapObjective
@@ -84,7 +85,8 @@ class LeapTrainer:
                  teacher: TeacherCache, config: TrainConfig, output_dir: str | Path, seed: int = 0,
                  max_length: int = 128, exit_settings: ExitConfig | None = None,
                  run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None,
-                 serve_max_length: int | None = None, save_extra: Callable[[Path], None] | None = None):
+                 serve_max_length: int | None = None, save_extra: Callable[[Path], None] | None = None,
+                 checkpoint_store: str | None = None):
         n_layers = student.config.num_hidden_layers
         if teacher.embeddings.shape[0] != n_layers:
             raise ValueError(f"teacher cache has {teacher.embeddings.shape[0]} mapped layers; student has {n_layers}")
@@ -103,6 +105,10 @@ class LeapTrainer:
                     if k not in ("checkpoint_every", "log_every", "num_threads", "device")}
         self.fingerprint = sha256_strings([run_fingerprint, json.dumps(semantic, sort_keys=True),
                                            str(seed), str(len(teacher.sentences))])
+        # s3://...: checkpoints are mirrored there (per run folder and fingerprint) for a restart on another machine.
+        self.checkpoint_store = (f"{checkpoint_store.rstrip('/')}/{self.output_dir.name}-{self.fingerprint[:16]}"
+                                 if checkpoint_store else None)
+        self._pushed_sha256: str | None = None
         self.steps_per_epoch = math.ceil(len(teacher.sentences) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps:
@@ -136,6 +142,8 @@ class LeapTrainer:
             "python_rng": [version, list(python_state), gauss],
             "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *(x.item() if hasattr(x, "item") else x
                                                                    for x in numpy_state[2:])]})
+        if self.checkpoint_store:
+            self._pushed_sha256 = mirror.push(self.output_dir, self.checkpoint_store, self._pushed_sha256)
 
     def _read_checkpoint_meta(self) -> dict | None:
         meta_path, tensors = self.output_dir / CHECKPOINT_META, self.output_dir / CHECKPOINT
@@ -240,6 +248,8 @@ class LeapTrainer:
         self.student.to(self.device).train()
         self.objective.to(self.device).train()
         self._build_optimizer()
+        if self.checkpoint_store:
+            mirror.pull(self.output_dir, self.checkpoint_store)
         step = self.load_checkpoint()
         log_path = self.output_dir / "train_log.jsonl"
         if step == 0 and log_path.exists():
@@ -277,6 +287,8 @@ class LeapTrainer:
                                         "final_losses": terms, "fingerprint": self.fingerprint})
         (self.output_dir / CHECKPOINT_META).unlink(missing_ok=True)  # first: a .pt alone is never loaded
         (self.output_dir / CHECKPOINT).unlink(missing_ok=True)
+        if self.checkpoint_store:
+            mirror.drop(self.checkpoint_store)
         return result
 
     def save(self) -> Path:

@@ -1,6 +1,4 @@
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,37 +48,14 @@ def one_thread():
 @pytest.fixture(scope="session")
 def s3_server():
     """moto_server as its own process on a free port; boto3 reaches it through AWS_ENDPOINT_URL_S3."""
-    server = Path(sys.executable).parent / "moto_server"
-    if not server.is_file():
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     from leap_core import storage
 
     try:
-        for _ in range(100):
-            try:
-                storage.client().create_bucket(Bucket="leap-test")
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield "s3://leap-test"
+        server = storage.local_server("leap-test")
+        uri = server.__enter__()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    try:
+        yield uri
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
+        server.__exit__(None, None, None)

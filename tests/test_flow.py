@@ -7,6 +7,7 @@ is, except that STS-B test is cut to its first 120 pairs so evaluation takes a s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -91,8 +92,12 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def smoke_profile(folder: Path, data_dir: Path, arms: dict | None = None) -> Path:
-    """params/smoke.yaml with an absolute data dir and a 120-pair STS-B test file (named smoke.yaml: same profile name)."""
+def smoke_profile(folder: Path, data_dir: Path, arms: dict | None = None, lean: bool = False) -> Path:
+    """params/smoke.yaml with an absolute data dir and a 120-pair STS-B test file (named smoke.yaml: same profile name).
+
+    lean: without the steps that only evaluate (BEIR, the external models' diagnosis, the retrofit), for tests of
+    the plumbing.
+    """
     values = yaml.safe_load((REPO / "params" / "smoke.yaml").read_text())
     lines = (data_dir / "stsb" / "test.tsv").read_text(encoding="utf-8").splitlines()[:STS_PAIRS + 1]
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,9 @@ def smoke_profile(folder: Path, data_dir: Path, arms: dict | None = None) -> Pat
     values["data"].update(data_dir=str(data_dir), sts_eval=str(folder / "sts_test_small.tsv"))
     if arms is not None:
         values.update(arms=arms, ablation_arms=[], sweep_arms=[])
+    if lean:
+        values["evaluation"].update(beir=[], diagnose_external=False, bench_batch_sizes=[1])
+        values["retrofit_models"] = []
     path = folder / "smoke.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -127,13 +135,13 @@ def flow_args(root: Path, profile: Path) -> list[str]:
 # ---------------------------------------------------------------- end to end against an MLflow server
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """infra/mlflow_server.sh on a free localhost port, its state in a temporary folder."""
-    home = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def running_mlflow_server(home: Path, **settings: str):
+    """infra/mlflow_server.sh on a free localhost port, its state in `home` (settings: its environment)."""
     port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
-    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_HOME": str(home)}
+    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_HOME": str(home), **settings}
     env.pop("MLFLOW_HOST", None)
     with open(log, "w") as out:
         process = subprocess.Popen(["bash", str(SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -143,6 +151,12 @@ def mlflow_server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -333,32 +347,72 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
         assert {p["exit_layer"] for p in predictions} == {int(shown.split(",")[0].split(":")[1])}
 
 
-def test_with_an_s3_artifact_uri_steps_share_no_disk_and_the_teacher_cache_is_in_s3(tmp_path, data_dir, s3_server):
-    """The smoke DAG (two arms) with --artifact-uri against a real S3 server process: every file a step hands
-    the next is an s3:// reference (sha256-checked on download into the reader's own cache), the teacher cache
-    is put in S3 and a second run, on an empty disk, takes it from there."""
-    profile = smoke_profile(tmp_path / "profile", data_dir,
-                            arms={"baseline": {"beta": 0.0, "late": 0.0, "redund": 0.0}, "leap": {}})
-    env = {**flow_env(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"),
-           **{key: os.environ[key] for key in os.environ if key.startswith("AWS_")}}
-    logs = []
-    for attempt in ("first", "second"):  # the second: a fresh output dir and leap cache, as on another machine
-        args = ["run", "--profile", str(profile), "--output-dir", str(tmp_path / attempt / "runs"), "--reports-dir",
-                str(tmp_path / attempt / "reports"), "--artifact-uri", f"{s3_server}/flow", "--max-workers", "2"]
-        done = run_flow(args, {**env, "LEAP_CACHE_DIR": str(tmp_path / attempt / "cache")})
-        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-        logs.append(done.stdout + done.stderr)
-    assert "teacher cache shared at s3://leap-test/flow/teacher-cache/" in logs[0]
-    assert "teacher cache hit in s3://leap-test/flow/teacher-cache/" in logs[1] and "teacher cache miss" not in logs[1]
+def s3_flow_env(root: Path, tracking_uri: str, endpoint: str) -> dict:
+    """flow_env with S3 everywhere: Metaflow's datastore (its metadata stays local: no metadata service here)."""
+    return {**flow_env(root, tracking_uri), **{key: os.environ[key] for key in os.environ if key.startswith("AWS_")},
+            "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DATASTORE_SYSROOT_S3": "s3://leap-test/metaflow",
+            "METAFLOW_S3_ENDPOINT_URL": endpoint}
+
+
+def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same_model(tmp_path, data_dir,
+                                                                                       s3_server):
+    """The smoke DAG (its leap arm) with the S3 datastore, --output-dir s3://... and an MLflow server whose
+    artifacts go to S3, all against a real S3 server process. Killed in training, it is resumed with an empty
+    local disk (another machine): the trainer goes on from its checkpoint in S3, to the model a run never killed
+    trains, hash for hash. A second run, on another empty disk, takes the teacher cache from S3 (it is killed
+    once training starts: the rest is the first run's). Every file a step hands the next is an s3:// reference
+    (sha256-checked on download into the reader's own cache)."""
+    profile = smoke_profile(tmp_path / "profile", data_dir, arms={"leap": {}}, lean=True)
+    import torch
+
+    from leap_core import experiment, storage
+    from leap_core.config import load_profile
+    from leap_core.pipeline import file_ref
+
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    with running_mlflow_server(tmp_path / "mlflow", MLFLOW_ARTIFACTS_DESTINATION="s3://leap-test/mlflow") as uri:
+        env = s3_flow_env(tmp_path, uri, endpoint)
+        args = ["run", "--profile", str(profile), "--output-dir", "s3://leap-test/flow", "--reports-dir",
+                str(tmp_path / "reports"), "--max-workers", "2"]
+        on_disk = lambda machine: {**env, "LEAP_CACHE_DIR": str(tmp_path / machine)}  # noqa: E731
+        killed = run_flow(args, {**on_disk("pod1"), KILL_ENV: "leap:3"})
+        assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-6000:]
+        resumed = run_flow(["resume"], on_disk("pod2"))
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
+        second = run_flow(args, {**on_disk("pod3"), KILL_ENV: "leap:1"})
+        assert second.returncode == -signal.SIGKILL, (second.stdout + second.stderr)[-6000:]
+        registered = [item["Key"] for item in storage.client().list_objects_v2(
+            Bucket="leap-test", Prefix="mlflow/")["Contents"]]
+    assert "teacher cache shared at s3://leap-test/flow/teacher-cache/" in killed.stdout + killed.stderr
+    log = resumed.stdout + resumed.stderr
+    assert "checkpoint of step 2 fetched from s3://leap-test/flow/checkpoints/leap-seed0-" in log
+    assert "leap-seed0 at step 2 of 6" in log and "teacher cache miss" not in log  # cloned, not rebuilt
+    assert not storage.client().list_objects_v2(Bucket="leap-test", Prefix="flow/checkpoints/").get("Contents")
+    log = second.stdout + second.stderr
+    assert "teacher cache hit in s3://leap-test/flow/teacher-cache/" in log and "teacher cache miss" not in log
+    assert any(key.endswith("/MLmodel") for key in registered) and any("report.json" in key for key in registered)
     script = """
 import json
 from metaflow import Flow, namespace
 namespace(None)
-run = Flow("LeapFlow").latest_run
+run = list(Flow("LeapFlow"))[1]  # newest first: the second run, the resumed run, the killed one
 refs = [run["extract"].task.data.sentences, run["cache_teacher"].task.data.teacher_cache]
 refs += [task.data.model for task in run["train"]] + [run["report"].task.data.report_ref]
-print(json.dumps([ref["uri"] for ref in refs]))
+print(json.dumps({"uris": [ref["uri"] for ref in refs], "successful": run.successful,
+                  "leap": [task.data.model["sha256"] for task in run["train"] if task.data.spec["arm"] == "leap"]}))
 """
-    found = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    uris = json.loads(found.stdout.strip().splitlines()[-1])
-    assert len(uris) == 5 and all(uri.startswith("s3://leap-test/flow/") for uri in uris), uris
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["successful"] and len(found["uris"]) == 4, found
+    assert all(uri.startswith("s3://leap-test/flow/") for uri in found["uris"]), found
+    # The same arm trained in this process, never killed, on a local disk, with the flow task's one torch thread.
+    straight = load_profile(str(profile), {"output_dir": str(tmp_path / "straight")})
+    cache = experiment.cache_teacher(straight, experiment.extract(straight), show_progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = experiment.train_arm(straight, "leap", 0, cache).model_dir
+    finally:
+        torch.set_num_threads(threads)
+    assert found["leap"] == [file_ref(model)["sha256"]]

@@ -12,7 +12,7 @@ REPORT = Path(__file__).resolve().parents[1] / "reports" / "reliability.json"
 
 def test_every_probe_holds(tmp_path, data_dir):
     results = run_probes(data_dir, tmp_path)
-    assert len(results) >= 12
+    assert len(results) >= 14 and {"tampered file between steps", "training pod lost"} <= {r["probe"] for r in results}
     assert [row["probe"] for row in results if not row["held"]] == []
     assert all("<work>" in row["outcome"] or str(tmp_path) not in row["outcome"] for row in results)
 

@@ -71,3 +71,28 @@ def test_a_step_hands_the_next_a_file_or_folder_through_s3_not_a_shared_disk(s3_
     shutil.rmtree(tmp_path / "other-machine")
     with pytest.raises(ValueError, match="is not the recorded"):
         pipeline.local_path(ref)
+
+
+def test_with_no_mlflow_server_the_flows_artifacts_go_to_the_s3_output_dir(s3_server, tmp_path):
+    """tracking.experiment_id(artifact_store=s3://...): a new experiment keeps its artifacts there, not on disk."""
+    from leap_core import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_flow_run("leap-s3", "run", "LeapFlow/1", {"a": 1}, uri,
+                                     artifact_store=f"{s3_server}/mlflow")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "report.md").write_text("# a report\n")
+    tracking.log_folder(run_id, tmp_path / "reports", "reports", uri)
+    experiment = tracking.client(uri).get_experiment_by_name("leap-s3")
+    assert experiment.artifact_location == f"{s3_server}/mlflow/leap-s3"
+    keys = [item["Key"] for item in storage.client().list_objects_v2(Bucket="leap-test", Prefix="mlflow/leap-s3/")
+            ["Contents"]]
+    assert any(key.endswith(f"{run_id}/artifacts/reports/report.md") for key in keys), keys
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_delete_prefix_removes_only_what_is_under_it(s3_server, tmp_path):
+    for key in ("ckpt/a/1", "ckpt/a/2", "ckpt/ab/3"):
+        storage.client().put_object(Bucket="leap-test", Key=key, Body=b"x")
+    assert storage.delete_prefix(f"{s3_server}/ckpt/a") == 2
+    assert storage.exists(f"{s3_server}/ckpt/ab/3") and not storage.exists(f"{s3_server}/ckpt/a/1")

@@ -59,6 +59,49 @@ def test_killed_run_resumes_to_the_same_weights(smoke, tmp_path):
     assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5, 6]  # steps after the checkpoint not doubled
 
 
+def test_a_run_killed_on_one_machine_resumes_on_another_from_its_s3_checkpoint(smoke, tmp_path, s3_server):
+    """The checkpoint is mirrored in S3: a restart with an empty run folder (another pod) goes on from it, to the
+    same weights as a run never killed; a tampered mirror is refused by its sha256; a finished run leaves none."""
+    from leap_core import storage
+
+    profile, cache = smoke
+    store = f"{s3_server}/checkpoints-test"
+    straight = experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "straight" / "leap-seed0")
+
+    def kill_at_step_5(step, terms):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "pod1" / "leap-seed0",
+                             on_step=kill_at_step_5, checkpoint_store=store)
+    bucket, prefix = storage.split(store)
+    keys = sorted(item["Key"].rsplit("/", 1)[-1] for item in
+                  storage.client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+    assert len(keys) == 3 and keys[0].startswith("checkpoint-") and keys[1:] == ["checkpoint.json", "train_log.jsonl"]
+    record_key = next(item["Key"] for item in storage.client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+                      if item["Key"].endswith("/checkpoint.json"))
+    assert json.loads(storage.client().get_object(Bucket=bucket, Key=record_key)["Body"].read())["step"] == 4
+
+    tensors_key = record_key.replace("checkpoint.json", keys[0])
+    good = storage.client().get_object(Bucket=bucket, Key=tensors_key)
+    body, metadata = good["Body"].read(), good["Metadata"]
+    storage.client().put_object(Bucket=bucket, Key=tensors_key, Body=body[:-1] + bytes([body[-1] ^ 1]),
+                                Metadata=metadata)  # a flipped bit, with the metadata left as it was
+    with pytest.raises(ValueError, match="checkpoint-.*sha256"):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "pod2" / "leap-seed0", checkpoint_store=store)
+    assert not (tmp_path / "pod2" / "leap-seed0" / "checkpoint.pt").exists()
+    storage.client().put_object(Bucket=bucket, Key=tensors_key, Body=body, Metadata=metadata)
+
+    resumed = experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "pod3" / "leap-seed0",
+                                   checkpoint_store=store)
+    for name, tensor in _weights(straight.model_dir).items():
+        assert torch.equal(tensor, _weights(resumed.model_dir)[name]), name
+    log = [json.loads(line) for line in (tmp_path / "pod3" / "leap-seed0" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5, 6]  # the killed pod's lines came with the checkpoint
+    assert "Contents" not in storage.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+
+
 class Payload:
     """Unpickling this runs code: it writes a marker file (what an attacker's planted checkpoint would do)."""
 
