@@ -31,7 +31,8 @@ import signal  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from metaflow import FlowSpec, Parameter, card, catch, current, resources, retry, schedule, step  # noqa: E402
+from metaflow import (FlowSpec, Parameter, card, catch, current, resources, retry, schedule, step,  # noqa: E402
+                      user_step_decorator)
 
 from leap_core.pipeline import (arm_result, best_result, failure_text, file_ref, local_path,  # noqa: E402
                                  output_location, plan_arms, step_usage, task_profile)
@@ -75,6 +76,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@user_step_decorator
+def tracked(step_name, flow, inputs=None, attributes=None):
+    """Every step: MLflow at the tracking URI the start step chose for this run; the task's peak memory after."""
+    if step_name != "start":
+        os.environ["MLFLOW_TRACKING_URI"] = (inputs[0] if inputs else flow).tracking_uri
+    yield
+    flow.peak_rss_mb = peak_rss_mb()
+
+
 # ---------------------------------------------------------------- the flow
 
 @schedule(weekly=True)
@@ -98,6 +108,7 @@ class LeapFlow(FlowSpec):
         """The profile with this task's own scratch folder when files travel through an S3 output dir."""
         return task_profile(self.settings, self.store)
 
+    @tracked
     @step
     def start(self):
         """Load the profile, plan the arms, open the parent MLflow run."""
@@ -119,23 +130,23 @@ class LeapFlow(FlowSpec):
         self.started_at = time.time()
         self.mlflow_run_id = tracking.start_flow_run(
             f"leap-{self.settings.name}", self.run_pathspec.replace("/", "-"), self.run_pathspec,
-            self.settings.to_dict(), self.tracking_uri, artifact_store=self.store and f"{self.store}/mlflow")
+            self.settings.to_dict(), artifact_store=self.store and f"{self.store}/mlflow")
         log.info("profile %s: %d arm runs %s; MLflow %s run %s", self.settings.name, len(self.plan),
                  [f"{p['arm']}-seed{p['seed']}" for p in self.plan], self.tracking_uri, self.mlflow_run_id)
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.extract)
 
     @retry(times=1)
+    @tracked
     @step
     def extract(self):
         """Extract and filter the training sentences into Parquet."""
         from leap_core import experiment
 
         self.sentences = file_ref(experiment.extract(self.profile_here()), self.store)
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.cache_teacher)
 
     @retry(times=1)
+    @tracked
     @step
     def cache_teacher(self):
         """Teacher embeddings of the sentences, computed once and reused when their content key matches."""
@@ -143,12 +154,12 @@ class LeapFlow(FlowSpec):
 
         self.teacher_cache = file_ref(experiment.cache_teacher(self.profile_here(), local_path(self.sentences),
                                                                show_progress=False), self.store)
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.train, foreach="plan")
 
     @resources(gpu=1, cpu=4, memory=32000)
     @retry(times=1)
     @catch(var="train_failure")
+    @tracked
     @step
     def train(self):
         """Train one arm with one seed from the teacher cache (resuming its checkpoint if one exists)."""
@@ -161,18 +172,18 @@ class LeapFlow(FlowSpec):
         self.spec = dict(self.input)
         arm, seed = self.spec["arm"], self.spec["seed"]
         self.arm_run_id = tracking.arm_run(self.mlflow_run_id, arm, seed, current.pathspec,
-                                           arm_params(self.settings, arm, seed), self.tracking_uri)
+                                           arm_params(self.settings, arm, seed))
         result = experiment.train_arm(self.profile_here(), arm, seed, local_path(self.teacher_cache),
                                       on_step=kill_hook(arm), checkpoint_store=self.store and f"{self.store}/checkpoints")
-        tracking.log_training(self.arm_run_id, Path(result.model_dir).parent / "train_log.jsonl", self.tracking_uri)
+        tracking.log_training(self.arm_run_id, Path(result.model_dir).parent / "train_log.jsonl")
         self.model = file_ref(result.model_dir, self.store)
         self.train_seconds = result.train_seconds
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.evaluate)
 
     @resources(gpu=1, cpu=4, memory=16000)
     @retry(times=1)
     @catch(var="eval_failure")
+    @tracked
     @step
     def evaluate(self):
         """STS-B with bootstrap CIs, exits, layer dynamics, NN@10 and the theta/depth sweep of the trained arm."""
@@ -185,12 +196,12 @@ class LeapFlow(FlowSpec):
         self.spec = dict(self.input)
         self.metrics = None
         if self.train_failure is None:
-            self.metrics = experiment.analyse_trained(self.profile_here(), local_path(self.model))
-            tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec}, self.tracking_uri)
-            tracking.log_evaluation(self.arm_run_id, self.metrics, self.tracking_uri)
-        self.peak_rss_mb = peak_rss_mb()
+            self.metrics = experiment.evaluate(self.profile_here(), local_path(self.model), analysis=True, remember=True)
+            tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec})
+            tracking.log_evaluation(self.arm_run_id, self.metrics)
         self.next(self.join)
 
+    @tracked
     @step
     def join(self, inputs):
         """Gather every arm's metrics and failures; close each arm's MLflow run as finished or failed."""
@@ -203,17 +214,17 @@ class LeapFlow(FlowSpec):
             if result["mlflow_run_id"]:
                 if result["error"]:
                     tracking.tag(result["mlflow_run_id"], {"leap.failed_step": result["failed_step"],
-                                                           "leap.error": result["error"]}, self.tracking_uri)
-                tracking.end_run(result["mlflow_run_id"], "FAILED" if result["error"] else "FINISHED", self.tracking_uri)
+                                                           "leap.error": result["error"]})
+                tracking.end_run(result["mlflow_run_id"], "FAILED" if result["error"] else "FINISHED")
         failed = [f"{r['arm']}-seed{r['seed']}" for r in self.results if r["error"]]
         if failed:
             log.warning("failed arms: %s (named in the report)", failed)
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.retrieval)
 
     @resources(gpu=1, cpu=4, memory=16000)
     @retry(times=1)
     @catch(var="retrieval_failure")
+    @tracked
     @step
     def retrieval(self):
         """BEIR of the best LEAP and baseline seeds, theta calibration on STS-B dev, diagnosis of the source models."""
@@ -235,13 +246,13 @@ class LeapFlow(FlowSpec):
                                       if settings.evaluation.diagnose_external else {})}
         for arm, result in best.items():
             if result is not None and arm in self.analysis["beir"]:
-                tracking.log_evaluation(result["mlflow_run_id"], {"beir": self.analysis["beir"][arm]}, self.tracking_uri)
-        self.peak_rss_mb = peak_rss_mb()
+                tracking.log_evaluation(result["mlflow_run_id"], {"beir": self.analysis["beir"][arm]})
         self.next(self.latency)
 
     @resources(gpu=1, cpu=4, memory=16000)
     @retry(times=1)
     @catch(var="latency_failure")
+    @tracked
     @step
     def latency(self):
         """Wall-clock latency of every encoder mode of the best LEAP seed vs sentence-transformers (leap_core.bench)."""
@@ -254,14 +265,13 @@ class LeapFlow(FlowSpec):
             self.latency_result = experiment.latency(self.profile_here(), local_path(best["model"]))
             self.latency_result["arm"], self.latency_result["seed"] = best["arm"], best["seed"]
             tracking.log_evaluation(self.mlflow_run_id, {"latency": {key: value for key, value in
-                                                                     self.latency_result.items() if key != "table"}},
-                                    self.tracking_uri)
-        self.peak_rss_mb = peak_rss_mb()
+                                                                     self.latency_result.items() if key != "table"}})
         self.next(self.retrofit)
 
     @resources(gpu=1, cpu=4, memory=16000)
     @retry(times=1)
     @catch(var="retrofit_failure")
+    @tracked
     @step
     def retrofit(self):
         """Retrofit each of the profile's retrofit_models (a LEAP fine-tune against itself), beside its original."""
@@ -272,15 +282,15 @@ class LeapFlow(FlowSpec):
         seed = self.settings.seeds[0]
         for model in self.settings.retrofit_models:
             run_id = tracking.arm_run(self.mlflow_run_id, f"{RETROFIT_ARM}-{model_slug(model)}", seed, current.pathspec,
-                                      {"model": model, "profile": self.settings.name}, self.tracking_uri)
+                                      {"model": model, "profile": self.settings.name})
             summary = retrofit(self.profile_here(), model, seed=seed, sentences_path=local_path(self.sentences))
-            tracking.log_evaluation(run_id, summary, self.tracking_uri)
-            tracking.end_run(run_id, "FINISHED", self.tracking_uri)
+            tracking.log_evaluation(run_id, summary)
+            tracking.end_run(run_id, "FINISHED")
             self.retrofit_results[model] = summary
-        self.peak_rss_mb = peak_rss_mb()
         self.next(self.report)
 
     @card(type="blank", id="report")
+    @tracked
     @step
     def report(self):
         """reports/<profile>/: markdown, figures and JSON beside the paper's numbers; also a card and MLflow artifacts."""
@@ -304,10 +314,10 @@ class LeapFlow(FlowSpec):
         current.card["report"].append(Markdown(written["markdown"]))
         for figure in written["figures"]:
             current.card["report"].append(Image(figure.read_bytes(), label=figure.stem))
-        tracking.log_folder(self.mlflow_run_id, out_dir, "reports", self.tracking_uri)
-        self.peak_rss_mb = peak_rss_mb()
+        tracking.log_folder(self.mlflow_run_id, out_dir, "reports")
         self.next(self.promote)
 
+    @tracked
     @step
     def promote(self):
         """Register the best LEAP model as a pyfunc and give it `champion` or `challenger` (never retried)."""
@@ -325,12 +335,13 @@ class LeapFlow(FlowSpec):
             folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy
             metrics = {**best["metrics"], **policy_metrics(self.profile_here(), str(folder),
                                                            self.settings.registry.policy_max_sts_drop)}
-            version = registry.register(folder, metrics, best["mlflow_run_id"], name, self.tracking_uri)
+            version = registry.register(folder, metrics, best["mlflow_run_id"], name)
             self.promotion = {"model_name": name, "arm": best["arm"], "seed": best["seed"],
-                              **registry.promote(name, version, self.settings.registry, self.tracking_uri)}
+                              **registry.promote(name, version, self.settings.registry)}
             log.info("promotion: %s", self.promotion)
         self.next(self.end)
 
+    @tracked
     @step
     def end(self):
         """Close the parent MLflow run, tagged with the failed arms and the promotion."""
@@ -345,8 +356,8 @@ class LeapFlow(FlowSpec):
         if self.promotion:
             promotion = self.promotion
             tags["leap.promotion"] = f"{promotion['model_name']} v{promotion['version']} -> {promotion['alias']}"
-        tracking.tag(self.mlflow_run_id, tags, self.tracking_uri)
-        tracking.end_run(self.mlflow_run_id, "FINISHED", self.tracking_uri)
+        tracking.tag(self.mlflow_run_id, tags)
+        tracking.end_run(self.mlflow_run_id, "FINISHED")
         log.info("done in %.1f min: %s; report %s", (time.time() - self.started_at) / 60, tags, self.report_ref["uri"])
 
 

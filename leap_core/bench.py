@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from leap_core.encoder import EarlyExitEncoder, parse_mode
+from leap_core.report.markdown import fmt
 
 PEER = "sentence_transformers"
 DEFAULT_MODES = ("full", "monitored", "batch", "compact")
@@ -92,80 +93,29 @@ def summarize(
     "monitored", "batch", "compact" and PEER are used when present); exit_layers[mode][batch_size]:
     every exit layer the mode returned (absent: full depth). Returns {"table": [...], headline keys}.
     """
-    table = []
-    medians: dict[tuple[str, int], float] = {}
-    reductions: dict[tuple[str, int], float] = {}
-    for mode, by_size in seconds.items():
-        for batch_size, values in sorted(by_size.items()):
-            stats = {key: value * 1e3 for key, value in _percentiles(values).items()}
-            layers = exit_layers.get(mode, {}).get(batch_size)
-            mean_exit = float(np.mean(layers)) if layers is not None and len(layers) else float(n_layers)
-            medians[mode, batch_size] = stats["median"]
-            reductions[mode, batch_size] = n_layers / mean_exit
-            table.append({
-                "mode": mode,
-                "batch_size": batch_size,
-                "iterations": len(values),
-                "median_ms": stats["median"],
-                "p95_ms": stats["p95"],
-                "q25_ms": stats["q25"],
-                "q75_ms": stats["q75"],
-                "iqr_ms": stats["iqr"],
-                "spread": stats["iqr"] / stats["median"] if stats["median"] > 0 else None,
-                "median_ms_per_sentence": stats["median"] / batch_size,
-                "p95_ms_per_sentence": stats["p95"] / batch_size,
-                "mean_exit_layer": mean_exit,
-                "theoretical_reduction": n_layers / mean_exit,
-            })
-    for row in table:
-        full = medians.get(("full", row["batch_size"]))
-        row["speedup"] = full / row["median_ms"] if full is not None else None
-        # Paired: full's time over this mode's in the same iteration, whose drift both shared.
-        full_times = seconds.get("full", {}).get(row["batch_size"], [])
-        mine = seconds[row["mode"]][row["batch_size"]]
-        row["paired_speedup"] = (float(np.median(np.divide(full_times, mine)))
-                                 if len(full_times) == len(mine) and min(mine, default=0) > 0 else None)
-        row["efficiency"] = row["speedup"] / row["theoretical_reduction"] if row["speedup"] is not None else None
-
+    table = _timing_table(seconds, exit_layers, n_layers)
+    medians = {(row["mode"], row["batch_size"]): row["median_ms"] for row in table}
     sizes = sorted({size for _, size in medians})
 
     def ratio(top: tuple[str, int], bottom: tuple[str, int]) -> float | None:
-        if top not in medians or bottom not in medians:
-            return None
-        return medians[top] / medians[bottom]
-
-    overhead = {size: ratio(("monitored", size), ("full", size)) for size in sizes}
-    overhead = {size: value - 1.0 for size, value in overhead.items() if value is not None}
-    paired = {(row["mode"], row["batch_size"]): row["paired_speedup"] for row in table}
-    overhead_paired = {size: 1.0 / paired["monitored", size] - 1.0 for size in sizes
-                       if paired.get(("monitored", size))}
-    overhead_paired_ci = {size: ci for size in overhead_paired
-                          if (ci := paired_overhead_ci(seconds["full"][size], seconds["monitored"][size]))}
-    worst_paired = max(overhead_paired, key=overhead_paired.get) if overhead_paired else None
-    peer = {size: value for size in sizes if (value := ratio((PEER, size), ("full", size))) is not None}
-    exiting = exit_layers.get("compact", exit_layers.get("batch", {}))
-    exits = [layer for size in sizes for layer in exiting.get(size, [])]
-    reduction = n_layers / float(np.mean(exits)) if exits else None
+        return medians[top] / medians[bottom] if top in medians and bottom in medians else None
 
     def speedup(mode: str, size: int) -> float | None:
         return ratio(("full", size), (mode, size))
 
     def efficiency(mode: str, size: int) -> float | None:
+        row = next((r for r in table if r["mode"] == mode and r["batch_size"] == size), None)
         value = speedup(mode, size)
-        return value / reductions[mode, size] if value is not None else None
+        return value / row["theoretical_reduction"] if value is not None else None
 
+    peer = {size: value for size in sizes if (value := ratio((PEER, size), ("full", size))) is not None}
+    exiting = exit_layers.get("compact", exit_layers.get("batch", {}))
+    exits = [layer for size in sizes for layer in exiting.get(size, [])]
     bs1_mode = "compact" if ("compact", 1) in medians else "batch"
     compact32, batch32 = speedup("compact", 32), speedup("batch", 32)
     return {
-        "layer_reduction": reduction,
-        # Headline overhead and peer ratio: the least favourable batch size; every size is listed beside.
-        "overhead_monitored": max(overhead.values()) if overhead else None,
-        "overhead_monitored_by_batch_size": {str(size): value for size, value in overhead.items()},
-        "overhead_monitored_paired": max(overhead_paired.values()) if overhead_paired else None,
-        "overhead_monitored_paired_by_batch_size": {str(size): value for size, value in overhead_paired.items()},
-        # median of the per-iteration monitored/full - 1, with a bootstrap CI, at the worst batch size
-        "overhead_monitored_paired_ci": overhead_paired_ci.get(worst_paired),
-        "overhead_monitored_paired_ci_by_batch_size": {str(size): ci for size, ci in overhead_paired_ci.items()},
+        "layer_reduction": n_layers / float(np.mean(exits)) if exits else None,
+        **_overheads(table, seconds, sizes, ratio),
         "speedup_bs1": speedup(bs1_mode, 1),
         "speedup_bs1_vs_theoretical": efficiency(bs1_mode, 1),
         "speedup_bs32_compact": compact32,
@@ -178,6 +128,58 @@ def summarize(
         "full_vs_sentence_transformers": min(peer.values()) if peer else None,
         "full_vs_sentence_transformers_by_batch_size": {str(size): value for size, value in peer.items()},
         "table": table,
+    }
+
+
+def _timing_table(seconds: dict[str, dict[int, list[float]]], exit_layers: dict[str, dict[int, list[int]]],
+                  n_layers: int) -> list[dict[str, Any]]:
+    """One row per (mode, batch size): time percentiles, per-sentence times, depth, speedups against full."""
+    table = []
+    for mode, by_size in seconds.items():
+        for batch_size, values in sorted(by_size.items()):
+            stats = {key: value * 1e3 for key, value in _percentiles(values).items()}
+            layers = exit_layers.get(mode, {}).get(batch_size)
+            mean_exit = float(np.mean(layers)) if layers is not None and len(layers) else float(n_layers)
+            table.append({
+                "mode": mode, "batch_size": batch_size, "iterations": len(values),
+                "median_ms": stats["median"], "p95_ms": stats["p95"], "q25_ms": stats["q25"], "q75_ms": stats["q75"],
+                "iqr_ms": stats["iqr"], "spread": stats["iqr"] / stats["median"] if stats["median"] > 0 else None,
+                "median_ms_per_sentence": stats["median"] / batch_size, "p95_ms_per_sentence": stats["p95"] / batch_size,
+                "mean_exit_layer": mean_exit, "theoretical_reduction": n_layers / mean_exit,
+            })
+    medians = {(row["mode"], row["batch_size"]): row["median_ms"] for row in table}
+    for row in table:
+        full = medians.get(("full", row["batch_size"]))
+        row["speedup"] = full / row["median_ms"] if full is not None else None
+        # Paired: full's time over this mode's in the same iteration, whose drift both shared.
+        full_times = seconds.get("full", {}).get(row["batch_size"], [])
+        mine = seconds[row["mode"]][row["batch_size"]]
+        row["paired_speedup"] = (float(np.median(np.divide(full_times, mine)))
+                                 if len(full_times) == len(mine) and min(mine, default=0) > 0 else None)
+        row["efficiency"] = row["speedup"] / row["theoretical_reduction"] if row["speedup"] is not None else None
+    return table
+
+
+def _overheads(table: list[dict[str, Any]], seconds: dict[str, dict[int, list[float]]], sizes: list[int],
+               ratio: Callable[[tuple[str, int], tuple[str, int]], float | None]) -> dict[str, Any]:
+    """Monitored mode's cost over full, as a ratio of medians and paired per iteration (with a bootstrap CI)."""
+    overhead = {size: ratio(("monitored", size), ("full", size)) for size in sizes}
+    overhead = {size: value - 1.0 for size, value in overhead.items() if value is not None}
+    paired = {(row["mode"], row["batch_size"]): row["paired_speedup"] for row in table}
+    overhead_paired = {size: 1.0 / paired["monitored", size] - 1.0 for size in sizes
+                       if paired.get(("monitored", size))}
+    overhead_paired_ci = {size: ci for size in overhead_paired
+                          if (ci := paired_overhead_ci(seconds["full"][size], seconds["monitored"][size]))}
+    worst_paired = max(overhead_paired, key=overhead_paired.get) if overhead_paired else None
+    return {
+        # Headline overhead: the least favourable batch size; every size is listed beside.
+        "overhead_monitored": max(overhead.values()) if overhead else None,
+        "overhead_monitored_by_batch_size": {str(size): value for size, value in overhead.items()},
+        "overhead_monitored_paired": max(overhead_paired.values()) if overhead_paired else None,
+        "overhead_monitored_paired_by_batch_size": {str(size): value for size, value in overhead_paired.items()},
+        # median of the per-iteration monitored/full - 1, with a bootstrap CI, at the worst batch size
+        "overhead_monitored_paired_ci": overhead_paired_ci.get(worst_paired),
+        "overhead_monitored_paired_ci_by_batch_size": {str(size): ci for size, ci in overhead_paired_ci.items()},
     }
 
 
@@ -308,6 +310,39 @@ def run_benchmark(
     """
     from leap_core.models import resolve_model
 
+    sentences = _checked_arguments(sentences, batch_sizes, clock, dtype)
+    folder = resolve_model(str(model_path))
+    encoder = EarlyExitEncoder.from_pretrained(folder, device=device, **encoder_overrides)
+    dev = encoder.device
+    warmup, iterations, dtype = _device_settings(dev, warmup, iterations, dtype, clock)
+    for mode in modes:
+        parse_mode(encoder.policy.mode() if mode == "policy" else mode, encoder.num_layers)  # fails before timing
+    calls = _calls(encoder, folder, modes, include_sentence_transformers)
+    load_before = _load_average()
+    started = time.perf_counter()
+    with _autocast(dev, dtype), torch.inference_mode(), _no_gc():
+        probe = draw_batches(sentences, AGREEMENT_SENTENCES, 1, seed)[0]
+        agreement = check_agreement(encoder, probe, modes, batch_sizes, calls.get(PEER))
+        seconds, exit_layers = _time_rotated(calls, modes, sentences, batch_sizes, warmup, iterations, seed, dev, clock)
+    result = summarize(seconds, exit_layers, encoder.num_layers)
+    result["settings"] = {
+        "model": str(model_path), "model_path": str(folder), "n_layers": encoder.num_layers,
+        "hidden_size": encoder.dim, **encoder.rule,
+        "max_length": encoder.max_length, "modes": list(modes), "peer": PEER if include_sentence_transformers else None,
+        "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations, "dtype": dtype,
+        "timer": "cuda events" if dev.type == "cuda" else {"wall": "time.perf_counter (wall)",
+                                                             "process": "time.process_time (CPU)"}[clock],
+        "n_sentences_pool": len(sentences), "seed": seed,
+        "order": "round-robin over modes each iteration, order rotated per iteration",
+        "wall_seconds": time.perf_counter() - started,
+    }
+    result["agreement"] = agreement
+    result["environment"] = environment(dev) | {"load_average_before": load_before,
+                                                "load_average_after": _load_average()}
+    return result
+
+
+def _checked_arguments(sentences: Sequence[str], batch_sizes: Sequence[int], clock: str, dtype: str) -> list[str]:
     sentences = list(sentences)
     for index, item in enumerate(sentences):
         if not isinstance(item, str):
@@ -321,21 +356,25 @@ def run_benchmark(
         raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
     if dtype not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"dtype must be auto, fp32, fp16 or bf16, got {dtype!r}")
-    folder = resolve_model(str(model_path))
-    encoder = EarlyExitEncoder.from_pretrained(folder, device=device, **encoder_overrides)
-    dev = encoder.device
+    return sentences
+
+
+def _device_settings(dev: torch.device, warmup: int | None, iterations: int | None, dtype: str,
+                     clock: str) -> tuple[int, int, str]:
+    """(warmup, iterations, dtype) with the device's defaults for what was left to it."""
     default_warmup, default_iterations = DEFAULT_ITERATIONS["cuda" if dev.type == "cuda" else "cpu"]
     warmup = default_warmup if warmup is None else warmup
     iterations = default_iterations if iterations is None else iterations
     if iterations < 1 or warmup < 0:
         raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations} and {warmup}")
-    if dtype == "auto":
-        dtype = "fp16" if dev.type == "cuda" else "fp32"
     if clock == "process" and dev.type == "cpu" and torch.get_num_threads() != 1:
         raise ValueError("clock 'process' sums CPU time over threads: set torch.set_num_threads(1) first")
-    for mode in modes:
-        parse_mode(encoder.policy.mode() if mode == "policy" else mode, encoder.num_layers)  # fails before timing
+    return warmup, iterations, ("fp16" if dev.type == "cuda" else "fp32") if dtype == "auto" else dtype
 
+
+def _calls(encoder: EarlyExitEncoder, folder: Path, modes: Sequence[str],
+           include_sentence_transformers: bool) -> dict[str, Callable[[list[str], int], Any]]:
+    """What is timed: each encoder mode (with its exit layers), and sentence-transformers at full depth."""
     calls: dict[str, Callable[[list[str], int], Any]] = {
         mode: (lambda batch, size, mode=mode: encoder.encode(batch, batch_size=size, mode=mode,
                                                              return_exit_layers=True))
@@ -344,67 +383,36 @@ def run_benchmark(
     if include_sentence_transformers:
         from sentence_transformers import SentenceTransformer
 
-        peer = SentenceTransformer(str(folder), device=str(dev))
+        peer = SentenceTransformer(str(folder), device=str(encoder.device))
         peer.max_seq_length = encoder.max_length  # same truncation as ours
         peer.eval()
         calls[PEER] = lambda batch, size: peer.encode(batch, batch_size=size, normalize_embeddings=True,
                                                       convert_to_numpy=True, show_progress_bar=False)
+    return calls
 
+
+def _time_rotated(calls: dict[str, Callable[[list[str], int], Any]], modes: Sequence[str], sentences: list[str],
+                  batch_sizes: Sequence[int], warmup: int, iterations: int, seed: int, dev: torch.device,
+                  clock: str) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict[int, list[int]]]]:
+    """Seconds per batch of every call, on the same batches, in an order rotated each iteration; exit layers."""
     names = list(calls)
     seconds: dict[str, dict[int, list[float]]] = {name: {} for name in names}
     exit_layers: dict[str, dict[int, list[int]]] = {mode: {} for mode in modes}
-    load_before = _load_average()
-    started = time.perf_counter()
-    with _autocast(dev, dtype), torch.inference_mode(), _no_gc():
-        probe = draw_batches(sentences, AGREEMENT_SENTENCES, 1, seed)[0]
-        agreement = check_agreement(encoder, probe, modes, batch_sizes, calls.get(PEER))
-        for batch_size in batch_sizes:
-            batches = draw_batches(sentences, batch_size, warmup + iterations, seed)
-            for name in names:
-                seconds[name][batch_size] = []
-            for mode in modes:
-                exit_layers[mode][batch_size] = []
-            for step, batch in enumerate(batches):
-                shift = step % len(names)
-                for name in names[shift:] + names[:shift]:  # rotated: no mode always runs first
-                    elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
-                    if step < warmup:
-                        continue
-                    seconds[name][batch_size].append(elapsed)
-                    if name in exit_layers:
-                        exit_layers[name][batch_size].extend(int(x) for x in result[1])
-
-    result = summarize(seconds, exit_layers, encoder.num_layers)
-    result["settings"] = {
-        "model": str(model_path),
-        "model_path": str(folder),
-        "n_layers": encoder.num_layers,
-        "hidden_size": encoder.dim,
-        "theta": encoder.theta,
-        "k": encoder.k,
-        "l_min": encoder.l_min,
-        "max_length": encoder.max_length,
-        "modes": list(modes),
-        "peer": PEER if include_sentence_transformers else None,
-        "batch_sizes": list(batch_sizes),
-        "warmup": warmup,
-        "iterations": iterations,
-        "dtype": dtype,
-        "timer": "cuda events" if dev.type == "cuda" else {"wall": "time.perf_counter (wall)",
-                                                             "process": "time.process_time (CPU)"}[clock],
-        "n_sentences_pool": len(sentences),
-        "seed": seed,
-        "order": "round-robin over modes each iteration, order rotated per iteration",
-        "wall_seconds": time.perf_counter() - started,
-    }
-    result["agreement"] = agreement
-    result["environment"] = environment(dev) | {"load_average_before": load_before,
-                                                "load_average_after": _load_average()}
-    return result
-
-
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
+    for batch_size in batch_sizes:
+        for name in names:
+            seconds[name][batch_size] = []
+        for mode in modes:
+            exit_layers[mode][batch_size] = []
+        for step, batch in enumerate(draw_batches(sentences, batch_size, warmup + iterations, seed)):
+            shift = step % len(names)
+            for name in names[shift:] + names[:shift]:  # rotated: no mode always runs first
+                elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
+                if step < warmup:
+                    continue
+                seconds[name][batch_size].append(elapsed)
+                if name in exit_layers:
+                    exit_layers[name][batch_size].extend(int(x) for x in result[1])
+    return seconds, exit_layers
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -428,7 +436,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 "speedup_bs32_compact", "speedup_bs32_compact_vs_theoretical", "speedup_bs32_batch",
                 "compact_vs_batch_bs32", "compact_vs_batch_bs32_bound", "full_vs_sentence_transformers"):
         spec = "+.1%" if key.startswith("overhead") else ".3f"
-        value = _fmt(result.get(key), spec)
+        value = fmt(result.get(key), spec)
         if key == "overhead_monitored_paired" and result.get("overhead_monitored_paired_ci"):
             low, high = result["overhead_monitored_paired_ci"]
             value += f" (95% CI {low:+.1%} to {high:+.1%})"
@@ -441,10 +449,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     for row in sorted(result["table"], key=lambda r: (r["batch_size"], r["mode"] == PEER)):
         lines.append(
-            f"| {row['mode']} | {row['batch_size']} | {_fmt(row['median_ms'])} | {_fmt(row['p95_ms'])} | "
-            f"{_fmt(row['iqr_ms'])} | {_fmt(row['median_ms_per_sentence'], '.3f')} | {_fmt(row['speedup'], '.3f')} | "
-            f"{_fmt(row.get('paired_speedup'), '.3f')} | "
-            f"{_fmt(row['theoretical_reduction'], '.3f')} | {_fmt(row['efficiency'], '.3f')} |"
+            f"| {row['mode']} | {row['batch_size']} | {fmt(row['median_ms'], '.2f')} | {fmt(row['p95_ms'], '.2f')} | "
+            f"{fmt(row['iqr_ms'], '.2f')} | {fmt(row['median_ms_per_sentence'], '.3f')} | {fmt(row['speedup'], '.3f')} | "
+            f"{fmt(row.get('paired_speedup'), '.3f')} | "
+            f"{fmt(row['theoretical_reduction'], '.3f')} | {fmt(row['efficiency'], '.3f')} |"
         )
     agreement = result.get("agreement") or []
     if agreement:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 from leap_core.config import load_profile
 
@@ -69,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     overrides = {key: value for key, value in (("theta", args.theta), ("k", args.k), ("l_min", args.l_min))
                  if value is not None}
-    metrics = experiment.evaluate_model(_profile(args), args.model, exit_overrides=overrides or None)
+    metrics = experiment.evaluate(_profile(args), args.model, exit_overrides=overrides or None)
     used = metrics["exit_settings"]
     print(f"exit settings: theta={used['theta']} k={used['k']} l_min={used['l_min']} ({used['source']})",
           file=sys.stderr)
@@ -98,37 +97,10 @@ def cmd_foundation(args: argparse.Namespace) -> None:
     from leap_core import experiment
     from leap_core.io import write_json_atomic
 
-    profile = _profile(args)
-    seed = profile.seeds[0]
-    sentences = experiment.extract(profile)
-    cache = experiment.cache_teacher(profile, sentences)
-    results, seconds = {}, {}
-    arms = {"baseline": args.baseline_arm, "leap": args.leap_arm}
-    for role, arm in arms.items():
-        trained = experiment.train_arm(profile, arm, seed, cache)
-        seconds[role] = round(trained.train_seconds, 1)
-        started = time.perf_counter()
-        results[role] = experiment.evaluate_trained(profile, trained.model_dir)
-        log.info("%s (%s): evaluated in %.0f s: %s", role, arm, time.perf_counter() - started,
-                 {k: v for k, v in results[role].items() if isinstance(v, float)})
-    keys = {"baseline": ["stsb_full", "stsb_exited", "exit_rate", "exit_by_layer_7", "mean_exit_layer", "layer_reduction"]}
-    keys["leap"] = keys["baseline"]
-    report = {
-        "profile": profile.name,
-        "data_dir": str(profile.data.data_dir),
-        "sts_eval": profile.data.sts_eval,
-        "exit": {"theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min},
-        "n_train_sentences": profile.data.n_sentences,
-        "teacher": profile.models.teacher,
-        "teacher_cache": str(cache),
-        "arms": {role: {"arm": arm, "objective": dataclasses.asdict(profile.objective_for(arm))} for role, arm in arms.items()},
-        "training": dataclasses.asdict(profile.training),
-        **{arm: {key: results[arm][key] for key in keys[arm]} for arm in results},
-        "train_seconds_per_arm": seconds,
-        "details": results,
-    }
+    report = experiment.foundation(_profile(args), args.baseline_arm, args.leap_arm)
     write_json_atomic(args.out, report)
-    print(json.dumps({arm: report[arm] for arm in results} | {"train_seconds_per_arm": seconds}, indent=2))
+    print(json.dumps({role: report[role] for role in ("baseline", "leap")}
+                     | {"train_seconds_per_arm": report["train_seconds_per_arm"]}, indent=2))
 
 
 def _write_and_print(result: dict, out: str | None, shown: dict | None = None) -> None:
@@ -440,20 +412,8 @@ def _add_bench_commands(add) -> None:
     deploy.add_argument("--out", default="reports/bench_cpu.json", help="JSON; the markdown goes beside it (.md)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leap", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument("--profile", default=None, help="params/<name>.yaml or a path (default: cpu)")
-        command.add_argument("--data-dir", default=None, help="data directory (default: the profile's)")
-        command.add_argument("--set", action="append", metavar="KEY=VALUE",
-                             help="override a profile field, e.g. --set training.lr=1e-4 (repeatable)")
-        command.set_defaults(func=func)
-        return command
-
+def _add_stage_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The experiment's stages one by one: extract, cache-teacher, train, eval, foundation."""
     add("extract", cmd_extract, "extract and filter training sentences to Parquet").add_argument("--out")
     add("cache-teacher", cmd_cache_teacher, "encode the sentences with the teacher once").add_argument("--sentences")
     train = add("train", cmd_train, "train one arm")
@@ -472,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     foundation.add_argument("--out", default="reports/foundation.json")
     foundation.add_argument("--baseline-arm", default="baseline")
     foundation.add_argument("--leap-arm", default="leap")
+
+
+def _add_analysis_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Analyses of models and reports: eval-suite, diagnose, verify-report."""
     suite = add("eval-suite", cmd_eval_suite, "every analysis (STS, layers, NN@10, sweep, BEIR, diagnostics) "
                 "for several models, with bootstrap CIs")
     suite.add_argument("--model", action="append", metavar="NAME=PATH", help="a model to evaluate (repeatable)")
@@ -504,10 +468,28 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--l-min", type=positive_int,
                              help=f"first layer that may exit (default: {saved}half the depth)")
         command.add_argument("--batch-size", type=int, default=32)
-    _add_depth_commands(add)
     verify = add("verify-report", cmd_verify_report, "check a pipeline report's numbers against its MLflow runs")
     verify.add_argument("report", nargs="?", default="reports/cpu/report.json")
     verify.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the report's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leap", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--profile", default=None, help="params/<name>.yaml or a path (default: cpu)")
+        command.add_argument("--data-dir", default=None, help="data directory (default: the profile's)")
+        command.add_argument("--set", action="append", metavar="KEY=VALUE",
+                             help="override a profile field, e.g. --set training.lr=1e-4 (repeatable)")
+        command.set_defaults(func=func)
+        return command
+
+    _add_stage_commands(add)
+    _add_analysis_commands(add)
+    _add_depth_commands(add)
     _add_bench_commands(add)
     return parser
 

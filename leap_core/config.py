@@ -14,6 +14,8 @@ PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 DEFAULT_PROFILE = "cpu"
 
 
+ENCODE_BATCH_SIZE = 64  # rows per forward pass when encoding for evaluation: fits CPU caches and small GPUs
+
 @dataclass
 class DataConfig:
     data_dir: str = "../shared/data"
@@ -73,28 +75,6 @@ class ObjectiveConfig:
     cross_layers: list[int] | None = None  # 1-indexed exit layers it pairs; None = exit_weight_from..L
 
 
-# Objective fields added after runs were recorded, at the value that reproduces the behaviour before
-# them: left out of the fingerprint at that value, so runs trained before they existed stay resumable.
-_LATER_FIELDS_NEUTRAL = {"final": 1.0, "contrast_layers": None, "adjacent": 0.0, "adjacent_margin": 0.97,
-                         "adjacent_layers": None, "cross": 0.0, "cross_layers": None}
-
-
-def _settings(config: Any, neutral: dict[str, Any]) -> dict[str, Any]:
-    """A config's fields, without the later-added ones (`neutral`) left at their neutral value."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if f.name not in neutral or getattr(config, f.name) != neutral[f.name]}
-
-
-def _fingerprint(config: Any, neutral: dict[str, Any]) -> str:
-    shown = [f"{name}={value!r}" for name, value in _settings(config, neutral).items()]
-    return f"{type(config).__name__}({', '.join(shown)})"
-
-
-def objective_fingerprint(objective: ObjectiveConfig) -> str:
-    """The objective as its dataclass repr, without later-added fields left at their neutral value."""
-    return _fingerprint(objective, _LATER_FIELDS_NEUTRAL)
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 1
@@ -114,18 +94,26 @@ class TrainConfig:
     frozen_layers: int = 0  # embeddings and encoder layers 1..n keep their weights (no backward below); 0 = none
 
 
-# Training fields added after runs were recorded, at their neutral value (as _LATER_FIELDS_NEUTRAL).
-_LATER_TRAINING_FIELDS_NEUTRAL = {"frozen_layers": 0}
+# Fields added after runs were recorded, at the value that reproduces the behaviour before them: left out of a
+# config's identity at that value, so runs trained before they existed keep their fingerprints and stay resumable.
+_LATER_FIELDS_NEUTRAL: dict[type, dict[str, Any]] = {
+    ObjectiveConfig: {"final": 1.0, "contrast_layers": None, "adjacent": 0.0, "adjacent_margin": 0.97,
+                      "adjacent_layers": None, "cross": 0.0, "cross_layers": None},
+    TrainConfig: {"frozen_layers": 0},
+}
 
 
-def training_settings(training: TrainConfig) -> dict[str, Any]:
-    """The training fields, without later-added ones left at their neutral value (what a run's identity sees)."""
-    return _settings(training, _LATER_TRAINING_FIELDS_NEUTRAL)
+def config_settings(config: Any) -> dict[str, Any]:
+    """A config's fields, without later-added ones left at their neutral value (what a run's identity sees)."""
+    neutral = _LATER_FIELDS_NEUTRAL.get(type(config), {})
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in neutral or getattr(config, f.name) != neutral[f.name]}
 
 
-def training_fingerprint(training: TrainConfig) -> str:
-    """The training settings as their dataclass repr, without later-added fields left at their neutral value."""
-    return _fingerprint(training, _LATER_TRAINING_FIELDS_NEUTRAL)
+def config_fingerprint(config: Any) -> str:
+    """The config as its dataclass repr, without later-added fields left at their neutral value."""
+    shown = [f"{name}={value!r}" for name, value in config_settings(config).items()]
+    return f"{type(config).__name__}({', '.join(shown)})"
 
 
 @dataclass

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from leap_core.deploy_bench import TARGETS
+from leap_core.report.markdown import fmt
 
 SET_LABELS = {"stsb-test": "STS-B test", "scifact-test": "SciFact NDCG@10", "nfcorpus-test": "NFCorpus NDCG@10"}
-
-
-def _num(value: Any, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _quality(row: dict[str, Any], name: str) -> str:
@@ -57,7 +54,7 @@ def verdict(result: dict[str, Any]) -> list[str]:
     for key, check in result.get("targets", {}).items():
         ratio = key.startswith(("vs_", "torch_"))
         spec = ".2f" if ratio else (".3f" if "sts" in key else ".1%")
-        value = _num(check["value"], spec) + ("x" if ratio and check["value"] is not None else "")
+        value = fmt(check["value"], spec) + ("x" if ratio and check["value"] is not None else "")
         bar = ("≥ " if check["kind"] == "min" else "≤ ") + format(check["target"], spec) + ("x" if ratio else "")
         met = "-" if check["met"] is None else ("yes" if check["met"] else "**no**")
         lines.append(f"| {labels[key]} | {value} | {bar} | {met} |")

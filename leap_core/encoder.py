@@ -265,6 +265,11 @@ class EarlyExitEncoder:
         return write_exit_settings(path, self.policy, self.calibration, theta=self.theta)
 
     @property
+    def rule(self) -> dict[str, Any]:
+        """{"theta", "k", "l_min"}: the convergence rule this encoder tests."""
+        return {"theta": self.theta, "k": self.k, "l_min": self.l_min}
+
+    @property
     def num_layers(self) -> int:
         return len(self.model.encoder.layer)
 
@@ -425,6 +430,9 @@ class EarlyExitEncoder:
         matmul), which holds both norms and the dot; the cosine and the decision are then a few numpy
         operations on B x 4 numbers. Rows, padding, masks and the MPNet position bias change only on
         layers where rows leave ("compact").
+
+        One function on purpose (over 60 lines): the per-layer loop shrinks a dozen tensors and arrays together, and
+        splitting it would pass them through a state object on every layer of the latency-critical path.
         """
         device = self.device
         lengths = features["lengths"]  # on the host: trimming needs no sync

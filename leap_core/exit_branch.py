@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_core import experiment
-from leap_core.config import BranchConfig, Profile, training_fingerprint
+from leap_core.config import BranchConfig, Profile, config_fingerprint
 from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def branch_dir(profile: Profile, model: str, seed: int, texts_key: str) -> Path:
 
     branch = profile.branch
     recipe = sha256_strings([json.dumps({k: v for k, v in dataclasses.asdict(branch).items() if k != "training"},
-                                        sort_keys=True), training_fingerprint(branch.training), texts_key])[:8]
+                                        sort_keys=True), config_fingerprint(branch.training), texts_key])[:8]
     return experiment.run_dir(profile) / f"branch-{model_slug(model)}-{recipe}-seed{seed}"
 
 

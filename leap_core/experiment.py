@@ -1,7 +1,7 @@
 """The stages of an experiment, each reading and writing files: what the CLI and the flow's steps call.
 
 extract -> sentences Parquet; cache_teacher -> teacher Parquet; train_arm -> student folder;
-evaluate_model -> metrics dict. Paths default to <profile.output_dir>/<profile.name>/...; teacher
+evaluate -> metrics dict. Paths default to <profile.output_dir>/<profile.name>/...; teacher
 caches live in <profile.output_dir>/cache/ so every profile, arm, seed and run shares them.
 """
 
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leap_core.config import Profile, objective_fingerprint
+from leap_core.config import ENCODE_BATCH_SIZE, Profile, config_fingerprint
 from leap_core.io import sha256_strings
 
 log = logging.getLogger(__name__)
@@ -108,22 +108,15 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     freeze_lower_layers(student, training.frozen_layers)
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
-    fingerprint = sha256_strings([objective_fingerprint(profile.objective_for(arm)), str(profile.models), str(cache.path.name)])
+    # config_fingerprint(models) is the dataclass repr this hashed before; a model field added later joins
+    # config._LATER_FIELDS_NEUTRAL, so it does not change every run's identity.
+    fingerprint = sha256_strings([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.models),
+                                  str(cache.path.name)])
     trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step,
                           checkpoint_store=checkpoint_store)
     return trainer.train(wait=wait)
-
-
-def evaluate_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
-    """evaluate_model, remembered beside the model: reused while model, exit settings and STS file are unchanged."""
-    return _remembered(profile, model_dir, "eval", lambda: evaluate_model(profile, model_dir, batch_size))
-
-
-def analyse_trained(profile: Profile, model_dir: str | Path, batch_size: int = 64) -> dict:
-    """analyse_model, remembered beside the model like evaluate_trained (a resumed flow does not redo it)."""
-    return _remembered(profile, model_dir, "analysis", lambda: analyse_model(profile, model_dir, batch_size))
 
 
 def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> dict:
@@ -150,33 +143,17 @@ def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> 
     return metrics
 
 
-def _encoder(profile: Profile, model: str | Path, device: str | None = None):
+def load_encoder(profile: Profile, model: str | Path, **overrides: Any):
+    """The early-exit encoder of MODEL (folder, hub id or random-bert spec) at the profile's exit settings;
+    overrides (theta, k, l_min, device, policy, ...) win."""
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.models import resolve_model
 
-    exit_settings = profile.exit
-    return EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), theta=exit_settings.theta,
-                                            k=exit_settings.k, l_min=exit_settings.l_min, device=device)
+    return EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), **{**dataclasses.asdict(profile.exit),
+                                                                               **overrides})
 
 
-def analyse_model(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
-    """Everything the report and the deployment gate read about one model on the profile's STS test set.
-
-    STS-B full depth and exited with 95% bootstrap CIs over pairs, exit statistics and distribution,
-    per-layer STS, similarity to final, stability, contraction, NN@10 per layer, and the sweep
-    (thresholds, fixed depths, patience, Pareto front). Exit settings: the profile's.
-    """
-    from leap_core.data import read_sts
-    from leap_core.evaluation.suite import sts_analysis
-
-    encoder = _encoder(profile, model)
-    pairs = read_sts(data_path(profile, profile.data.sts_eval))
-    metrics, _ = sts_analysis(encoder, pairs, batch_size, ci={"n_resamples": profile.evaluation.bootstrap_resamples, "seed": 0})
-    metrics.update(theta=encoder.theta, k=encoder.k, l_min=encoder.l_min)
-    return metrics
-
-
-def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, ...]]], batch_size: int = 64) -> dict:
+def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, ...]]], batch_size: int = ENCODE_BATCH_SIZE) -> dict:
     """BEIR NDCG@10 (CIs over queries) on the profile's BEIR sets of each named model, in its encoder modes.
 
     models: {name: (model path, modes)}, e.g. {"leap": (path, ("full", "compact")), "baseline": (path, ("full",))}.
@@ -186,7 +163,7 @@ def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, .
     settings = profile.evaluation
     results = {}
     for name, (path, modes) in models.items():
-        encoder = _encoder(profile, path)  # loaded once for every BEIR set
+        encoder = load_encoder(profile, path)  # loaded once for every BEIR set
         results[name] = {Path(folder).name: evaluate_retrieval(
             encoder, data_path(profile, folder), modes, batch_size=batch_size,
             max_docs=settings.max_beir_docs or None, max_queries=settings.max_beir_queries or None,
@@ -194,17 +171,17 @@ def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, .
     return results
 
 
-def calibration(profile: Profile, model: str | Path, batch_size: int = 64) -> dict:
+def calibration(profile: Profile, model: str | Path, batch_size: int = ENCODE_BATCH_SIZE) -> dict:
     """theta chosen on the profile's STS dev set for the profile's quality floor, with every theta's point."""
     from leap_core.data import read_sts
     from leap_core.evaluation.calibrate import calibrate_encoder
 
     floor = {"max_sts_drop": profile.evaluation.calibration_max_sts_drop}
-    return calibrate_encoder(_encoder(profile, model), read_sts(data_path(profile, profile.data.sts_dev)),
+    return calibrate_encoder(load_encoder(profile, model), read_sts(data_path(profile, profile.data.sts_dev)),
                              batch_size=batch_size, **floor)
 
 
-def diagnose_external(profile: Profile, batch_size: int = 64) -> dict:
+def diagnose_external(profile: Profile, batch_size: int = ENCODE_BATCH_SIZE) -> dict:
     """The paper's diagnosis (theta 0.95, k 1, l_min half the depth) of the models the profile starts from:
     the teacher and the student's source, as published. No timing: only exits and layer dynamics."""
     from leap_core.evaluation.diagnose import diagnose
@@ -225,25 +202,68 @@ def latency(profile: Profile, model: str | Path) -> dict:
                          warmup=settings.bench_warmup or None, iterations=settings.bench_iterations or None)
 
 
-def evaluate_model(profile: Profile, model: str | Path, batch_size: int = 64,
-                   exit_overrides: dict[str, Any] | None = None) -> dict:
-    """STS (full depth and exited), exit statistics and per-layer similarity on the profile's STS set.
+def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_overrides: dict[str, Any] | None = None,
+             batch_size: int = ENCODE_BATCH_SIZE, remember: bool = False) -> dict:
+    """The experiment's one evaluation of a model on the profile's STS eval set, at the model's exit rule.
 
-    The exit rule is the model folder's own (leap_exit.json), else the profile's; exit_overrides win over both.
-    metrics["exit_settings"] says which values were used and where they came from.
+    The rule is the folder's leap_exit.json, else the profile's; exit_overrides win over both, and
+    metrics["exit_settings"] says which values were used and where they came from. Default: STS-B full depth and
+    exited, exit statistics and per-layer similarity (evaluation.sts.evaluate_sts). analysis: everything the report
+    and the deployment gate read (evaluation.suite.sts_analysis: bootstrap CIs, layer dynamics, NN@10, the sweep).
+    remember: kept beside the model folder and reused while model, rule and STS file are unchanged (a resumed
+    flow does not redo it).
     """
+    if remember:
+        return _remembered(profile, model, "analysis" if analysis else "eval",
+                           lambda: evaluate(profile, model, analysis, exit_overrides, batch_size))
     from leap_core.data import read_sts
-    from leap_core.encoder import EXIT_SETTINGS_FILE, EarlyExitEncoder, read_exit_settings
+    from leap_core.encoder import EXIT_SETTINGS_FILE, read_exit_settings
     from leap_core.evaluation.sts import evaluate_sts
+    from leap_core.evaluation.suite import sts_analysis
     from leap_core.models import resolve_model
 
     folder = resolve_model(str(model))
     saved = {key: value for key, value in read_exit_settings(folder).items() if key in ("theta", "k", "l_min")}
-    rule = dataclasses.asdict(profile.exit) | saved | (exit_overrides or {})
+    rule = saved | (exit_overrides or {})
     source = (f"{folder / EXIT_SETTINGS_FILE}" if saved else f"profile {profile.name}") + (
         f", overridden: {sorted(exit_overrides)}" if exit_overrides else "")
-    encoder = EarlyExitEncoder.from_pretrained(str(folder), **rule)
+    encoder = load_encoder(profile, folder, **rule)
     pairs = read_sts(data_path(profile, profile.data.sts_eval))
-    metrics = evaluate_sts(encoder, pairs, batch_size=batch_size)
-    metrics["exit_settings"] = {**rule, "source": source}
+    if analysis:
+        ci = {"n_resamples": profile.evaluation.bootstrap_resamples, "seed": 0}
+        metrics, _ = sts_analysis(encoder, pairs, batch_size, ci=ci)
+        metrics.update(encoder.rule)
+    else:
+        metrics = evaluate_sts(encoder, pairs, batch_size=batch_size)
+    metrics["exit_settings"] = {**encoder.rule, "source": source}
     return metrics
+
+
+def foundation(profile: Profile, baseline_arm: str = "baseline", leap_arm: str = "leap") -> dict[str, Any]:
+    """Both arms trained from one teacher cache with the first seed and evaluated on the STS eval set: the
+    headline numbers of each (report.SEED_KEYS), their settings, train seconds and every detail."""
+    import time
+
+    from leap_core.report.aggregate import SEED_KEYS
+
+    seed = profile.seeds[0]
+    cache = cache_teacher(profile, extract(profile))
+    results, seconds = {}, {}
+    arms = {"baseline": baseline_arm, "leap": leap_arm}
+    for role, arm in arms.items():
+        trained = train_arm(profile, arm, seed, cache)
+        seconds[role] = round(trained.train_seconds, 1)
+        started = time.perf_counter()
+        results[role] = evaluate(profile, trained.model_dir, remember=True)
+        log.info("%s (%s): evaluated in %.0f s: %s", role, arm, time.perf_counter() - started,
+                 {k: v for k, v in results[role].items() if isinstance(v, float)})
+    return {
+        "profile": profile.name, "data_dir": str(profile.data.data_dir), "sts_eval": profile.data.sts_eval,
+        "exit": dataclasses.asdict(profile.exit),
+        "n_train_sentences": profile.data.n_sentences, "teacher": profile.models.teacher, "teacher_cache": str(cache),
+        "arms": {role: {"arm": arm, "objective": dataclasses.asdict(profile.objective_for(arm))}
+                 for role, arm in arms.items()},
+        "training": dataclasses.asdict(profile.training),
+        **{role: {key: results[role][key] for key in SEED_KEYS} for role in results},
+        "train_seconds_per_arm": seconds, "details": results,
+    }

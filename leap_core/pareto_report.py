@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from leap_core.report.markdown import fmt_diff
+
 FIGURE_SETS = ("stsb-dev", "stsb-test", "scifact-test", "nfcorpus-test")
 KIND_STYLE = {"rule": ("tab:blue", "."), "thresholds": ("tab:green", "x"), "oracle": ("tab:gray", "+")}
-
-
-def _ci(c: dict[str, Any]) -> str:
-    return f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
 
 
 def verdict(result: dict[str, Any]) -> str:
@@ -20,13 +18,13 @@ def verdict(result: dict[str, Any]) -> str:
     if wins:
         return (f"Adaptive exit ({best['name']}, chosen on STS-B dev) is above the fixed-cut line at matched depth, "
                 f"with a 95% CI above 0 and by at least {result['min_effect']}, on sets not used to choose it: "
-                + "; ".join(f"{name} {_ci(best['minus_cut'][name])} at mean depth "
+                + "; ".join(f"{name} {fmt_diff(best['minus_cut'][name])} at mean depth "
                             f"{best['minus_cut'][name]['mean_depth']:.2f} of {result['n_layers']}" for name in wins)
                 + ". "
                 f"The calibrated policy is {chosen['name']}.")
     return (f"No adaptive policy beats the fixed-cut line at matched depth with a CI above 0 and by at least "
             f"{result['min_effect']} on any set not used to choose it"
-            + (f" (the best on dev, {best['name']}, is {_ci(best['minus_cut']['stsb-test'])} on STS-B test)" if best
+            + (f" (the best on dev, {best['name']}, is {fmt_diff(best['minus_cut']['stsb-test'])} on STS-B test)" if best
                else "") + f". The recommendation is the calibrated {chosen['name']}.")
 
 
@@ -64,7 +62,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"`{comparison['name']}`, {chosen_how}; quality minus the cut line at the same mean depth, "
                   "paired bootstrap 95% CI:", "", "| set | mean depth | cut line | difference [95% CI] |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {c['mean_depth']:.2f} | {c['line']:.3f} | {_ci(c)} |"
+        lines += [f"| {name} | {c['mean_depth']:.2f} | {c['line']:.3f} | {fmt_diff(c)} |"
                   for name, c in comparison["minus_cut"].items()]
         lines += ["", "Pairs whose two sentences exit at different layers (mixed) against the same layer:", "",
                   "| set | mixed pairs | loss vs full | same-layer pairs | loss vs full |", "|---|---|---|---|---|"]
@@ -145,7 +143,7 @@ def readme_rows(results: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(f"| {name} | {chosen['name']} | {chosen['test_stsb']:.3f} ({full['sets']['stsb-test']['quality']:.3f}) "
                     f"| {chosen['layer_reduction']:.2f}x | {_speed(chosen.get('speedup_bs1'))} / "
                     f"{_speed(chosen.get('speedup_bs32'))} | "
-                    + (f"{_ci(adaptive)} ({adaptive['point']})" if adaptive else "-")
+                    + (f"{fmt_diff(adaptive)} ({adaptive['point']})" if adaptive else "-")
                     + f" | {', '.join(result['adaptive_wins_on']) or 'no set'} |")
     return rows
 

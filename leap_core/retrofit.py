@@ -13,6 +13,7 @@ The exit test then passes for text like the training text (exit_rate_by_genre sh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from leap_core import experiment
-from leap_core.config import Profile, _build, _merge, objective_fingerprint, training_fingerprint
+from leap_core.config import ENCODE_BATCH_SIZE, Profile, _build, _merge, config_fingerprint
 from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 from leap_core.models import resolve_model
 from leap_core.stats import spearman_difference_ci
@@ -46,9 +47,7 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
         "models": {"teacher": model, "student_init": model, "student_layers": depth},
         "exit": {"l_min": l_min},
         # Pull the exit layers l_min..L-1 onto the final one and give them the teacher's similarity structure
-        # (an exit must also be a good embedding). Not layer l_min - 1: pulling it too makes exits at l_min
-        # possible, but spreads the same steps over one more layer; on all-MiniLM-L6-v2 (313 steps) every exit
-        # layer scored 0.005-0.008 lower STS-B and exited quality 0.004 lower, for 32% exits instead of 30%.
+        # (an exit must also be a good embedding); not layer l_min - 1 (docs/tuning.md, "Retrofit: LEAP ...").
         "objective": {"exit_weight_from": l_min, "late_layers": list(range(l_min, depth)),
                       "contrast_layers": list(range(l_min, depth + 1))},
     })
@@ -58,8 +57,7 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
     arm = {**values["objective"], **values["arms"][RETROFIT_ARM]}
     if arm["adjacent"] and arm["adjacent_layers"] is None:
         # L_adjacent on the pairs among the exit layers, (l_min, l_min+1) .. (L-2, L-1): not (l_min-1, l_min),
-        # which moves a layer below the exits (all-MiniLM-L6-v2 with it, at weight 40: exited STS-B 0.735),
-        # nor (L-1, L), which L_late already pulls.
+        # which moves a layer below the exits (docs/tuning.md), nor (L-1, L), which L_late already pulls.
         values["arms"][RETROFIT_ARM]["adjacent_layers"] = list(range(l_min + 1, depth))
     return _build(Profile, values, f"{base.name} (retrofit of {model})")
 
@@ -70,8 +68,8 @@ def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None =
     profile: retrofit_profile(base, model), when the caller already has it (it reads MODEL's config).
     """
     profile = profile or retrofit_profile(base, model)
-    recipe = sha256_strings([objective_fingerprint(profile.objective_for(RETROFIT_ARM)),
-                             training_fingerprint(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
+    recipe = sha256_strings([config_fingerprint(profile.objective_for(RETROFIT_ARM)),
+                             config_fingerprint(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
     return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
 
 
@@ -103,10 +101,10 @@ def compare_with_truncation(profile: Profile, original: str, retrofitted: str | 
     pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
     unique, idx1, idx2 = pair_rows(pairs)
     depth = int(round(mean_exit_layer))
-    settings = {"theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min}
-    exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=64, mode="compact")
+    settings = dataclasses.asdict(profile.exit)
+    exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=ENCODE_BATCH_SIZE, mode="compact")
     cut = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), **settings).encode(
-        unique, batch_size=64, mode=f"fixed:{depth}")
+        unique, batch_size=ENCODE_BATCH_SIZE, mode=f"fixed:{depth}")
     ci = spearman_difference_ci(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), pairs.scores)
     return {"truncated_depth": depth, "difference": ci["estimate"], "ci_low": ci["low"], "ci_high": ci["high"]}
 
@@ -117,17 +115,15 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
     The exit test's pass rate depends on the text: it holds for text like the retrofit's training text.
     """
     from leap_core.data import DataError, read_sts
-    from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.sts import pair_rows
 
     path = experiment.data_path(profile, profile.data.sts_eval_genres)
     pairs = read_sts(path)
     if pairs.genres is None:
         raise DataError(f"{path}: no genre field (data.sts_eval_genres needs the raw STS-B layout)")
-    encoder = EarlyExitEncoder.from_pretrained(str(model_dir), theta=profile.exit.theta, k=profile.exit.k,
-                                               l_min=profile.exit.l_min)
+    encoder = experiment.load_encoder(profile, model_dir)
     unique, idx1, idx2 = pair_rows(pairs)
-    _, exit_layers = encoder.encode(unique, batch_size=64, mode="compact", return_exit_layers=True)
+    _, exit_layers = encoder.encode(unique, batch_size=ENCODE_BATCH_SIZE, mode="compact", return_exit_layers=True)
     exit_layers = np.asarray(exit_layers)
     genres = np.asarray(pairs.genres)
     result = {}
@@ -157,9 +153,9 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
     dev, dev1, dev2 = pair_rows(dev_pairs)
     retro = EarlyExitEncoder.from_pretrained(str(retrofitted), k=k, l_min=l_min)
     original_full = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), k=k, l_min=l_min).encode(
-        dev, batch_size=64, mode="full")
+        dev, batch_size=ENCODE_BATCH_SIZE, mode="full")
     original_dev = spearman(original_full[dev1], original_full[dev2], dev_pairs.scores)
-    dev_layers = retro.layer_embeddings(dev, batch_size=64)
+    dev_layers = retro.layer_embeddings(dev, batch_size=ENCODE_BATCH_SIZE)
     dev_points = calibration_points(dev_layers, dev1, dev2, dev_pairs.scores, THETAS, k, l_min)
     retro_dev = spearman(dev_layers[-1][dev1], dev_layers[-1][dev2], dev_pairs.scores)
     # calibrate's sts_drop is measured from the retrofit's own full depth; the budget is from the original's.
@@ -170,7 +166,7 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
         return result
     test_pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
     test, test1, test2 = pair_rows(test_pairs)
-    measured = calibration_points(retro.layer_embeddings(test, batch_size=64), test1, test2, test_pairs.scores,
+    measured = calibration_points(retro.layer_embeddings(test, batch_size=ENCODE_BATCH_SIZE), test1, test2, test_pairs.scores,
                                   [chosen["theta"]], k, l_min)[0]
     result.update({"measured_on": profile.data.sts_eval, "dev_layer_reduction": chosen["layer_reduction"],
                    "dev_stsb_exited": chosen["stsb"],
@@ -193,13 +189,13 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
     sentences_path = retrofit_sentences(base, profile, sentences_path)
     cache = experiment.cache_teacher(profile, sentences_path)
     trained = experiment.train_arm(profile, RETROFIT_ARM, seed, cache, out_dir=retrofit_dir(base, model, seed, profile))
-    original = experiment.evaluate_model(profile, model)
-    result = experiment.evaluate_model(profile, trained.model_dir)
+    original = experiment.evaluate(profile, model)
+    result = experiment.evaluate(profile, trained.model_dir)
     summary = {
         "model": model,
         "model_dir": str(trained.model_dir),
         "depth": result["n_layers"],
-        "theta": profile.exit.theta, "k": profile.exit.k, "l_min": profile.exit.l_min,
+        **dataclasses.asdict(profile.exit),
         "original_stsb": original["stsb_full"],
         "original_exit_rate": original["exit_rate"],
         "stsb_full": result["stsb_full"],
@@ -227,13 +223,9 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
     return summary
 
 
-SUMMARY_KEYS = ("original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
-                "train_seconds")
-
-
 
 def against_original(profile: Profile, model: str, full: str | Path | None, cuts: str | Path,
-                     depths: list[int], batch_size: int = 64) -> dict[str, Any]:
+                     depths: list[int], batch_size: int = ENCODE_BATCH_SIZE) -> dict[str, Any]:
     """STS-B dev and test and every BEIR set of the profile, full path and each cut, against MODEL itself.
 
     full: the full path's folder (None: the original itself, as for an exit branch); cuts: the folder whose

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-
-def _ci(diff: Mapping[str, float]) -> str:
-    return f"{diff['diff']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+from leap_core.report.markdown import fmt_diff
 
 
 def _relative(value: float, original: float) -> str:
@@ -65,10 +63,10 @@ def _depth_rows(run: Mapping[str, Any]) -> list[str]:
              + " | ".join(f"{s}: NDCG@10 - original [CI] | {s}: index compat - original [CI] | {s}: cos" for s in sets)
              + " |", "|---" * (3 + 3 * len(sets)) + "|"]
     for d in evaluation["sts_test"]["cuts"]:
-        cells = [d, f"{evaluation['sts_dev']['cuts'][d]['stsb']:.3f}", _ci(evaluation["sts_test"]["cuts"][d]["minus_original"])]
+        cells = [d, f"{evaluation['sts_dev']['cuts'][d]['stsb']:.3f}", fmt_diff(evaluation["sts_test"]["cuts"][d]["minus_original"])]
         for s in sets:
             cut = evaluation["beir"][s]["cuts"][d]
-            cells += [_ci(cut["minus_original"]), _ci(cut["index_compat_minus_original"]), f"{cut['cos_to_original_final']:.3f}"]
+            cells += [fmt_diff(cut["minus_original"]), fmt_diff(cut["index_compat_minus_original"]), f"{cut['cos_to_original_final']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

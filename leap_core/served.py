@@ -226,7 +226,7 @@ class TorchCutEncoder(BatchedEncoder):
             return self.module(*(torch.from_numpy(feed[name]) for name in self.inputs)).numpy()
 
 
-def load_encoder(path: str | os.PathLike, **options: Any) -> Any:
+def load_deployed(path: str | os.PathLike, **options: Any) -> Any:
     """One call for any leap folder: an ONNX export (leap_onnx.json) -> export.OnnxEncoder (options: precision,
     threads); a model folder or hub id -> EarlyExitEncoder serving its saved policy (options: its overrides)."""
     from leap_core.encoder import EarlyExitEncoder

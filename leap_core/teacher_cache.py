@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.io import atomic_path, sha256_strings
 from leap_core.models import load_weights, model_fingerprint, resolve_model
 from leap_core.pooling import pooled_layers
@@ -123,7 +124,7 @@ def _encode_chunk(model, tokenizer, sentences: list[str], layers: list[int], max
 
 
 def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], cache_dir: str | Path,
-                        max_length: int = 128, batch_size: int = 64, device: str = "auto",
+                        max_length: int = 128, batch_size: int = ENCODE_BATCH_SIZE, device: str = "auto",
                         show_progress: bool = True, shared_uri: str | None = None) -> Path:
     """Make sure a verified cache of `teacher` on `sentences` at `layers` exists; return its path.
 

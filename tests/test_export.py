@@ -15,7 +15,7 @@ from leap_core.evaluation.pareto import save_policy  # noqa: E402
 from leap_core.export import EXPORT_FILE, OnnxEncoder, export_onnx  # noqa: E402
 from leap_core.models import resolve_model  # noqa: E402
 from leap_core.policy import ExitPolicy  # noqa: E402
-from leap_core.served import TorchCutEncoder, load_encoder  # noqa: E402
+from leap_core.served import TorchCutEncoder, load_deployed  # noqa: E402
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["one", "two words here and more words to pad the batch", "x", "a cat sits on the mat", ""]
@@ -41,9 +41,9 @@ def test_the_export_at_the_calibrated_cut_equals_leaps_encoder_and_int8_stays_cl
     assert fp32.precision == "fp32" and OnnxEncoder(out).precision == "int8"  # the folder's own graph: int8
     assert (OnnxEncoder(out).encode(TEXTS) * expected).sum(-1).min() > INT8_MIN_COSINE
     assert OnnxEncoder(out).encode("one").shape == (64,)
-    served = load_encoder(out, precision="fp32")  # one call: the export folder serves through ONNX Runtime
+    served = load_deployed(out, precision="fp32")  # one call: the export folder serves through ONNX Runtime
     assert isinstance(served, OnnxEncoder) and np.allclose(served.encode(TEXTS), expected, atol=1e-4)
-    assert isinstance(load_encoder(folder), EarlyExitEncoder)
+    assert isinstance(load_deployed(folder), EarlyExitEncoder)
 
 
 def test_the_frozen_pytorch_path_equals_leaps_encoder_and_its_int8_stays_close(folder):

@@ -373,19 +373,19 @@ def test_objective_contrast_layers_average_the_listed_layers():
         objective(contrast_layers=[0, L + 1])
 
 
-def test_objective_fingerprint_unchanged_by_neutral_later_fields():
+def test_config_fingerprint_unchanged_by_neutral_later_fields():
     """Runs trained before `final`, `contrast_layers`, `adjacent*` and `cross*` existed keep their fingerprint."""
-    from leap_core.config import objective_fingerprint
+    from leap_core.config import config_fingerprint
 
     cfg = ObjectiveConfig(beta=2.0, late_layers=[5, 6])
     before = repr(cfg).replace(
         ", final=1.0, contrast_layers=None, adjacent=0.0, adjacent_margin=0.97, adjacent_layers=None, cross=0.0, "
         "cross_layers=None", "")
-    assert objective_fingerprint(cfg) == before
-    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], final=4.0)) != before
-    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], contrast_layers=[6])) != before
-    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], adjacent=1.0)) != before
-    assert objective_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], cross=1.0)) != before
+    assert config_fingerprint(cfg) == before
+    assert config_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], final=4.0)) != before
+    assert config_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], contrast_layers=[6])) != before
+    assert config_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], adjacent=1.0)) != before
+    assert config_fingerprint(ObjectiveConfig(beta=2.0, late_layers=[5, 6], cross=1.0)) != before
 
 
 def test_adjacent_loss_hinge_values_and_stop_gradient():

@@ -153,3 +153,26 @@ def test_seed_summaries_are_t_intervals(values, expected):
     summary = report.seed_summaries(results, "leap")["stsb_exited"]
     assert summary["estimate"] == pytest.approx(expected[0])
     assert summary["std"] == (pytest.approx(expected[1]) if expected[1] else None)
+
+
+def test_the_committed_cpu_report_is_rebuilt_byte_for_byte_from_what_it_records(tmp_path):
+    """The report is a function of the run's recorded results: the committed report.md and report.json come back
+    unchanged from report.json's own inputs (what `resume report` would redo)."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "reports" / "cpu"
+    written = report.rebuild(committed / "report.json", load_profile("cpu"), tmp_path)
+    assert written["markdown"] == (committed / "report.md").read_text(encoding="utf-8")
+    rebuilt, recorded = (json.loads(p.read_text()) for p in (tmp_path / "report.json", committed / "report.json"))
+    assert {k: v for k, v in rebuilt.items() if k != "figures"} == {k: v for k, v in recorded.items() if k != "figures"}
+
+
+def test_every_claim_is_one_function_and_its_paper_numbers_come_from_the_reference():
+    from leap_core.report.claims import CLAIMS, THRESHOLDS
+
+    ref = report.load_reference()
+    rows = report.claims([], None, None, ref, 6)
+    assert len(rows) == len(CLAIMS) == 12 and all(row["verdict"] == report.NOT_MEASURED for row in rows)
+    ref["exits"]["leap_exit_by_layer_7"] = 0.5  # an edited reference number shows in the claim's text
+    assert "50.0% by layer 7" in report.claims([], None, None, ref, 6)[1]["claim"]
+    assert {"monitoring", "speedup_bs1", "beir_flat"} <= set(THRESHOLDS)

@@ -160,7 +160,7 @@ def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
 def test_frozen_layers_keep_their_weights_and_the_rest_learn(smoke, tmp_path):
     import dataclasses
 
-    from leap_core.config import TrainConfig, training_fingerprint
+    from leap_core.config import TrainConfig, config_fingerprint
     from leap_core.models import build_student
 
     profile, cache = smoke
@@ -174,8 +174,8 @@ def test_frozen_layers_keep_their_weights_and_the_rest_learn(smoke, tmp_path):
     assert all(torch.equal(before[name], after[name]) for name in kept)
     assert any(not torch.equal(before[name], after[name]) for name in trained)
     # a training field added later stays out of the fingerprint at its neutral value (old runs resume)
-    assert "frozen_layers" not in training_fingerprint(TrainConfig())
-    assert "frozen_layers=2" in training_fingerprint(frozen.training)
+    assert "frozen_layers" not in config_fingerprint(TrainConfig())
+    assert "frozen_layers=2" in config_fingerprint(frozen.training)
     with pytest.raises(ValueError, match="frozen_layers must be in 0..4"):
         experiment.train_arm(dataclasses.replace(profile, training=dataclasses.replace(profile.training,
                                                                                          frozen_layers=9)),
@@ -256,3 +256,13 @@ def test_an_unknown_arm_is_refused_before_any_extraction_or_teacher_pass(tmp_pat
             "--arm", "no-such-arm"]
     assert main(argv) == 2
     assert "has no arm 'no-such-arm'" in capsys.readouterr().err
+
+
+def test_a_runs_identity_is_unchanged_by_how_the_models_are_fingerprinted(data_dir):
+    """Run folders and checkpoints trained before config_fingerprint(models) keep their identity: it equals the
+    dataclass repr that was hashed, for every committed profile."""
+    from leap_core.config import config_fingerprint
+
+    for name in ("cpu", "cpu_long", "paper", "smoke"):
+        models = load_profile(name).models
+        assert config_fingerprint(models) == str(models)

@@ -7,14 +7,13 @@ line by line and decompressed once into a cache folder keyed by their content ha
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from leap_core.data import DataError
-from leap_core.data.corpus import iter_lines
+from leap_core.data.corpus import iter_lines, jsonl_record
 from leap_core.io import cache_root as leap_cache_root
 from leap_core.io import sha256_file
 
@@ -26,24 +25,11 @@ def default_cache_dir() -> Path:
     return leap_cache_root()
 
 
-def _check_jsonl_line(path: Path, lineno: int, line: str) -> None:
-    """A BEIR jsonl line: a JSON object with a string "_id" and a string "text"."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
-    for field in ("_id", "text"):
-        if not isinstance(record.get(field), str):
-            raise DataError(f"{path}, line {lineno}: field '{field}' is missing or not a string")
-
-
 def _check_jsonl(path: Path, out=None) -> None:
     """Check every line of a (plain or .gz) BEIR jsonl file; copy the lines to `out` if given."""
     count = 0
     for lineno, line in iter_lines(path):
-        _check_jsonl_line(path, lineno, line)
+        jsonl_record(path, lineno, line, required=("_id", "text"))
         count += 1
         if out is not None:
             out.write(line + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import random
 import re
 import zlib
@@ -49,6 +50,25 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 yield lineno, text.rstrip("\n")
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}, after line {lineno}: cannot read ({exc})") from exc
+
+
+def jsonl_record(path: Path, lineno: int, line: str, required: Sequence[str] = (),
+                 optional: Sequence[str] = ()) -> dict:
+    """One line of a JSON-lines file: an object whose `required` fields are strings, and its `optional` ones too
+    when present; anything else is a DataError naming the file, line and field."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+    for field in required:
+        if not isinstance(record.get(field), str):
+            raise DataError(f"{path}, line {lineno}: field '{field}' is missing or not a string")
+    for field in optional:
+        if not isinstance(record.get(field, ""), str):
+            raise DataError(f"{path}, line {lineno}: field '{field}' is not a string")
+    return record
 
 
 def read_sentences(path: str | Path) -> list[str]:

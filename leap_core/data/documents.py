@@ -7,14 +7,13 @@ you index" reads the user's own unlabelled documents (`read_user_corpus`).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 from typing import Sequence
 
 from leap_core.data import DataError
-from leap_core.data.corpus import iter_lines
+from leap_core.data.corpus import iter_lines, jsonl_record
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
@@ -47,18 +46,8 @@ def split_sentences(text: str, min_chars: int = 21) -> list[str]:
 
 
 def _jsonl_text(path: Path, lineno: int, line: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
-    text, title = record.get("text"), record.get("title", "")
-    if not isinstance(text, str):
-        raise DataError(f"{path}, line {lineno}: field 'text' is missing or not a string")
-    if not isinstance(title, str):
-        raise DataError(f"{path}, line {lineno}: field 'title' is not a string")
-    return (title + " " + text).strip()  # BEIR's convention, as leap_core.evaluation.retrieval.document_text
+    record = jsonl_record(path, lineno, line, required=("text",), optional=("title",))
+    return (record.get("title", "") + " " + record["text"]).strip()  # BEIR's convention (retrieval.document_text)
 
 
 def _parquet_texts(path: Path) -> list[str]:

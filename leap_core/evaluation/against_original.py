@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from leap_core.config import ENCODE_BATCH_SIZE
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ class Embedder:
     weights, the texts and the max length, so the original's are computed once for every run judged against it.
     """
 
-    def __init__(self, encoder: Any, batch_size: int = 64, heads: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    def __init__(self, encoder: Any, batch_size: int = ENCODE_BATCH_SIZE, heads: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
                  cache_dir: str | Path | None = None, fingerprint: str | None = None):
         self.encoder, self.batch_size, self.heads, self._memo = encoder, batch_size, heads or {}, {}
         self.cache_dir, self.fingerprint = (Path(cache_dir) if cache_dir else None), fingerprint

@@ -123,7 +123,7 @@ def diagnose_encoder(encoder: Any, sentences: Sequence[str], batch_size: int = 3
         "verdict": verdict["verdict"],
         "exit_rate": stats["exit_rate"],
         "similarity_to_final": similarity,
-        "theta": encoder.theta, "k": encoder.k, "l_min": encoder.l_min,
+        **encoder.rule,
         "n_layers": n_layers, "n_sentences": len(items),
         **{key: value for key, value in stats.items() if key != "exit_rate"},
         "inter_layer_stability": inter_layer_stability(layer_embs),

@@ -82,8 +82,3 @@ def nn_statistics(layer_embs: np.ndarray, exit_layers: np.ndarray | None = None,
         result[f"nn{k}_low_share_by_exit_layer"] = [float(lo / c) if c else None for lo, c in zip(low, counts)]
         result["exit_count_by_layer"] = [int(c) for c in counts]
     return result
-
-
-def exited_overlap(exited: np.ndarray, full: np.ndarray, k: int = 10, block_size: int = 1024) -> float:
-    """Mean NN@k of exited embeddings (each row at its own exit layer) against full-depth embeddings."""
-    return float(overlap(knn(exited, k, block_size), knn(full, k, block_size)).mean())

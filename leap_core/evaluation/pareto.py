@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.policy import ALWAYS, ExitPolicy, exits_from_cosines, layer_cosines
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ def choose(points: list[dict[str, Any]], dev_sets: list[EvalSet], max_sts_drop: 
     return min(tied, key=lambda p: (SIMPLER_FIRST[p["kind"]], depth(p)))
 
 
-def depth_model(profile: Any, model: str, batch_size: int = 64) -> tuple[DepthModel, dict[str, Any]]:
+def depth_model(profile: Any, model: str, batch_size: int = ENCODE_BATCH_SIZE) -> tuple[DepthModel, dict[str, Any]]:
     """A model folder / hub id as a DepthModel (an exit branch: its exits with heads, then its original), and a
     description of it. Pools are cached on disk by weights hash, so a second run (or calibrate) re-encodes nothing."""
     from leap_core import experiment

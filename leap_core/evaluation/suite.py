@@ -27,6 +27,7 @@ from leap_core.evaluation.layers import (contraction_ratios, cumulative_exit_rat
                                          inter_layer_stability, similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
 from leap_core.evaluation.sweep import THETAS, full_sweep
+from leap_core.report.markdown import fmt, fmt_interval, table
 from leap_core.stats import paired_difference_ci, seed_summary, spearman_ci, spearman_difference_ci
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | No
     return EarlyExitEncoder.from_pretrained(folder, device=device, **settings)
 
 
-def evaluate_model(encoder: Any, data_dir: str | Path, sts_test: str = "stsb/test.tsv",
+def evaluate_encoder(encoder: Any, data_dir: str | Path, sts_test: str = "stsb/test.tsv",
                    sts_dev: str | None = "stsb/dev.tsv", beir_sets: Iterable[str] = BEIR_SETS,
                    beir_modes: Iterable[str] = ("full", "compact"), batch_size: int = 32,
                    max_docs: int | None = None, max_queries: int | None = None,
@@ -115,7 +116,7 @@ def evaluate_model(encoder: Any, data_dir: str | Path, sts_test: str = "stsb/tes
     test_pairs = read_sts(data_dir / sts_test)
     sts, cos = sts_analysis(encoder, test_pairs, batch_size, ci=ci)
     sweep = sts.pop("sweep")
-    result: dict[str, Any] = {"theta": encoder.theta, "k": encoder.k, "l_min": encoder.l_min,
+    result: dict[str, Any] = {**encoder.rule,
                               "n_layers": encoder.num_layers, "sts": sts, "sweep": sweep}
 
     overhead = None
@@ -197,7 +198,7 @@ def evaluate_all(model_paths: Mapping[str, str], data_dir: str | Path, reference
     reference: a model name; every other model gets paired differences against it (default: the first).
     seed_groups: {group: [model names]} summarised across seeds. theta, k, l_min: the exit rule for all
     models (None: each model's leap_exit.json, else 0.95, 1, half the depth). calibration_floor:
-    {"max_sts_drop": ..., "min_nn10": ...} (default max_sts_drop 0.01). options: evaluate_model's
+    {"max_sts_drop": ..., "min_nn10": ...} (default max_sts_drop 0.01). options: evaluate_encoder's
     (sts_test, sts_dev, beir_sets, beir_modes, batch_size, max_docs, max_queries, measure_overhead).
     """
     from leap_core.data import read_sts
@@ -215,7 +216,7 @@ def evaluate_all(model_paths: Mapping[str, str], data_dir: str | Path, reference
     for name in names:
         log.info("evaluating %s (%s)", name, model_paths[name])
         encoder = _load_encoder(model_paths[name], theta, k, l_min, device)
-        result, cosines[name] = evaluate_model(encoder, data_dir, calibration_floor=floor, ci=ci, **options)
+        result, cosines[name] = evaluate_encoder(encoder, data_dir, calibration_floor=floor, ci=ci, **options)
         results[name] = {"path": str(model_paths[name]), **result}
     gold = np.asarray(read_sts(Path(data_dir) / options.get("sts_test", "stsb/test.tsv")).scores, dtype=np.float64)
     comparisons = {name: _compare(name, reference, results, cosines, gold, ci) for name in names if name != reference}
@@ -232,34 +233,11 @@ def evaluate_all(model_paths: Mapping[str, str], data_dir: str | Path, reference
 
 # ---------------------------------------------------------------- markdown
 
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def _with_ci(interval: Mapping[str, Any] | None, digits: int = 3) -> str:
-    if not interval:
-        return "-"
-    if interval.get("low") is None:
-        return _num(interval["estimate"], digits)
-    return f"{_num(interval['estimate'], digits)} [{_num(interval['low'], digits)}, {_num(interval['high'], digits)}]"
-
-
 def _rule(point: Mapping[str, Any]) -> tuple[str, str]:
     """(method, setting) naming a sweep point."""
     setting = {"threshold": f"theta={point.get('theta')}", "fixed": f"depth={point.get('depth')}",
                "patience": f"patience={point.get('patience')}, theta={point.get('theta')}"}[point["method"]]
     return point["method"], setting
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -270,69 +248,88 @@ def render_markdown(results: Mapping[str, Any]) -> str:
              f"Data: `{results['settings']['data_dir']}`. Intervals: {confidence}% bootstrap "
              f"({results['settings']['bootstrap']['n_resamples']} resamples) over STS pairs or queries.", "",
              "## STS-B test", ""]
-    lines += _table(
+    lines += table(
         ["model", "theta / k / l_min", "STS full", "STS exited", "exit rate", "exit by L7", "mean exit layer",
          "reduction", "verdict", "checklist"],
-        [[name, f"{m['theta']} / {m['k']} / {m['l_min']}", _with_ci(m["sts"]["stsb_full_ci"]),
-          _with_ci(m["sts"]["stsb_exited_ci"]), _num(m["sts"]["exit_rate"]), _num(m["sts"]["exit_by_layer_7"]),
-          _num(m["sts"]["mean_exit_layer"], 2), _num(m["sts"]["layer_reduction"], 2) + "x",
+        [[name, f"{m['theta']} / {m['k']} / {m['l_min']}", fmt_interval(m["sts"]["stsb_full_ci"]),
+          fmt_interval(m["sts"]["stsb_exited_ci"]), fmt(m["sts"]["exit_rate"]), fmt(m["sts"]["exit_by_layer_7"]),
+          fmt(m["sts"]["mean_exit_layer"], 2), fmt(m["sts"]["layer_reduction"], 2) + "x",
           m["diagnosis"]["verdict"], "pass" if m["diagnosis"]["checklist"]["passes"] else "fail"]
          for name, m in models.items()])
 
     for name, m in models.items():
-        sts = m["sts"]
-        lines += [f"## {name}: layer dynamics", "",
-                  f"Median contraction ratio gamma: {_num(sts['contraction']['median'])}; monitoring overhead: "
-                  f"{_num((m['diagnosis']['monitoring'] or {}).get('overhead'))}.", ""]
-        lines += _table(
-            ["layer", "sim. to final", "stability", "NN@10", "NN@10 < 0.5", "NN@10 < 0.5 (exited here)",
-             "exits here", "cumulative exit", "STS"],
-            [[str(l + 1), _num(sts["similarity_to_final"][l]), _num(sts["inter_layer_stability"][l]),
-              _num(sts["nn10_per_layer"][l]), _num(sts["nn10_low_share_per_layer"][l]),
-              _num(sts["nn10_low_share_by_exit_layer"][l]), _num(sts["exit_distribution"][l]),
-              _num(sts["cumulative_exit_rate"][l]), _num(sts["stsb_per_layer"][l])]
-             for l in range(m["n_layers"])])
-        sweep = m["sweep"]
-        front = {_rule(p) for p in sweep["pareto"]}
-        rows = [[p["method"], _rule(p)[1], _num(p["exit_rate"]), _num(p["mean_exit_layer"], 2),
-                 _num(p["layer_reduction"], 2) + "x", _num(p[sweep["quality_key"]]), "yes" if _rule(p) in front else ""]
-                for p in sweep["threshold"] + sweep["fixed"] + sweep["patience"]]
-        lines += [f"## {name}: early exit vs truncation (STS-B test)", "",
-                  f"Early exit beats truncation: {_num(sweep['early_exit_beats_truncation'])}.", ""]
-        lines += _table(["rule", "setting", "exit rate", "mean exit layer", "reduction", "STS", "Pareto"], rows)
-        calibration = m.get("calibration")
-        if calibration:
-            lines += [f"Calibrated on `{calibration['data']}` for {calibration['floor']}: theta "
-                      f"{_num(calibration['theta'], 2)}, expected layer reduction "
-                      f"{_num(calibration['expected_layer_reduction'], 2)}.", ""]
+        lines += _model_sections(name, m)
+    lines += _beir_section(models) + _comparison_sections(results, confidence)
+    return "\n".join(lines).rstrip() + "\n"
 
+
+def _model_sections(name: str, m: Mapping[str, Any]) -> list[str]:
+    """One model's layer dynamics, its early exit vs truncation sweep and its calibration."""
+    lines: list[str] = []
+    sts = m["sts"]
+    lines += [f"## {name}: layer dynamics", "",
+              f"Median contraction ratio gamma: {fmt(sts['contraction']['median'])}; monitoring overhead: "
+              f"{fmt((m['diagnosis']['monitoring'] or {}).get('overhead'))}.", ""]
+    lines += table(
+        ["layer", "sim. to final", "stability", "NN@10", "NN@10 < 0.5", "NN@10 < 0.5 (exited here)",
+         "exits here", "cumulative exit", "STS"],
+        [[str(l + 1), fmt(sts["similarity_to_final"][l]), fmt(sts["inter_layer_stability"][l]),
+          fmt(sts["nn10_per_layer"][l]), fmt(sts["nn10_low_share_per_layer"][l]),
+          fmt(sts["nn10_low_share_by_exit_layer"][l]), fmt(sts["exit_distribution"][l]),
+          fmt(sts["cumulative_exit_rate"][l]), fmt(sts["stsb_per_layer"][l])]
+         for l in range(m["n_layers"])])
+    sweep = m["sweep"]
+    front = {_rule(p) for p in sweep["pareto"]}
+    rows = [[p["method"], _rule(p)[1], fmt(p["exit_rate"]), fmt(p["mean_exit_layer"], 2),
+             fmt(p["layer_reduction"], 2) + "x", fmt(p[sweep["quality_key"]]), "yes" if _rule(p) in front else ""]
+            for p in sweep["threshold"] + sweep["fixed"] + sweep["patience"]]
+    lines += [f"## {name}: early exit vs truncation (STS-B test)", "",
+              f"Early exit beats truncation: {fmt(sweep['early_exit_beats_truncation'])}.", ""]
+    lines += table(["rule", "setting", "exit rate", "mean exit layer", "reduction", "STS", "Pareto"], rows)
+    calibration = m.get("calibration")
+    if calibration:
+        lines += [f"Calibrated on `{calibration['data']}` for {calibration['floor']}: theta "
+                  f"{fmt(calibration['theta'], 2)}, expected layer reduction "
+                  f"{fmt(calibration['expected_layer_reduction'], 2)}.", ""]
+
+    return lines
+
+
+def _beir_section(models: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
     rows = []
     for name, m in models.items():
         for dataset, scored in m["beir"].items():
             for mode, s in scored["modes"].items():
-                rows.append([name, dataset, mode, _num(s["ndcg@1"]), _num(s["ndcg@3"]), _num(s["ndcg@5"]),
-                             _with_ci(s["ndcg@10_ci"]) if s.get("ndcg@10_ci") else _num(s["ndcg@10"]),
-                             _num(s["recall@100"]), _num(s.get("query_exit", {}).get("exit_rate")),
-                             _num(s.get("corpus_exit", {}).get("exit_rate"))])
+                rows.append([name, dataset, mode, fmt(s["ndcg@1"]), fmt(s["ndcg@3"]), fmt(s["ndcg@5"]),
+                             fmt_interval(s["ndcg@10_ci"]) if s.get("ndcg@10_ci") else fmt(s["ndcg@10"]),
+                             fmt(s["recall@100"]), fmt(s.get("query_exit", {}).get("exit_rate")),
+                             fmt(s.get("corpus_exit", {}).get("exit_rate"))])
     if rows:
         lines += ["## BEIR", ""]
-        lines += _table(["model", "dataset", "mode", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10", "R@100",
+        lines += table(["model", "dataset", "mode", "NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10", "R@100",
                          "query exit", "corpus exit"], rows)
 
+    return lines
+
+
+def _comparison_sections(results: Mapping[str, Any], confidence: int) -> list[str]:
+    """Paired differences against the reference model, and the seed groups' t-intervals."""
+    lines: list[str] = []
     if results["comparisons"]:
         rows = []
         for name, c in results["comparisons"].items():
-            rows.append([f"{name} - {c['reference']}", "STS-B full", _with_ci(c["stsb_full_diff_ci"], 4)])
-            rows.append([f"{name} - {c['reference']}", "STS-B exited", _with_ci(c["stsb_exited_diff_ci"], 4)])
+            rows.append([f"{name} - {c['reference']}", "STS-B full", fmt_interval(c["stsb_full_diff_ci"], 4)])
+            rows.append([f"{name} - {c['reference']}", "STS-B exited", fmt_interval(c["stsb_exited_diff_ci"], 4)])
             for dataset, modes in c["beir"].items():
                 for mode, interval in modes.items():
-                    rows.append([f"{name} - {c['reference']}", f"{dataset} NDCG@10 ({mode})", _with_ci(interval, 4)])
-        lines += ["## Paired differences", ""] + _table(["models", "metric", "difference"], rows)
+                    rows.append([f"{name} - {c['reference']}", f"{dataset} NDCG@10 ({mode})", fmt_interval(interval, 4)])
+        lines += ["## Paired differences", ""] + table(["models", "metric", "difference"], rows)
 
     for group, summary in results["seed_groups"].items():
-        rows = [[key, _with_ci(value, 4), _num(value.get("std"), 4)]
+        rows = [[key, fmt_interval(value, 4), fmt(value.get("std"), 4)]
                 for key, value in summary.items() if key != "models"]
         lines += [f"## Seeds: {group} ({', '.join(summary['models'])})", "",
                   f"Mean and {confidence}% t-interval across seeds.", ""]
-        lines += _table(["metric", "mean [CI]", "std"], rows)
-    return "\n".join(lines).rstrip() + "\n"
+        lines += table(["metric", "mean [CI]", "std"], rows)
+    return lines

@@ -7,6 +7,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from leap_core.losses.shapes import check_layer_numbers, check_layer_stack
+
 
 def cross_depth_loss(student_layers: torch.Tensor, layers: list[int]) -> torch.Tensor:
     """L_cross = mean_{l<m in layers} mean_ij (<e_l^i, e_m^j> - sg(<e_L^i, e_L^j>))^2.
@@ -18,12 +20,8 @@ def cross_depth_loss(student_layers: torch.Tensor, layers: list[int]) -> torch.T
     (every similarity 1, the term 0): docs/tuning.md. student_layers: (L, B, d); layers: 1-indexed (two or more,
     else 0).
     """
-    if student_layers.dim() != 3:
-        raise ValueError(f"cross_depth_loss: student_layers must be (L, B, d), got {tuple(student_layers.shape)}")
-    n_layers = student_layers.shape[0]
-    bad = [layer for layer in layers if not 1 <= layer <= n_layers]
-    if bad:
-        raise ValueError(f"cross_depth_loss: layers {bad} outside 1..{n_layers} (1-indexed)")
+    n_layers = check_layer_stack(student_layers, "cross_depth_loss")
+    check_layer_numbers(layers, 1, n_layers, "cross_depth_loss")
     if len(set(layers)) < 2:
         return student_layers.sum() * 0.0
     unit = F.normalize(student_layers, dim=-1)

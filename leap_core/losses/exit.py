@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from leap_core.losses.shapes import check_layer_stack
+
 
 def exit_layer_weights(n_layers: int, weight_from: int, low: float) -> torch.Tensor:
     """w_l = 1 for l >= weight_from (1-indexed), `low` below it. Returns a float tensor (n_layers,).
@@ -30,8 +32,7 @@ def soft_margin(cos: torch.Tensor, tau: float, sharpness: float) -> torch.Tensor
 
 
 def _check_weights(layers: torch.Tensor, weights: torch.Tensor, where: str) -> None:
-    if layers.dim() != 3:
-        raise ValueError(f"{where}: student_layers must be (L, B, d), got {tuple(layers.shape)}")
+    check_layer_stack(layers, where)
     if weights.shape != (layers.shape[0],):
         raise ValueError(f"{where}: weights must be ({layers.shape[0]},), got {tuple(weights.shape)}")
 

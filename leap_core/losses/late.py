@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from leap_core.losses.shapes import check_layer_numbers, check_layer_stack
+
 # 1 - cos is clamped here before the square root: d sqrt(x)/dx = 1/(2 sqrt x) is infinite at 0,
 # and a layer identical to the final one would give inf/nan gradients. sqrt(1e-6) = 1e-3 is the
 # floor of each per-sample term; its gradient there is 0 (clamped), finite just above.
@@ -23,12 +25,8 @@ def late_loss(student_layers: torch.Tensor, late_layers: list[int]) -> torch.Ten
     detached target, as in the exit self term: the late layers move to it, not it to them.
     An empty `late_layers` gives 0.
     """
-    if student_layers.dim() != 3:
-        raise ValueError(f"late_loss: student_layers must be (L, B, d), got {tuple(student_layers.shape)}")
-    n_layers = student_layers.shape[0]
-    bad = [layer for layer in late_layers if not 1 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"late_loss: late_layers {bad} outside 1..{n_layers - 1} (1-indexed, the last excluded)")
+    n_layers = check_layer_stack(student_layers, "late_loss")
+    check_layer_numbers(late_layers, 1, n_layers - 1, "late_loss", "late_layers", "1-indexed, the last excluded")
     if not late_layers:
         return student_layers.sum() * 0.0
     index = torch.tensor([layer - 1 for layer in late_layers], device=student_layers.device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from leap_core.losses.shapes import check_layer_stack
+
 
 def redundancy_loss(student_layers: torch.Tensor, margin: float) -> torch.Tensor:
     """L_redund = -1/(L-1) sum_{l=1..L-1} mean_b min(||e_{l+1} - e_l||_2, margin).
@@ -11,9 +13,7 @@ def redundancy_loss(student_layers: torch.Tensor, margin: float) -> torch.Tensor
     student_layers: (L, B, d). Negative: minimising it spreads adjacent layers apart, but only up
     to `margin`, beyond which there is no reward (and no gradient). One layer gives 0.
     """
-    if student_layers.dim() != 3:
-        raise ValueError(f"redundancy_loss: student_layers must be (L, B, d), got {tuple(student_layers.shape)}")
-    if student_layers.shape[0] < 2:
+    if check_layer_stack(student_layers, "redundancy_loss") < 2:
         return student_layers.sum() * 0.0
     steps = torch.linalg.vector_norm(student_layers[1:] - student_layers[:-1], dim=-1)  # (L-1, B)
     return -steps.clamp(max=margin).mean()
