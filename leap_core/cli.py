@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from leap_core.config import load_profile
 
@@ -103,6 +103,11 @@ def cmd_foundation(args: argparse.Namespace) -> None:
                      | {"train_seconds_per_arm": report["train_seconds_per_arm"]}, indent=2))
 
 
+def _or(value: Any, profile_value: Any) -> Any:
+    """An option's value, or the profile's when the option was not given."""
+    return profile_value if value is None else value
+
+
 def _write_and_print(result: dict, out: str | None, shown: dict | None = None) -> None:
     from leap_core.io import write_json_atomic
 
@@ -135,7 +140,8 @@ def cmd_eval_suite(args: argparse.Namespace) -> None:
              if value is not None}
     results = evaluate_all(
         models, profile.data.data_dir, reference=args.reference, seed_groups=groups, theta=args.theta, k=args.k,
-        l_min=args.l_min, n_resamples=args.n_resamples, calibration_floor=floor or None,
+        l_min=args.l_min, n_resamples=_or(args.n_resamples, profile.evaluation.bootstrap_resamples),
+        calibration_floor=floor or None,
         sts_test=profile.data.sts_eval, sts_dev=profile.data.sts_dev,
         beir_sets=args.beir or ["beir/scifact", "beir/nfcorpus"],
         beir_modes=args.modes.split(","), batch_size=args.batch_size, max_docs=args.max_docs,
@@ -161,7 +167,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     """The fastest deployable policy (full, fixed:N, the exit rule, per-layer thresholds) within the floors on dev."""
     from leap_core.evaluation.pareto import calibrate_policy
 
-    result = calibrate_policy(_profile(args), args.model, args.max_sts_drop, args.max_ndcg_drop, save=args.save)
+    profile = _profile(args)
+    result = calibrate_policy(profile, args.model, _or(args.max_sts_drop, profile.registry.policy_max_sts_drop),
+                              args.max_ndcg_drop, save=args.save)
     _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "dev_full"})
 
 
@@ -169,8 +177,10 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     """Quality against depth for every deployable point -> reports/pareto/<name>.{json,md,png}."""
     from leap_core.evaluation.pareto import write_pareto
 
-    result = write_pareto(_profile(args), args.model, args.name, args.out_dir, args.max_sts_drop,
-                          args.max_ndcg_drop, timing=not args.no_timing)
+    profile = _profile(args)
+    result = write_pareto(profile, args.model, args.name, args.out_dir,
+                          _or(args.max_sts_drop, profile.registry.policy_max_sts_drop), args.max_ndcg_drop,
+                          timing=not args.no_timing)
     print(f"{result['chosen']['name']}: STS-B test {result['chosen']['test_stsb']:.3f}, "
           f"{result['chosen']['layer_reduction']:.2f}x fewer layers -> {args.out_dir}/{args.name}.md")
 
@@ -249,9 +259,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     overrides = {key: value for key, value in (("theta", args.theta), ("k", args.k), ("l_min", args.l_min))
                  if value is not None}
+    profile = _profile(args)
     result = run_benchmark(
-        args.model, probe_sentences(_profile(args).data.data_dir, args.sts),
-        batch_sizes=[int(size) for size in args.batch_sizes.split(",")], modes=args.modes.split(","),
+        args.model, probe_sentences(profile.data.data_dir, args.sts),
+        batch_sizes=([int(size) for size in args.batch_sizes.split(",")] if args.batch_sizes
+                     else list(profile.evaluation.bench_batch_sizes)), modes=args.modes.split(","),
         warmup=args.warmup, iterations=args.iterations, include_sentence_transformers=not args.no_peer,
         device=args.device, dtype=args.dtype, clock=args.clock, **overrides)
     write_json_atomic(args.out, result)
@@ -313,8 +325,9 @@ def _add_depth_commands(add) -> None:
     """The commands that choose and ship a model's operating point: calibrate, pareto, retrofit, cut, export."""
     calibrate = add("calibrate", cmd_calibrate, "the fastest policy within quality floors on dev")
     calibrate.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
-    calibrate.add_argument("--max-sts-drop", type=float, default=0.01,
-                           help="floor: largest STS-B dev Spearman drop vs full depth (default 0.01)")
+    calibrate.add_argument("--max-sts-drop", type=float,
+                           help="floor: largest STS-B dev Spearman drop vs full depth (default: the profile's "
+                                "registry.policy_max_sts_drop, what the promote step calibrates with)")
     calibrate.add_argument("--max-ndcg-drop", type=float,
                            help="floor: largest relative NDCG@10 drop vs full depth on each BEIR set's dev queries")
     calibrate.add_argument("--save", action="store_true",
@@ -324,7 +337,7 @@ def _add_depth_commands(add) -> None:
     pareto.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
     pareto.add_argument("--name", required=True, help="report name: reports/pareto/NAME.{json,md,png}")
     pareto.add_argument("--out-dir", default="reports/pareto")
-    pareto.add_argument("--max-sts-drop", type=float, default=0.01, help="calibration floor (see calibrate)")
+    pareto.add_argument("--max-sts-drop", type=float, help="calibration floor (see calibrate)")
     pareto.add_argument("--max-ndcg-drop", type=float, default=0.03, help="calibration floor (see calibrate)")
     pareto.add_argument("--no-timing", action="store_true", help="skip timing the chosen policy")
     retro = add("retrofit", cmd_retrofit, "make existing models exit-compatible -> reports/retrofit.json")
@@ -381,7 +394,7 @@ def _add_bench_commands(add) -> None:
     bench = add("bench", cmd_bench, "latency of every encoder mode vs sentence-transformers -> JSON + markdown")
     bench.add_argument("model", help="model folder or hub id (its leap_exit.json gives theta, k, l_min)")
     bench.add_argument("--sts", default="stsb/test.tsv", help="sentences to time, relative to the data dir")
-    bench.add_argument("--batch-sizes", default="1,8,32")
+    bench.add_argument("--batch-sizes", help="comma-separated (default: the profile's evaluation.bench_batch_sizes)")
     bench.add_argument("--modes", default="full,monitored,batch,compact", help="encoder modes (also fixed:N, and policy: the model's calibrated policy)")
     bench.add_argument("--warmup", type=int, help="untimed iterations (default: 10 on CPU, 50 on CUDA)")
     bench.add_argument("--iterations", type=int, help="timed iterations (default: 60 on CPU, 200 on CUDA)")
@@ -447,7 +460,8 @@ def _add_analysis_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     suite.add_argument("--modes", default="full,compact", help="encoder modes for BEIR (default full,compact)")
     suite.add_argument("--max-docs", type=int, help="quick runs: keep at most N documents per BEIR set")
     suite.add_argument("--max-queries", type=int, help="quick runs: keep at most N queries per BEIR set")
-    suite.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    suite.add_argument("--n-resamples", type=int,
+                       help="bootstrap resamples (default: the profile's evaluation.bootstrap_resamples)")
     suite.add_argument("--no-overhead", action="store_true", help="skip timing the monitoring overhead")
     suite.add_argument("--max-sts-drop", type=float, help="calibration floor on STS-B dev (default 0.01)")
     suite.add_argument("--min-nn10", type=float, help="calibration floor: smallest NN@10 vs full depth")

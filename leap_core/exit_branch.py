@@ -20,8 +20,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from leap_core import experiment
-from leap_core.config import BranchConfig, Profile, config_fingerprint
+from leap_core import experiment, identity
+from leap_core.config import BranchConfig, Profile
 from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def branch_dir(profile: Profile, model: str, seed: int, texts_key: str) -> Path:
     """runs/<profile>/branch-<model>-<recipe hash>-seed<seed>: a changed recipe or text trains afresh."""
     from leap_core.retrofit import model_slug
 
-    branch = profile.branch
-    recipe = sha256_strings([json.dumps({k: v for k, v in dataclasses.asdict(branch).items() if k != "training"},
-                                        sort_keys=True), config_fingerprint(branch.training), texts_key])[:8]
+    recipe = identity.branch_recipe(profile.branch, texts_key)
     return experiment.run_dir(profile) / f"branch-{model_slug(model)}-{recipe}-seed{seed}"
 
 

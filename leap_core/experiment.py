@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from leap_core.config import ENCODE_BATCH_SIZE, Profile, config_fingerprint
+from leap_core import identity
+from leap_core.config import ENCODE_BATCH_SIZE, Profile
 from leap_core.io import sha256_strings
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     freeze_lower_layers(student, training.frozen_layers)
     objective = LeapObjective(profile.objective_for(arm), student.config.num_hidden_layers,
                               student.config.hidden_size, cache.dim)
-    # config_fingerprint(models) is the dataclass repr this hashed before; a model field added later joins
-    # config._LATER_FIELDS_NEUTRAL, so it does not change every run's identity.
-    fingerprint = sha256_strings([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.models),
-                                  str(cache.path.name)])
+    fingerprint = identity.student_run(profile, arm, cache.path.name)
     trainer = LeapTrainer(student, tokenizer, objective, cache, training,
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step,

@@ -23,10 +23,10 @@ DONE_FILE = "peer_result.json"
 
 
 def peer_dir(profile, model: str, texts_key: str, seed: int) -> Path:
-    from leap_core.config import config_fingerprint
+    from leap_core import identity
     from leap_core.retrofit import model_slug
 
-    key = sha256_strings([config_fingerprint(profile.branch.training), str(profile.branch.max_length), texts_key])[:8]
+    key = identity.peer_recipe(profile.branch, texts_key)
     return experiment.run_dir(profile) / f"peer-adaptive-layer-{model_slug(model)}-{key}-seed{seed}"
 
 

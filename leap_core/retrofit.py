@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from leap_core import experiment
-from leap_core.config import ENCODE_BATCH_SIZE, Profile, _build, _merge, config_fingerprint
+from leap_core import experiment, identity
+from leap_core.config import ENCODE_BATCH_SIZE, Profile, _build, _merge
 from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 from leap_core.models import resolve_model
 from leap_core.stats import spearman_difference_ci
@@ -68,8 +68,7 @@ def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None =
     profile: retrofit_profile(base, model), when the caller already has it (it reads MODEL's config).
     """
     profile = profile or retrofit_profile(base, model)
-    recipe = sha256_strings([config_fingerprint(profile.objective_for(RETROFIT_ARM)),
-                             config_fingerprint(profile.training_for(RETROFIT_ARM)), _sample_key(profile)])[:8]
+    recipe = identity.retrofit_recipe(profile, RETROFIT_ARM, _sample_key(profile))
     return experiment.run_dir(base) / f"retrofit-{model_slug(model)}-{recipe}-seed{seed}"
 
 

@@ -1,0 +1,45 @@
+"""What names a run: the hash of everything that decides what it learns, and nothing that does not.
+
+Every run folder and checkpoint fingerprint is built here. SCHEMA 1 is the formula the committed runs were
+recorded under, so they keep resolving to their folders; a change of formula is a new schema version (and new
+folders), never an edit of version 1. Configs enter through config_fingerprint, which leaves fields added later
+out while they hold their neutral value (config._LATER_FIELDS_NEUTRAL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from leap_core.config import config_fingerprint
+from leap_core.io import sha256_strings
+
+SCHEMA = 1
+
+
+def _key(parts: list[str]) -> str:
+    return sha256_strings(parts if SCHEMA == 1 else [f"leap-run-identity-v{SCHEMA}", *parts])
+
+
+def student_run(profile: Any, arm: str, cache_name: str) -> str:
+    """A distilled student's run: its arm's objective, the models and the teacher cache it reads (the trainer adds
+    the training settings, seed and sentence count: training.LeapTrainer.fingerprint)."""
+    return _key([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.models), cache_name])
+
+
+def retrofit_recipe(profile: Any, arm: str, sample_key: str) -> str:
+    """A retrofit's recipe (8 hex digits in its folder name): objective, training and which sentences."""
+    return _key([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.training_for(arm)),
+                 sample_key])[:8]
+
+
+def branch_recipe(branch: Any, texts_key: str) -> str:
+    """An exit branch's recipe (8 hex digits): its settings, its training and the texts it trains on."""
+    settings = json.dumps({k: v for k, v in dataclasses.asdict(branch).items() if k != "training"}, sort_keys=True)
+    return _key([settings, config_fingerprint(branch.training), texts_key])[:8]
+
+
+def peer_recipe(branch: Any, texts_key: str) -> str:
+    """The sentence-transformers AdaptiveLayerLoss peer's recipe (8 hex digits), on the branch's texts and budget."""
+    return _key([config_fingerprint(branch.training), str(branch.max_length), texts_key])[:8]
