@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -391,27 +391,32 @@ def _calls(encoder: EarlyExitEncoder, folder: Path, modes: Sequence[str],
     return calls
 
 
+def timed_rotation(calls: dict[str, Callable[[list[str], int], Any]], sentences: Sequence[str], batch_size: int,
+                   warmup: int, iterations: int, seed: int = 0, dev: torch.device = torch.device("cpu"),
+                   clock: str = "wall") -> Iterator[tuple[str, float, Any]]:
+    """(name, seconds, result) of every timed call: all calls get the same batches, in an order rotated each
+    iteration so that no call always runs first; the warm-up iterations run and are dropped."""
+    names = list(calls)
+    for step, batch in enumerate(draw_batches(list(sentences), batch_size, warmup + iterations, seed)):
+        shift = step % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
+            if step >= warmup:
+                yield name, elapsed, result
+
+
 def _time_rotated(calls: dict[str, Callable[[list[str], int], Any]], modes: Sequence[str], sentences: list[str],
                   batch_sizes: Sequence[int], warmup: int, iterations: int, seed: int, dev: torch.device,
                   clock: str) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict[int, list[int]]]]:
-    """Seconds per batch of every call, on the same batches, in an order rotated each iteration; exit layers."""
-    names = list(calls)
-    seconds: dict[str, dict[int, list[float]]] = {name: {} for name in names}
-    exit_layers: dict[str, dict[int, list[int]]] = {mode: {} for mode in modes}
+    """Seconds per batch of every call (timed_rotation) and the exit layers of the encoder modes."""
+    seconds: dict[str, dict[int, list[float]]] = {name: {size: [] for size in batch_sizes} for name in calls}
+    exit_layers: dict[str, dict[int, list[int]]] = {mode: {size: [] for size in batch_sizes} for mode in modes}
     for batch_size in batch_sizes:
-        for name in names:
-            seconds[name][batch_size] = []
-        for mode in modes:
-            exit_layers[mode][batch_size] = []
-        for step, batch in enumerate(draw_batches(sentences, batch_size, warmup + iterations, seed)):
-            shift = step % len(names)
-            for name in names[shift:] + names[:shift]:  # rotated: no mode always runs first
-                elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
-                if step < warmup:
-                    continue
-                seconds[name][batch_size].append(elapsed)
-                if name in exit_layers:
-                    exit_layers[name][batch_size].extend(int(x) for x in result[1])
+        for name, elapsed, result in timed_rotation(calls, sentences, batch_size, warmup, iterations, seed, dev,
+                                                    clock):
+            seconds[name][batch_size].append(elapsed)
+            if name in exit_layers:
+                exit_layers[name][batch_size].extend(int(x) for x in result[1])
     return seconds, exit_layers
 
 
@@ -475,12 +480,8 @@ def compare_calls(calls: dict[str, Callable[[list[str], int], Any]], baseline: s
     with torch.inference_mode(), _no_gc():
         for size in batch_sizes:
             seconds: dict[str, list[float]] = {name: [] for name in names}
-            for step, batch in enumerate(draw_batches(sentences, size, warmup + iterations, seed)):
-                shift = step % len(names)
-                for name in names[shift:] + names[:shift]:
-                    elapsed, _ = _timed(lambda: calls[name](batch, size), torch.device("cpu"))
-                    if step >= warmup:
-                        seconds[name].append(elapsed)
+            for name, elapsed, _ in timed_rotation(calls, sentences, size, warmup, iterations, seed):
+                seconds[name].append(elapsed)
             base = np.asarray(seconds[baseline])
             out[str(size)] = {name: {**{k: v * 1e3 for k, v in _percentiles(times).items()},
                                      "speedup": float(np.median(base) / np.median(times)),

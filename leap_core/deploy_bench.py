@@ -135,6 +135,16 @@ def measure_quality(paths: list[ServedPath], sets: list[Any], batch_size: int = 
         path.quality = done[path.quality_key]
 
 
+def branch_original(model: str) -> str:
+    """The model an exit branch was trained against (what users serve now): the one `ours` is compared with."""
+    from leap_core.exit_branch import BRANCH_FILE, read_branch
+    from leap_core.models import resolve_model
+
+    if not (resolve_model(model) / BRANCH_FILE).is_file():
+        raise ValueError(f"{model}: not an exit branch: give --original (the model users serve now)")
+    return read_branch(resolve_model(model))["original"]
+
+
 def quality_sets(data_dir: Path, sts_file: str, beir: Sequence[str], max_docs: int | None = None) -> list[Any]:
     """STS-B test and each BEIR set's test-half queries over its documents (max_docs: a subsample, quick runs)."""
     from leap_core.data import read_sts

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from leap_core.deploy_bench import TARGETS
-from leap_core.report.markdown import fmt
+from leap_core.report.markdown import DATASET_NAMES, fmt
 
-SET_LABELS = {"stsb-test": "STS-B test", "scifact-test": "SciFact NDCG@10", "nfcorpus-test": "NFCorpus NDCG@10"}
+SET_LABELS = {"stsb-test": "STS-B test", **{f"{name}-test": f"{DATASET_NAMES[name]} NDCG@10"
+                                            for name in ("scifact", "nfcorpus")}}
 
 
 def _quality(row: dict[str, Any], name: str) -> str:

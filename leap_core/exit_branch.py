@@ -206,6 +206,20 @@ def original_of(folder: str | Path) -> Path:
     return original
 
 
+def calibrated_depth(branch: str | Path) -> int:
+    """The fixed cut `leap calibrate --save` chose for the branch; an error saying what to do when there is none."""
+    from leap_core.encoder import read_exit_settings
+
+    policy = read_exit_settings(branch).get("policy", {})
+    if policy.get("kind") == "full":
+        raise ValueError(f"{branch}: calibration chose full depth (no cut is within its floors): serve the "
+                         "original model as it is, or give --depth to cut anyway")
+    if policy.get("kind") != "fixed":
+        raise ValueError(f"{branch}: no calibrated fixed cut in leap_exit.json (policy {policy or 'none'}); "
+                         "give --depth, or run `leap calibrate BRANCH --save` first")
+    return int(policy["depth"])
+
+
 def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
     """The branch cut to `depth` layers as a standalone sentence-transformers folder (what serves the queries).
 

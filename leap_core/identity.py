@@ -1,6 +1,7 @@
 """What names a run: the hash of everything that decides what it learns, and nothing that does not.
 
-Every run folder and checkpoint fingerprint is built here. SCHEMA 1 is the formula the committed runs were
+Every run folder and checkpoint fingerprint is built here: run_identity names a distilled student's run whole;
+the recipe functions name retrofit, exit-branch and peer folders; training_run adds what any trainer run adds. SCHEMA 1 is the formula the committed runs were
 recorded under, so they keep resolving to their folders; a change of formula is a new schema version (and new
 folders), never an edit of version 1. Configs enter through config_fingerprint, which leaves fields added later
 out while they hold their neutral value (config._LATER_FIELDS_NEUTRAL).
@@ -12,7 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
-from leap_core.config import config_fingerprint
+from leap_core.config import config_fingerprint, config_settings
 from leap_core.io import sha256_strings
 
 SCHEMA = 1
@@ -20,6 +21,23 @@ SCHEMA = 1
 
 def _key(parts: list[str]) -> str:
     return sha256_strings(parts if SCHEMA == 1 else [f"leap-run-identity-v{SCHEMA}", *parts])
+
+
+# Trainer settings that do not change what is learned: a run may resume with other ones.
+_TRAINING_NEUTRAL = ("checkpoint_every", "log_every", "num_threads", "device")
+
+
+def run_identity(profile: Any, arm: str, seed: int, cache: Any) -> str:
+    """A distilled student run's full fingerprint (its checkpoints carry it): student_run + training_run."""
+    return training_run(student_run(profile, arm, cache.path.name), profile.training_for(arm), seed,
+                        len(cache.sentences))
+
+
+def training_run(recipe_key: str, training: Any, seed: int, n_sentences: int) -> str:
+    """What every trainer run adds to its recipe's key: the training settings that change what is learned, the
+    seed and the sentence count. A checkpoint is only resumed by the run whose fingerprint it carries."""
+    semantic = {k: v for k, v in config_settings(training).items() if k not in _TRAINING_NEUTRAL}
+    return _key([recipe_key, json.dumps(semantic, sort_keys=True), str(seed), str(n_sentences)])
 
 
 def student_run(profile: Any, arm: str, cache_name: str) -> str:

@@ -168,7 +168,10 @@ def _cli_code(main: Callable, argv: list[str]) -> int:
     import io
 
     with contextlib.redirect_stderr(io.StringIO()):
-        return main(argv)
+        try:
+            return main(argv)
+        except SystemExit as refused:  # argparse refuses a bad option before the command runs
+            return int(refused.code)
 
 
 def probe_served_model(work: Path, data_dir: Path) -> list[dict[str, Any]]:

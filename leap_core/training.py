@@ -27,8 +27,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from leap_core import checkpoint_store as mirror
-from leap_core.config import ExitConfig, TrainConfig, config_settings
-from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_file, sha256_strings, write_json_atomic, write_text_atomic
+from leap_core import identity
+from leap_core.config import ExitConfig, TrainConfig
+from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_file, write_json_atomic, write_text_atomic
 from leap_core.losses import LeapObjective
 from leap_core.models import save_sentence_transformer
 from leap_core.pooling import pooled_layers
@@ -99,12 +100,7 @@ class LeapTrainer:
         self.exit_settings = exit_settings or ExitConfig()
         self.on_step = on_step
         self.device = pick_device(config.device)
-        # A checkpoint is only resumed by the run that wrote it.
-        # Settings that do not change what is learned stay out of it: a run may resume with other ones.
-        semantic = {k: v for k, v in config_settings(config).items()
-                    if k not in ("checkpoint_every", "log_every", "num_threads", "device")}
-        self.fingerprint = sha256_strings([run_fingerprint, json.dumps(semantic, sort_keys=True),
-                                           str(seed), str(len(teacher.sentences))])
+        self.fingerprint = identity.training_run(run_fingerprint, config, seed, len(teacher.sentences))
         # s3://...: checkpoints are mirrored there (per run folder and fingerprint) for a restart on another machine.
         self.checkpoint_store = (f"{checkpoint_store.rstrip('/')}/{self.output_dir.name}-{self.fingerprint[:16]}"
                                  if checkpoint_store else None)

@@ -139,13 +139,18 @@ def test_cheapest_cut_is_the_smallest_depth_within_the_floor_on_dev():
     assert cheapest_cut(dev, 0.01) == 3 and cheapest_cut(dev, 0.0) == 4 and cheapest_cut(dev, -0.1) is None
 
 
-def test_retrofit_branch_keeps_the_original_bit_for_bit_and_its_max_length(base):
-    from leap_core.encoder import _read_max_seq_length
-    from leap_core.retrofit import retrofit_branch
+def test_retrofit_branch_keeps_the_original_bit_for_bit_and_its_max_length(base, tmp_path, capsys):
+    from leap_core.cli import main
+    from leap_core.encoder import _read_max_seq_length, read_exit_settings
 
     original = resolve_model(MODEL)
     before = model_fingerprint(original)
-    summary = retrofit_branch(base, MODEL)
+    out = tmp_path / "retrofit.json"
+    assert main(["retrofit", MODEL, "--profile", "smoke", "--data-dir", str(base.data.data_dir), "--set",
+                 f"output_dir={base.output_dir}", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())[MODEL]
+    assert MODEL in capsys.readouterr().out and MODEL in out.with_suffix(".md").read_text()
+    assert read_exit_settings(summary["model_dir"])["policy"]["kind"] == summary["policy"]["policy"]["kind"]  # saved
     assert model_fingerprint(original) == before == summary["original_fingerprint"]
     evaluation = summary["evaluation"]
     assert summary["full_is_original"] and summary["stsb_full"] == summary["original_stsb"]

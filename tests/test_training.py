@@ -197,6 +197,13 @@ def test_finished_run_is_not_retrained(smoke, tmp_path):
     again = experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "done",
                                  on_step=lambda step, terms: pytest.fail("retrained a finished run"))
     assert again.steps == 6
+    # The whole run is named by identity.run_identity: the fingerprint its checkpoints and result carry.
+    from leap_core import identity
+    from leap_core.teacher_cache import load_teacher_cache
+
+    recorded = json.loads((tmp_path / "done" / "train_result.json").read_text())["fingerprint"]
+    assert recorded == identity.run_identity(profile, "leap", 0, load_teacher_cache(cache))
+    assert recorded != identity.run_identity(profile, "leap", 1, load_teacher_cache(cache))
 
 
 def test_checkpoint_of_another_configuration_is_refused(smoke, tmp_path):
@@ -254,8 +261,13 @@ def test_an_unknown_arm_is_refused_before_any_extraction_or_teacher_pass(tmp_pat
     monkeypatch.setattr(experiment, "extract", lambda *a, **k: pytest.fail("extracted before checking the arm"))
     argv = ["train", "--profile", "smoke", "--data-dir", str(data_dir), "--set", f"output_dir={tmp_path}",
             "--arm", "no-such-arm"]
-    assert main(argv) == 2
-    assert "has no arm 'no-such-arm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse: the choices are the profile's arms
+        main(argv)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no-such-arm'" in err and "'leap'" in err and "'baseline'" in err
+    with pytest.raises(ValueError, match="has no arm 'no-such-arm'"):  # the library refuses it too
+        load_profile("smoke").objective_for("no-such-arm")
 
 
 def test_a_runs_identity_is_unchanged_by_how_the_models_are_fingerprinted(data_dir):

@@ -17,7 +17,7 @@ import numpy as np
 from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import (beir_relative, best_leap, estimate, layer_value, mean_curve, ok_arms,
                                         seed_summaries)
-from leap_core.report.markdown import fmt, fmt_interval
+from leap_core.report.markdown import DATASET_NAMES, fmt, fmt_interval
 
 REPLICATES, PARTLY, DOES_NOT, NOT_MEASURED = "replicates", "partly", "does not", "not measured"
 
@@ -242,7 +242,7 @@ def early_exit_keeps_retrieval_flat(e: Evidence) -> Claim:
         ours = "; ".join(f"{d} {v['relative']:+.1%}" for d, v in rows.items())
         verdict = (REPLICATES if all(abs(v["relative"]) <= t["flat"] for d, v in rows.items() if d in paper)
                    and any(d in paper for d in rows) else PARTLY if worst >= t["partly"] else DOES_NOT)
-    names = {"nfcorpus": "NFCorpus", "fiqa": "FiQA", "arguana": "ArguAna"}
+    names = DATASET_NAMES
     drop_text = ", ".join(f"{names.get(n, n)} {c:.1%}" for n, c in drops.items())
     return Claim(
         f"Early exit leaves {names.get(flat[0], flat[0])} retrieval flat ({drop_text.replace(' -', ' drops ')})",

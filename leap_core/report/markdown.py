@@ -7,6 +7,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+# Data sets as their authors print them (reports name them so), by the lower-case names of folders and results.
+DATASET_NAMES = {"stsb": "STS-B", "scifact": "SciFact", "nfcorpus": "NFCorpus", "fiqa": "FiQA", "arguana": "ArguAna",
+                 "scidocs": "SCIDOCS"}
+
 
 def fmt(value: Any, spec: int | str = 3) -> str:
     """A cell: "-" when missing or not finite; a bool as yes/no; with `spec` digits an integer as is and a float

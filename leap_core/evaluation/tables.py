@@ -1,0 +1,55 @@
+"""What `leap eval` and `leap diagnose` print: their JSON results as short markdown tables a person can read."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from leap_core.report.markdown import fmt, table
+
+
+def _per_layer(result: Mapping[str, Any], columns: dict[str, str], formats: dict[str, str]) -> list[str]:
+    """One row per layer: each of `columns` (key -> header) that the result holds."""
+    present = {key: header for key, header in columns.items() if result.get(key) is not None}
+    rows = [[layer + 1, *(fmt(result[key][layer], formats.get(key, ".3f")) for key in present)]
+            for layer in range(result["n_layers"])]
+    return table(["layer", *present.values()], rows, ["---:"] * (len(present) + 1))
+
+
+def _exits(result: Mapping[str, Any]) -> list[list[str]]:
+    return [["exit rate (rows leaving before the last layer)", fmt(result["exit_rate"], ".1%")],
+            ["mean exit layer", f"{result['mean_exit_layer']:.2f} of {result['n_layers']}"],
+            ["layer reduction", fmt(result["layer_reduction"], ".2f") + "x"]]
+
+
+def eval_table(metrics: Mapping[str, Any], model: str) -> str:
+    """`leap eval`: STS-B full and exited, the exit statistics, and per layer STS-B, cos to final and exits."""
+    rule = metrics["exit_settings"]
+    lines = [f"{model}: theta={rule['theta']} k={rule['k']} l_min={rule['l_min']} ({rule['source']})", ""]
+    rows = [["STS-B Spearman, full depth", fmt(metrics["stsb_full"])],
+            ["STS-B Spearman, exited (compact mode)", fmt(metrics["stsb_exited"])],
+            *_exits(metrics), ["pairs / distinct sentences", f"{metrics['n_pairs']} / {metrics['n_sentences']}"]]
+    lines += table(["", "value"], rows, ["---", "---:"])
+    lines += _per_layer(metrics, {"stsb_per_layer": "STS-B", "similarity_to_final": "cos to final",
+                                  "exit_distribution": "exits here"}, {"exit_distribution": ".1%"})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def diagnose_table(result: Mapping[str, Any]) -> str:
+    """`leap diagnose`: the verdict, which diagnostics fired, the deployment checklist and the layer dynamics."""
+    lines = [f"{result['model']}: {result['verdict'].upper()} for early exit at theta={result['theta']} "
+             f"k={result['k']} l_min={result['l_min']} ({result['n_sentences']} probe sentences from "
+             f"{result['probe']})", ""]
+    rows = _exits(result)
+    if result.get("monitoring"):
+        rows.append(["monitoring overhead (monitored / full - 1)", fmt(result["monitoring"]["overhead"], "+.1%")])
+    lines += table(["", "value"], rows, ["---", "---:"])
+    fired = [name.replace("_", " ") for name, check in result["diagnostics"].items() if check["fired"]]
+    lines += [f"Diagnostics fired: {', '.join(fired) if fired else 'none'}.", ""]
+    checks = result["checklist"]
+    lines += table([f"checklist at layer {checks['target_layer']}", "value", "needs", "passes"],
+                   [[name.replace("_", " "), fmt(item["value"]),
+                     (f">= {item['min']}" if "min" in item else f"> {item['above']}"), fmt(item["passes"])]
+                    for name, item in checks["items"].items()], ["---", "---:", "---:", "---"])
+    lines += _per_layer(result, {"similarity_to_final": "cos to final", "nn10_per_layer": "NN@10 vs final",
+                                 "exit_distribution": "exits here"}, {"exit_distribution": ".1%"})
+    return "\n".join(lines).rstrip() + "\n"
