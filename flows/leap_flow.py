@@ -190,6 +190,7 @@ class LeapFlow(FlowSpec):
         import torch
 
         from leap_core import experiment, tracking
+        from leap_core.model_card import recipe_facts, write_card
         from leap_core.pipeline import task_threads
 
         torch.set_num_threads(task_threads())
@@ -197,6 +198,8 @@ class LeapFlow(FlowSpec):
         self.metrics = None
         if self.train_failure is None:
             self.metrics = experiment.evaluate(self.profile_here(), local_path(self.model), analysis=True, remember=True)
+            write_card(local_path(self.model), self.metrics,
+                       recipe_facts(self.profile_here(), self.spec["arm"], self.spec["seed"]))
             tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec})
             tracking.log_evaluation(self.arm_run_id, self.metrics)
         self.next(self.join)
@@ -330,11 +333,13 @@ class LeapFlow(FlowSpec):
             log.warning("no successful %r arm: nothing to register", LEAP_ARM)
         else:
             from leap_core.evaluation.pareto import policy_metrics
+            from leap_core.model_card import recipe_facts, write_card
 
             name = self.settings.registry.model_name
             folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy
             metrics = {**best["metrics"], **policy_metrics(self.profile_here(), str(folder),
                                                            self.settings.registry.policy_max_sts_drop)}
+            write_card(folder, best["metrics"], recipe_facts(self.profile_here(), best["arm"], best["seed"]))
             version = registry.register(folder, metrics, best["mlflow_run_id"], name)
             self.promotion = {"model_name": name, "arm": best["arm"], "seed": best["seed"],
                               **registry.promote(name, version, self.settings.registry)}

@@ -381,9 +381,9 @@ def _calls(encoder: EarlyExitEncoder, folder: Path, modes: Sequence[str],
         for mode in modes
     }
     if include_sentence_transformers:
-        from sentence_transformers import SentenceTransformer
+        from leap_core.st_module import plain_sentence_transformer
 
-        peer = SentenceTransformer(str(folder), device=str(encoder.device))
+        peer = plain_sentence_transformer(folder, device=str(encoder.device))  # full depth, never exits
         peer.max_seq_length = encoder.max_length  # same truncation as ours
         peer.eval()
         calls[PEER] = lambda batch, size: peer.encode(batch, batch_size=size, normalize_embeddings=True,

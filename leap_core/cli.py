@@ -304,6 +304,26 @@ def cmd_verify_report(args: argparse.Namespace) -> None:
     print(f"{args.report}: every arm's metrics and the latency headline agree with MLflow")
 
 
+def add_mteb_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder or hub id: run as a SentenceTransformer that exits early")
+    parser.add_argument("--tasks", nargs="+", default=["STSBenchmark"], help="MTEB task names (default: %(default)s)")
+    parser.add_argument("--hub", action="store_true", help="load every task's data from the hub as MTEB does "
+                        "(default: the tasks the data dir holds, STSBenchmark, read from there; works offline)")
+    parser.add_argument("--mode", help="exit mode (default: the model's calibrated policy; full, compact, fixed:N)")
+    parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default: %(default)s)")
+    _add_json_args(parser, "write the JSON (scores and exit statistics per task) here too")
+    _add_exit_rule_args(parser, "the model's leap_exit.json")
+
+
+@command("mteb", "MTEB tasks on a model that exits early, with its exit statistics beside the scores", add_mteb_args)
+def cmd_mteb(args: argparse.Namespace) -> None:
+    from leap_core.evaluation.mteb_run import mteb_table, run_mteb
+
+    result = run_mteb(args.model, args.tasks, _profile(args).data.data_dir, local=not args.hub, exit_mode=args.mode,
+                      batch_size=args.batch_size, **_exit_overrides(args))
+    _json_or_table(result, args, lambda: mteb_table(result))
+
+
 # ---- choosing and shipping a model's operating point ----
 
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:

@@ -97,13 +97,12 @@ def paths_at(label: str, model: str, depth: int | None, workdir: Path, threads: 
 
 def build_paths(model: str, original: str, workdir: Path, threads: int, depths: Sequence[int] = ()) -> list[ServedPath]:
     """The original as shipped, exported and quantised; ours at its chosen point and at each extra depth."""
-    from sentence_transformers import SentenceTransformer
-
     from leap_core.encoder import _read_max_seq_length
     from leap_core.models import resolve_model
+    from leap_core.st_module import plain_sentence_transformer
 
     folder = resolve_model(original)
-    shipped = SentenceTransformer(str(folder), device="cpu")
+    shipped = plain_sentence_transformer(folder, device="cpu")  # as shipped: full depth
     shipped.max_seq_length = _read_max_seq_length(folder) or shipped.max_seq_length
     exported = [row for row in paths_at("original", original, None, workdir, threads)
                 if row.runtime == "onnxruntime" or row.precision == "int8"]

@@ -197,7 +197,7 @@ class EarlyExitEncoder:
         self.tokenizer = tokenizer
         self.policy = self._policy(policy)
         embed_params = inspect.signature(model.embeddings.forward).parameters
-        self._embeddings_take_token_types = "token_type_ids" in embed_params
+        self.takes_token_types = "token_type_ids" in embed_params
         # MPNet adds a relative position bias, computed once per shape by the encoder, to every layer.
         self._position_bias = getattr(model.encoder, "compute_position_bias", None)
         builder = getattr(model, "_create_attention_masks", None)
@@ -238,7 +238,9 @@ class EarlyExitEncoder:
         Exit settings come from `<path>/leap_exit.json` when present, max_length from
         `sentence_bert_config.json` ("max_seq_length"); keyword overrides win over both.
         """
-        path = Path(path)
+        from leap_core.models import load_weights, resolve_model
+
+        path = Path(path) if Path(path).is_dir() else resolve_model(str(path))  # a hub id: its cached or fetched folder
         pooling = path / "1_Pooling" / "config.json"
         pooling_config = json.loads(pooling.read_text(encoding="utf-8")) if pooling.is_file() else {}
         # sentence-transformers < 6 wrote pooling_mode_mean_tokens; 6 writes pooling_mode: "mean".
@@ -249,9 +251,10 @@ class EarlyExitEncoder:
         max_seq_length = _read_max_seq_length(path)
         if max_seq_length is not None:
             settings["max_length"] = max_seq_length
+        if not {"theta", "k", "l_min"} & (set(settings) | set(overrides)):
+            logger.warning("%s: no %s: the exit rule is the default theta=0.95, k=1, l_min=6 (calibrate it with "
+                           "`leap calibrate`, or pass theta, k, l_min)", path, EXIT_SETTINGS_FILE)
         settings.update(overrides)
-        from leap_core.models import load_weights
-
         model = load_weights(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if {"theta", "k", "l_min"} & set(settings):
@@ -339,6 +342,19 @@ class EarlyExitEncoder:
         return (embeddings, exit_layers) if return_exit_layers else embeddings
 
     @torch.no_grad()
+    def encode_features(self, features: dict[str, torch.Tensor],
+                        mode: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """One tokenized, right-padded batch {input_ids, attention_mask[, token_type_ids]} through the layer loop at
+        `mode` (as encode): (pooled (B, d) float32 unnormalised on the device, exit layers (B,)). The engine of
+        st_module.LeapEarlyExit; inference only (an exit decision has no gradient)."""
+        kind, depth = parse_mode(self.policy.mode() if mode in (None, "policy") else mode, self.num_layers)
+        mask = features["attention_mask"].cpu()
+        batch = {"input_ids": features["input_ids"], "attention_mask": mask, "lengths": mask.sum(1).numpy()}
+        if self.takes_token_types and "token_type_ids" in features:
+            batch["token_type_ids"] = features["token_type_ids"]
+        return self._run_batch(batch, kind, depth)
+
+    @torch.no_grad()
     def layer_embeddings(self, sentences: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Normalised mean pools of every layer at full depth: (L, N, d) float32, index l-1 = layer l."""
         items = _check_sentences(sentences)
@@ -357,7 +373,7 @@ class EarlyExitEncoder:
 
         Truncated to max_length; in chunks, so a large corpus is held as compact int arrays.
         """
-        wanted = ["input_ids"] + (["token_type_ids"] if self._embeddings_take_token_types else [])
+        wanted = ["input_ids"] + (["token_type_ids"] if self.takes_token_types else [])
         lengths, flat = [], {key: [] for key in wanted}
         for start in range(0, len(items), TOKENIZE_CHUNK):
             encoded = self.tokenizer(items[start : start + TOKENIZE_CHUNK], truncation=True,

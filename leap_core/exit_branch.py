@@ -109,13 +109,12 @@ def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path
             module.p = branch.training.dropout or 0.0
     objective = BranchObjective(layers, max(layers), student.config.hidden_size, branch.contrast, branch.temperature)
     objective.set_heads(*fit_heads(student, tokenizer, texts, cache.embeddings[-1], layers, branch.max_length, seed))
-    fingerprint = sha256_strings(["branch+heads", str(layers), str(branch.contrast), str(branch.temperature),
-                                  model_fingerprint(original), cache_path.name])
+    fingerprint = identity.branch_run(branch, layers, model_fingerprint(original), cache_path.name)
     exit_settings = dataclasses.replace(profile.exit, l_min=layers[0])
     trainer = LeapTrainer(student, tokenizer, objective, cache, branch.training, out_dir, seed=seed,
                           max_length=branch.max_length, exit_settings=exit_settings, run_fingerprint=fingerprint,
                           serve_max_length=_read_max_seq_length(original),
-                          save_extra=lambda folder: save_heads(objective, folder))
+                          save_extra=lambda folder: save_heads(objective, folder), exit_module=False)
     result = trainer.train()
     write_json_atomic(result.model_dir / BRANCH_FILE, {
         "original": model, "original_fingerprint": model_fingerprint(original), "original_layers": depth,

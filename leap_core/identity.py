@@ -46,6 +46,13 @@ def student_run(profile: Any, arm: str, cache_name: str) -> str:
     return _key([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.models), cache_name])
 
 
+def branch_run(branch: Any, layers: list[int], original_fingerprint: str, cache_name: str) -> str:
+    """An exit branch's training run (its heads and exits, against which original, from which teacher cache); the
+    trainer adds training_run's part."""
+    return _key(["branch+heads", str(layers), str(branch.contrast), str(branch.temperature), original_fingerprint,
+                 cache_name])
+
+
 def retrofit_recipe(profile: Any, arm: str, sample_key: str) -> str:
     """A retrofit's recipe (8 hex digits in its folder name): objective, training and which sentences."""
     return _key([config_fingerprint(profile.objective_for(arm)), config_fingerprint(profile.training_for(arm)),

@@ -27,8 +27,9 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
     return plan
 
 
-# A model folder's serving settings (leap calibrate --save writes them in the promote step) are not its content.
-SERVING_SETTINGS = ("leap_exit.json",)
+# A model folder's serving settings (leap calibrate --save writes them in the promote step) and its card (README.md,
+# written once its numbers are measured) are not its content.
+SERVING_SETTINGS = ("leap_exit.json", "README.md")
 
 
 def _digest(path: Path) -> str:

@@ -142,10 +142,20 @@ def texts_from(model_input: Any) -> list[str]:
 
 
 class Embedded(pydantic.BaseModel):
-    """One served row: its normalised embedding and the 1-indexed layer it exited at."""
+    """One served row: its normalised embedding and the 1-indexed layer it exited at (None when not asked for)."""
 
     embedding: list[float]
-    exit_layer: int
+    exit_layer: int | None = None
+
+
+def params_example(model_dir: str | Path) -> dict[str, Any]:
+    """What a request may set (MLflow's params schema is inferred from it, with these values as defaults):
+    mode: "policy" (the calibrated one), "full", "compact" or "fixed:N"; theta: the exit threshold of the rule
+    (default: the model's); return_exit_layers: each row's exit layer in the answer."""
+    from leap_core.encoder import read_exit_settings
+
+    return {"mode": "policy", "theta": float(read_exit_settings(model_dir).get("theta", 0.95)),
+            "return_exit_layers": True}
 
 
 class EarlyExitModel(mlflow.pyfunc.PythonModel):
@@ -161,10 +171,34 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
         from leap_core.encoder import EarlyExitEncoder
 
         self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
+        self._by_theta = {self.encoder.theta: self.encoder}
+
+    def _encoder(self, theta: float) -> Any:
+        """The encoder at another theta shares the weights; one per theta, so concurrent requests never race."""
+        from leap_core.encoder import EarlyExitEncoder
+        from leap_core.policy import check_rule
+
+        if theta not in self._by_theta:
+            base = self.encoder
+            check_rule(theta, base.k, base.l_min, base.num_layers, where="params.theta")
+            self._by_theta[theta] = EarlyExitEncoder(base.model, base.tokenizer, theta=theta, k=base.k,
+                                                     l_min=base.l_min, max_length=base.max_length,
+                                                     device=base.device, policy=base.policy)
+        return self._by_theta[theta]
 
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Embedded]:
-        embeddings, layers = self.encoder.encode(texts_from(model_input), mode="policy", return_exit_layers=True)
-        return [Embedded(embedding=row.tolist(), exit_layer=int(layer)) for row, layer in zip(embeddings, layers)]
+        from mlflow.exceptions import MlflowException
+
+        asked = {"mode": "policy", "theta": self.encoder.theta, "return_exit_layers": True, **(params or {})}
+        try:
+            encoder = self._encoder(float(asked["theta"]))
+            embeddings, layers = encoder.encode(texts_from(model_input), mode=str(asked["mode"]),
+                                                return_exit_layers=True)
+        except (ValueError, TypeError) as err:  # a bad mode or theta: the caller's error (HTTP 400)
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        keep = bool(asked["return_exit_layers"])
+        return [Embedded(embedding=row.tolist(), exit_layer=int(layer) if keep else None)
+                for row, layer in zip(embeddings, layers)]
 
 
 def pip_requirements() -> list[str]:
@@ -205,7 +239,7 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(MODEL_CODE), artifacts={"encoder": str(model_dir)},
             code_paths=[str(PACKAGE_DIR)], pip_requirements=pip_requirements(),
-            input_example=INPUT_EXAMPLE, registered_model_name=model_name,
+            input_example=(INPUT_EXAMPLE, params_example(model_dir)), registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))

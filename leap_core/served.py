@@ -77,7 +77,8 @@ def head_modules(folder: Path) -> list[Any]:
     """The sentence-transformers modules after the pooling, in order, as torch modules (Dense, Normalize)."""
     import torch
     import torch.nn.functional as F
-    from sentence_transformers import SentenceTransformer
+
+    from leap_core.st_module import tail_modules
 
     class Normalize(torch.nn.Module):
         def forward(self, x):
@@ -92,13 +93,9 @@ def head_modules(folder: Path) -> list[Any]:
             return self.activation(self.linear(x))
 
     head = []
-    for module in list(SentenceTransformer(str(folder), device="cpu"))[1:]:
+    for module in tail_modules(folder):  # after the mean pool (checked there), in either folder layout
         kind = type(module).__name__
-        if kind == "Pooling":
-            mode = getattr(module, "pooling_mode", None) or module.get_pooling_mode_str()
-            if mode != "mean":
-                raise ValueError(f"{folder}: pooling {mode!r}; leap serves mean-pooled models")
-        elif kind == "Dense":
+        if kind == "Dense":
             head.append(Dense(module.linear, module.activation_function))
         elif kind == "Normalize":
             head.append(Normalize())

@@ -4,7 +4,7 @@ A run lives in one output folder:
   checkpoint.pt      the latest checkpoint's tensors (student, projection, optimiser, schedule, torch RNG)
   checkpoint.json    its fingerprint, step, Python/NumPy RNG and the .pt's sha256 (read first)
   train_log.jsonl    per-term losses every `log_every` steps
-  model/             the trained student, a standard sentence-transformers folder + leap_exit.json
+  model/             the trained student: a sentence-transformers folder that exits (st_module) + leap_exit.json
   projection.pt      the learned width projection (training only; inference does not need it)
   train_result.json  written last: its presence means the run is complete
 """
@@ -87,7 +87,7 @@ class LeapTrainer:
                  max_length: int = 128, exit_settings: ExitConfig | None = None,
                  run_fingerprint: str = "", on_step: Callable[[int, dict[str, float]], None] | None = None,
                  serve_max_length: int | None = None, save_extra: Callable[[Path], None] | None = None,
-                 checkpoint_store: str | None = None):
+                 checkpoint_store: str | None = None, exit_module: bool = True):
         n_layers = student.config.num_hidden_layers
         if teacher.embeddings.shape[0] != n_layers:
             raise ValueError(f"teacher cache has {teacher.embeddings.shape[0]} mapped layers; student has {n_layers}")
@@ -96,6 +96,9 @@ class LeapTrainer:
         # The saved folder's max length: a retrofit keeps its original's, whatever length it trained at.
         self.serve_max_length = serve_max_length or max_length
         self.save_extra = save_extra  # writes what else the model folder needs, before the run counts as finished
+        # The saved folder's first module: LeapEarlyExit (SentenceTransformer.encode exits), or Transformer + Pooling
+        # where exiting needs more than the rule (an exit branch's heads).
+        self.exit_module = exit_module
         self.output_dir = Path(output_dir)
         self.exit_settings = exit_settings or ExitConfig()
         self.on_step = on_step
@@ -290,8 +293,10 @@ class LeapTrainer:
     def save(self) -> Path:
         model_dir = self.output_dir / "model"
         self.student.eval()
-        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.serve_max_length)
-        write_json_atomic(model_dir / "leap_exit.json", dataclasses.asdict(self.exit_settings))
+        rule = dataclasses.asdict(self.exit_settings)
+        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.serve_max_length,
+                                  exit_rule=rule if self.exit_module else None)
+        write_json_atomic(model_dir / "leap_exit.json", rule)
         if self.save_extra is not None:
             self.save_extra(model_dir)
         with atomic_path(self.output_dir / "projection.pt") as tmp:

@@ -289,8 +289,13 @@ texts = ["A man is playing a guitar.", "Rain.", "Two children are playing in the
 out = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@champion").predict(texts)
 expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, return_exit_layers=True)
 got = np.array([row.embedding for row in out])
+from pathlib import Path
+from sentence_transformers import SentenceTransformer
+as_st = SentenceTransformer({str(model_dir)!r}, trust_remote_code=True, device="cpu").encode(texts)
+card = next(Path(mlflow.artifacts.download_artifacts("models:/{MODEL_NAME}@champion")).rglob("README.md")).read_text()
 print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expected).max()),
-                  "exit_layers": [row.exit_layer for row in out], "expected_layers": layers.tolist()}}))
+                  "exit_layers": [row.exit_layer for row in out], "expected_layers": layers.tolist(),
+                  "st_max_diff": float(np.abs(as_st - expected).max()), "card": card}}))
 """
     done = subprocess.run([sys.executable, "-c", script], env=flow_env(smoke_run["root"], smoke_run["uri"]),
                           capture_output=True, text=True, timeout=300)
@@ -299,6 +304,14 @@ print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expe
     assert result["shape"] == [3, 32] and result["max_diff"] < 1e-5
     assert result["exit_layers"] == result["expected_layers"]
     assert all(1 <= layer <= 4 for layer in result["exit_layers"])  # the calibrated policy of a 4-layer student
+    # The student folder is a SentenceTransformer that serves the same policy, and the registered model's card
+    # holds the numbers the run measured.
+    assert result["st_max_diff"] < 1e-5
+    report = json.loads((smoke_run["root"] / "reports" / "smoke" / "report.json").read_text())
+    measured = next(a["metrics"] for a in report["arms"] if (a["arm"], a["group"]) == ("leap", "main"))
+    assert "LEAP student" in result["card"] and f"| STS-B Spearman, exited (served) | {measured['stsb_exited']:.3f} |" \
+        in result["card"] and f"| exit rate (rows leaving before the last layer) | {measured['exit_rate']:.1%} |" \
+        in result["card"]
     settings = json.loads((model_dir / "leap_exit.json").read_text())
     assert settings["calibration"]["name"] and settings.get("policy", {}).get("kind") in ("full", "fixed", None,
                                                                                           "thresholds")

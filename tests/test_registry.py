@@ -207,14 +207,29 @@ def test_the_registered_model_is_code_not_a_pickle_and_a_null_row_is_a_400(store
 
     uri, mlflow_client, _, _ = store
     run_id = mlflow_client.create_run(tracking.experiment_id("registry-test", uri)).info.run_id
-    version = registry.register(resolve_model("random-bert:layers=4,hidden=64,heads=2,seed=1"), metrics(), run_id,
-                                "coded", uri)
+    folder = tmp_path / "encoder"
+    shutil.copytree(resolve_model("random-bert:layers=4,hidden=64,heads=2,seed=1"), folder)
+    (folder / "leap_exit.json").write_text(json.dumps({"theta": -1.0, "k": 1, "l_min": 2}))  # every row exits at 2
+    version = registry.register(folder, metrics(), run_id, "coded", uri)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/coded/{version}", dst_path=str(tmp_path / "dl"),
                                                      tracking_uri=uri))
     assert not list(local.rglob("*.pkl")) and "serving_model.py" in (local / "MLmodel").read_text()
     client = TestClient(scoring_server.init(mlflow.pyfunc.load_model(str(local))))
     ok = client.post("/invocations", json={"inputs": ["A man is playing a guitar."]})
     assert ok.status_code == 200, ok.text
+    # Request params (MLflow's params schema): the mode, theta and whether exit layers come back.
+    assert all(name in (local / "MLmodel").read_text() for name in ("params", "mode", "theta", "return_exit_layers"))
+    texts = ["A man is playing a guitar.", "Two children play in the snow."]
+    answers = {mode: client.post("/invocations", json={"inputs": texts, "params": {"mode": mode}}).json()["predictions"]
+               for mode in ("full", "compact")}
+    assert [row["exit_layer"] for row in answers["full"]] == [4, 4]
+    assert [row["exit_layer"] for row in answers["compact"]] == [2, 2]
+    assert not np.allclose(answers["full"][0]["embedding"], answers["compact"][0]["embedding"], atol=1e-4)
+    quiet = client.post("/invocations", json={"inputs": texts, "params": {"return_exit_layers": False}}).json()
+    assert [row["exit_layer"] for row in quiet["predictions"]] == [None, None]
+    for params, said in (({"mode": "sometimes"}, "unknown mode 'sometimes'"), ({"theta": 3.0}, "params.theta")):
+        refused = client.post("/invocations", json={"inputs": texts, "params": params})
+        assert refused.status_code == 400 and said in refused.text, refused.text
     for bad, said in (([None, "a"], "Expected type str, but got NoneType"), (["a", 1], "Expected type str, but got int"),
                       ({"dataframe_split": {"columns": ["text", "extra"], "data": [["a", "b"]]}}, "'inputs' key")):
         body = bad if isinstance(bad, dict) else {"inputs": bad}

@@ -1,0 +1,180 @@
+"""LEAP early exit as a sentence-transformers module: SentenceTransformer.encode and everything built on it exits.
+
+LeapEarlyExit replaces Transformer + Pooling as the first module of a model; its engine is the EarlyExitEncoder
+(one implementation: the same layer loop, exit test and mean pool). Its settings are the folder's leap_exit.json
+(theta, k, l_min, the calibrated policy), so save and push_to_hub carry them. Use it as:
+
+    model = SentenceTransformer(folder, trust_remote_code=True)   # sentence-transformers >= 6 asks for the flag
+    model = load_sentence_transformer(folder)                     # the same, also for folders saved before
+    model.encode(texts, exit_mode="full")                          # one call at another mode; model[0].exit_mode
+    model.encode(texts, output_value=None)[i]["exit_layer"]        # the layer each sentence left at
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sentence_transformers.base.modules.input_module import InputModule
+
+from leap_core.encoder import EarlyExitEncoder, parse_mode
+
+MODULE_TYPE = "leap_core.st_module.LeapEarlyExit"
+_PLAIN_INPUT = ("sentence_transformers.base.modules.transformer.Transformer",
+                "sentence_transformers.sentence_transformer.modules.Transformer",
+                "sentence_transformers.models.Transformer")
+
+
+class LeapEarlyExit(InputModule):
+    """Tokenize, run the transformer with per-row convergence exit, mean-pool: {"sentence_embedding", "exit_layer"}.
+
+    exit_mode: None serves the folder's policy (leap_exit.json); "full", "compact", "batch", "monitored" or
+    "fixed:N" as EarlyExitEncoder.encode. encode(..., exit_mode=...) overrides it for one call.
+    """
+
+    config_file_name = "sentence_bert_config.json"
+    config_keys = ["max_seq_length"]
+    forward_kwargs = {"exit_mode"}
+    save_in_root = True
+
+    def __init__(self, encoder: EarlyExitEncoder, exit_mode: str | None = None) -> None:
+        super().__init__()
+        self.engine = encoder
+        self.auto_model = encoder.model  # a child module, so .to(device) and .half() reach the weights
+        self.tokenizer = encoder.tokenizer
+        self.exit_mode = exit_mode
+        self.exit_log: list[np.ndarray] | None = None  # a list collects every batch's exit layers (leap mteb)
+        parse_mode(self._mode(exit_mode), encoder.num_layers)  # a bad mode fails here, not at the first encode
+
+    def _mode(self, exit_mode: str | None) -> str:
+        mode = exit_mode if exit_mode is not None else self.exit_mode
+        return self.engine.policy.mode() if mode in (None, "policy") else mode
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.engine.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.engine.max_length = int(value)
+
+    def get_embedding_dimension(self) -> int:
+        return self.engine.dim
+
+    def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Right-padded ids and mask, truncated to max_seq_length (the engine's layer loop trims right padding)."""
+        texts = [prompt + text for text in inputs] if prompt else list(inputs)
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.engine.max_length,
+                                 padding_side="right", return_tensors="pt")
+        wanted = ["input_ids", "attention_mask"] + (["token_type_ids"] if self.engine.takes_token_types else [])
+        return {key: encoded[key] for key in wanted if key in encoded}
+
+    def forward(self, features: dict[str, Any], exit_mode: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        self.engine.device = self.auto_model.device  # sentence-transformers moves the module, not the engine
+        pooled, exit_layers = self.engine.encode_features(features, self._mode(exit_mode))
+        features["sentence_embedding"] = pooled
+        features["exit_layer"] = torch.from_numpy(exit_layers).to(pooled.device)
+        if self.exit_log is not None:
+            self.exit_log.append(exit_layers)
+        return features
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        """Weights, tokenizer and max length as a Transformer module writes them, plus leap_exit.json."""
+        self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.save_tokenizer(output_path)
+        self.save_config(output_path)
+        self.engine.save_exit_settings(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", exit_mode: str | None = None,
+             **kwargs: Any) -> "LeapEarlyExit":
+        """From a folder or hub id (its leap_exit.json gives the rule and policy); keyword overrides win."""
+        overrides = {key: kwargs[key] for key in ("theta", "k", "l_min", "policy", "device") if key in kwargs}
+        folder = _local_folder(model_name_or_path, subfolder, kwargs)
+        return cls(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=exit_mode)
+
+
+def _local_folder(name: str, subfolder: str, hub: dict[str, Any]) -> Path:
+    """A folder path as is; a hub id downloaded (or found in the cache) like sentence-transformers would."""
+    from leap_core.models import resolve_model
+
+    local = Path(name) / subfolder
+    if local.is_dir():
+        return local
+    if hub.get("token") or hub.get("revision") or hub.get("cache_folder"):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, token=hub.get("token"), revision=hub.get("revision"),
+                                      cache_dir=hub.get("cache_folder"),
+                                      local_files_only=bool(hub.get("local_files_only")))) / subfolder
+    return resolve_model(name) / subfolder
+
+
+def _entries(folder: Path) -> list[dict[str, Any]]:
+    file = folder / "modules.json"
+    if not file.is_file():
+        raise ValueError(f"{folder}: not a sentence-transformers folder (no modules.json)")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def tail_modules(folder: str | Path) -> list[Any]:
+    """The modules after the sentence embedding is formed (Dense heads, Normalize), in order, from either layout:
+    LeapEarlyExit first, or Transformer + mean Pooling first. Only sentence-transformers' own classes are imported."""
+    from sentence_transformers.util import import_from_string
+
+    folder = Path(folder)
+    if not (folder / "modules.json").is_file():
+        return []  # a plain transformers folder: sentence-transformers mean-pools it, with nothing after
+    entries = _entries(folder)
+    first = entries[0]["type"]
+    if first == MODULE_TYPE:
+        rest = entries[1:]
+    elif first in _PLAIN_INPUT and len(entries) > 1 and entries[1]["type"].endswith(".Pooling"):
+        pooling = json.loads((folder / entries[1]["path"] / "config.json").read_text(encoding="utf-8"))
+        if not (pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode") == "mean"):
+            raise ValueError(f"{folder}: pooling {pooling}; leap serves mean-pooled models")
+        rest = entries[2:]
+    else:
+        raise ValueError(f"{folder}: modules.json starts with {first}; leap serves Transformer + mean Pooling "
+                         "or its own LeapEarlyExit")
+    modules = []
+    for entry in rest:
+        if not entry["type"].startswith("sentence_transformers."):
+            raise ValueError(f"{folder}: module {entry['type']} is not sentence-transformers' own: not loaded")
+        modules.append(import_from_string(entry["type"]).load(str(folder), subfolder=entry["path"]))
+    return modules
+
+
+def load_sentence_transformer(path: str | Path, exit_mode: str | None = None, device: str | None = None,
+                              **overrides: Any):
+    """A SentenceTransformer that exits early, from a folder of either layout or a hub id, with no remote code:
+    LeapEarlyExit (settings from leap_exit.json, overrides win) followed by the folder's own tail modules."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = _local_folder(str(path), "", {})
+    first = LeapEarlyExit(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=exit_mode)
+    model = SentenceTransformer(modules=[first, *tail_modules(folder)], device=device or str(first.engine.device))
+    prompts = folder / "config_sentence_transformers.json"
+    if prompts.is_file():  # prompts and the default prompt travel with the folder
+        config = json.loads(prompts.read_text(encoding="utf-8"))
+        model.prompts = config.get("prompts") or {}
+        model.default_prompt_name = config.get("default_prompt_name")
+    return model
+
+
+def plain_sentence_transformer(path: str | Path, device: str = "cpu"):
+    """The folder as sentence-transformers serves a model that does not exit: Transformer + mean Pooling + its tail
+    (what `leap bench` times as the peer of our encoder)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as st_modules
+
+    folder = _local_folder(str(path), "", {})
+    if not (folder / "modules.json").is_file() or _entries(folder)[0]["type"] != MODULE_TYPE:
+        return SentenceTransformer(str(folder), device=device)  # a plain folder: as sentence-transformers loads it
+    engine_length = EarlyExitEncoder.from_pretrained(folder).max_length
+    transformer = st_modules.Transformer(str(folder), max_seq_length=engine_length)
+    pooling = st_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling, *tail_modules(folder)], device=device)
