@@ -324,6 +324,55 @@ def cmd_mteb(args: argparse.Namespace) -> None:
     _json_or_table(result, args, lambda: mteb_table(result))
 
 
+def add_monitor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the served model's folder (its leap_reference.json is the reference)")
+    parser.add_argument("--traffic", required=True, help="the traffic log: a folder or s3://bucket/prefix "
+                        "(LEAP_TRAFFIC_LOG of the served model)")
+    parser.add_argument("--reference-texts", help="measure the reference on these texts (.txt one per line, "
+                        ".jsonl, .parquet) instead of reading leap_reference.json")
+    parser.add_argument("--save-reference", action="store_true", help="keep that reference in the model folder")
+    parser.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus text format")
+    _add_json_args(parser, "write the JSON here too (the markdown summary goes beside it, .md)")
+
+
+@command("monitor", "the traffic log against the model's reference: depth shift, PSI, NN@10; exit 1 on an alert",
+         add_monitor_args)
+def cmd_monitor(args: argparse.Namespace) -> None:
+    from leap_core.data.documents import read_user_corpus
+    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.monitor import monitor, monitor_markdown, prometheus
+
+    texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
+    result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
+    if args.out:
+        write_json_atomic(args.out, result)
+        write_text_atomic(Path(args.out).with_suffix(".md"), monitor_markdown(result))
+    print(prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
+          else monitor_markdown(result), end="")
+    if result["alert"]:
+        raise SystemExit(1)
+
+
+def add_replay_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder or hub id, served at its policy")
+    parser.add_argument("--texts", required=True, help="texts to serve (.txt one per line, .jsonl, .parquet)")
+    parser.add_argument("--traffic", required=True, help="the traffic log to append to: a folder or s3://...")
+    parser.add_argument("--sample-text", type=float, default=1.0,
+                        help="share of rows whose text is logged (default: %(default)s)")
+
+
+@command("replay", "serve texts at the model's policy and log them as the served model would (LEAP_TRAFFIC_LOG)",
+         add_replay_args)
+def cmd_replay(args: argparse.Namespace) -> None:
+    from leap_core.data.documents import read_user_corpus
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.traffic import TrafficLog, replay
+
+    texts = read_user_corpus(args.texts, min_chars=1)
+    replay(EarlyExitEncoder.from_pretrained(args.model), texts, TrafficLog(args.traffic, sample_text=args.sample_text))
+    print(f"{len(texts)} rows logged to {args.traffic}")
+
+
 # ---- choosing and shipping a model's operating point ----
 
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:

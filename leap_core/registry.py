@@ -170,8 +170,11 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from leap_core.encoder import EarlyExitEncoder
 
+        from leap_core.traffic import TrafficLog
+
         self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
         self._by_theta = {self.encoder.theta: self.encoder}
+        self.traffic = TrafficLog.from_env()  # LEAP_TRAFFIC_LOG: what `leap monitor` reads
 
     def _encoder(self, theta: float) -> Any:
         """The encoder at another theta shares the weights; one per theta, so concurrent requests never race."""
@@ -190,12 +193,14 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
 
         asked = {"mode": "policy", "theta": self.encoder.theta, "return_exit_layers": True, **(params or {})}
+        texts = texts_from(model_input)
         try:
             encoder = self._encoder(float(asked["theta"]))
-            embeddings, layers = encoder.encode(texts_from(model_input), mode=str(asked["mode"]),
-                                                return_exit_layers=True)
+            embeddings, layers = encoder.encode(texts, mode=str(asked["mode"]), return_exit_layers=True)
         except (ValueError, TypeError) as err:  # a bad mode or theta: the caller's error (HTTP 400)
             raise MlflowException.invalid_parameter_value(str(err)) from None
+        if getattr(self, "traffic", None) is not None:
+            self.traffic.record(texts, layers, encoder.num_layers)
         keep = bool(asked["return_exit_layers"])
         return [Embedded(embedding=row.tolist(), exit_layer=int(layer) if keep else None)
                 for row, layer in zip(embeddings, layers)]

@@ -78,13 +78,18 @@ def delete(uri: str) -> None:
     client().delete_object(Bucket=bucket, Key=key)
 
 
+def list_prefix(prefix: str) -> list[str]:
+    """The keys of every object under s3://bucket/prefix/, in key order."""
+    bucket, key = split(prefix)
+    pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/")
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
 def delete_prefix(prefix: str) -> int:
     """Delete every object under s3://bucket/prefix/; returns how many."""
-    bucket, key = split(prefix)
+    bucket, _ = split(prefix)
     s3 = client()
-    keys = [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                                 Prefix=key.rstrip("/") + "/")
-            for item in page.get("Contents", [])]
+    keys = list_prefix(prefix)
     for start in range(0, len(keys), 1000):  # S3's limit per DeleteObjects request
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
     return len(keys)
