@@ -190,9 +190,9 @@ def freeze_lower_layers(model: PreTrainedModel, n_layers: int) -> None:
 
 
 def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike,
-                              max_seq_length: int = 256, exit_rule: dict[str, Any] | None = None) -> Path:
-    """Save as a sentence-transformers folder, atomically: Transformer, mean Pooling, Normalize; or, given an
-    exit_rule (theta, k, l_min), LeapEarlyExit and Normalize, so SentenceTransformer.encode exits (st_module)."""
+                              max_seq_length: int = 256, input_modules: list[Any] | None = None) -> Path:
+    """Save as a sentence-transformers folder, atomically: Transformer, mean Pooling (or the given input_modules,
+    e.g. st_module's LeapEarlyExit that also pools), then Normalize."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_models
 
@@ -203,15 +203,8 @@ def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedToken
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if exit_rule is not None:
-            from leap_core.encoder import EarlyExitEncoder
-            from leap_core.st_module import LeapEarlyExit
-
-            engine = EarlyExitEncoder(model, tokenizer, max_length=max_seq_length, device="cpu", **exit_rule)
-            first = [LeapEarlyExit(engine)]
-        else:
-            first = [st_models.Transformer(str(tmp), max_seq_length=max_seq_length),
-                     st_models.Pooling(model.config.hidden_size, pooling_mode="mean")]
+        first = input_modules or [st_models.Transformer(str(tmp), max_seq_length=max_seq_length),
+                                  st_models.Pooling(model.config.hidden_size, pooling_mode="mean")]
         SentenceTransformer(modules=[*first, st_models.Normalize()], device="cpu").save(str(tmp))
         if folder.exists():
             old = folder.with_name(folder.name + ".old")

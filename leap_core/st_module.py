@@ -97,6 +97,16 @@ class LeapEarlyExit(InputModule):
         return cls(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=exit_mode)
 
 
+def save_exit_folder(model: Any, tokenizer: Any, folder: str | Path, max_seq_length: int,
+                     rule: dict[str, Any]) -> Path:
+    """A sentence-transformers folder whose first module is LeapEarlyExit with this exit rule (theta, k, l_min):
+    SentenceTransformer(folder, trust_remote_code=True).encode exits. Written atomically."""
+    from leap_core.models import save_sentence_transformer
+
+    engine = EarlyExitEncoder(model, tokenizer, max_length=max_seq_length, device="cpu", **rule)
+    return save_sentence_transformer(model, tokenizer, folder, max_seq_length, input_modules=[LeapEarlyExit(engine)])
+
+
 def _local_folder(name: str, subfolder: str, hub: dict[str, Any]) -> Path:
     """A folder path as is; a hub id downloaded (or found in the cache) like sentence-transformers would."""
     from leap_core.models import resolve_model

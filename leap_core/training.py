@@ -33,6 +33,7 @@ from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_fi
 from leap_core.losses import LeapObjective
 from leap_core.models import save_sentence_transformer
 from leap_core.pooling import pooled_layers
+from leap_core.st_module import save_exit_folder
 from leap_core.teacher_cache import TeacherCache, pick_device
 
 log = logging.getLogger(__name__)
@@ -294,8 +295,10 @@ class LeapTrainer:
         model_dir = self.output_dir / "model"
         self.student.eval()
         rule = dataclasses.asdict(self.exit_settings)
-        save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, max_seq_length=self.serve_max_length,
-                                  exit_rule=rule if self.exit_module else None)
+        if self.exit_module:
+            save_exit_folder(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length, rule)
+        else:
+            save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length)
         write_json_atomic(model_dir / "leap_exit.json", rule)
         if self.save_extra is not None:
             self.save_extra(model_dir)

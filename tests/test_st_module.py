@@ -11,8 +11,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.quantization import quantize_embeddings
 
 from leap_core.encoder import EarlyExitEncoder
-from leap_core.models import load_model, resolve_model, save_sentence_transformer
-from leap_core.st_module import MODULE_TYPE, LeapEarlyExit, load_sentence_transformer
+from leap_core.models import load_model, resolve_model
+from leap_core.st_module import MODULE_TYPE, LeapEarlyExit, load_sentence_transformer, save_exit_folder
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["a man is playing a guitar on stage", "the cat sat on the mat", "stocks fell sharply on monday",
@@ -31,9 +31,8 @@ def leap_folder(tmp_path_factory):
     """A folder as the trainer writes it: LeapEarlyExit + Normalize, leap_exit.json, prompts."""
     model, tokenizer = load_model(TINY)
     folder = tmp_path_factory.mktemp("st") / "student"
-    save_sentence_transformer(model, tokenizer, folder, max_seq_length=64, exit_rule={"theta": 0.9, "k": 1, "l_min": 2})
-    rule = {"theta": _median_theta(folder), "k": 1, "l_min": 2}
-    save_sentence_transformer(model, tokenizer, folder, max_seq_length=64, exit_rule=rule)
+    save_exit_folder(model, tokenizer, folder, 64, {"theta": 0.9, "k": 1, "l_min": 2})
+    save_exit_folder(model, tokenizer, folder, 64, {"theta": _median_theta(folder), "k": 1, "l_min": 2})
     config = json.loads((folder / "config_sentence_transformers.json").read_text())
     config["prompts"] = {"query": "query: ", "document": ""}
     (folder / "config_sentence_transformers.json").write_text(json.dumps(config))

@@ -155,6 +155,16 @@ def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
     a, b = _weights(result.model_dir), _weights(baseline.model_dir)
     assert any(not torch.equal(a[name], b[name]) for name in a)
     assert json.loads((result.model_dir / "leap_exit.json").read_text()) == {"theta": 0.95, "k": 1, "l_min": 2}
+    # The saved student is a SentenceTransformer that exits: LeapEarlyExit first, as the encoder on the folder.
+    from leap_core.st_module import MODULE_TYPE, load_sentence_transformer
+
+    assert json.loads((result.model_dir / "modules.json").read_text())[0]["type"] == MODULE_TYPE
+    texts = ["a man plays a guitar", "rain"]
+    from leap_core.encoder import EarlyExitEncoder
+
+    expected = EarlyExitEncoder.from_pretrained(result.model_dir).encode(texts)
+    assert torch.allclose(torch.from_numpy(load_sentence_transformer(result.model_dir).encode(texts)),
+                          torch.from_numpy(expected), atol=1e-6)
 
 
 def test_frozen_layers_keep_their_weights_and_the_rest_learn(smoke, tmp_path):
