@@ -373,6 +373,33 @@ def cmd_replay(args: argparse.Namespace) -> None:
     print(f"{len(texts)} rows logged to {args.traffic}")
 
 
+def add_sample_texts_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sources", required=True, help="comma-separated source tags of the profile's corpus, "
+                        "e.g. coco_val2017_captions,mrpc")
+    parser.add_argument("--tags", help="the tag file, one per corpus line, relative to the data dir (default: the "
+                        "profile's data.balance_by, else nli_sentences/sentence_sources.txt.gz)")
+    parser.add_argument("--n", type=positive_int, required=True, help="how many distinct sentences")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many of the seeded order first, so "
+                        "samples at different offsets are disjoint (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the order's seed (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="text file, one sentence per line")
+
+
+@command("sample-texts", "sentences of chosen sources of the corpus -> a text file (reference or traffic texts)",
+         add_sample_texts_args)
+def cmd_sample_texts(args: argparse.Namespace) -> None:
+    from leap_core.data.corpus import load_corpus, read_tags, sentences_of_sources
+    from leap_core.io import write_text_atomic
+
+    data = _profile(args).data
+    tag_file = args.tags or data.balance_by or "nli_sentences/sentence_sources.txt.gz"
+    corpus = load_corpus(data.corpus, data.data_dir)
+    tags = read_tags(Path(data.data_dir) / tag_file, len(corpus), data.corpus)
+    texts = sentences_of_sources(corpus, tags, args.sources.split(","), args.n, args.offset, args.seed)
+    write_text_atomic(args.out, "\n".join(texts) + "\n")
+    print(f"{len(texts)} sentences of {args.sources} -> {args.out}")
+
+
 # ---- choosing and shipping a model's operating point ----
 
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:

@@ -129,6 +129,23 @@ def read_tags(path: str | Path, n_lines: int, corpus: str) -> list[str]:
     return tags
 
 
+def sentences_of_sources(corpus: list[str], tags: list[str], sources: Sequence[str], n: int, offset: int = 0,
+                         seed: int = 0) -> list[str]:
+    """Distinct sentences tagged with one of `sources`, in one seeded order: items offset..offset+n of it, so
+    samples at different offsets never share a sentence (a reference and a traffic drawn apart)."""
+    import random
+
+    unknown = sorted(set(sources) - set(tags))
+    if unknown:
+        raise DataError(f"sources {unknown} tag no sentence (known: {sorted(set(tags))})")
+    wanted = set(sources)
+    pool = list(dict.fromkeys(text for text, tag in zip(corpus, tags) if tag in wanted))
+    random.Random(seed).shuffle(pool)
+    if offset + n > len(pool):
+        raise DataError(f"sources {sorted(wanted)}: {len(pool)} distinct sentences, asked for {offset}..{offset + n}")
+    return pool[offset:offset + n]
+
+
 def sentence_key(sentence: str) -> str:
     """Dedup / held-out key: lower-cased, only [0-9a-z] kept ("It's OK!" -> "itsok")."""
     return _NOT_KEY.sub("", sentence.lower())
