@@ -48,7 +48,10 @@ def test_version(capsys):
 
 
 def test_eval_prints_a_table_and_json_on_request(data_dir, tmp_path, capsys):
-    common = ["eval", TINY, "--profile", "smoke", "--data-dir", str(data_dir), "--theta", "0.9", "--l-min", "2"]
+    small = tmp_path / "data" / "stsb"  # 60 STS-B test pairs: the table, not the score, is under test
+    small.mkdir(parents=True)
+    (small / "test.tsv").write_text("".join((data_dir / "stsb" / "test.tsv").open().readlines()[:61]))
+    common = ["eval", TINY, "--profile", "smoke", "--data-dir", str(small.parent), "--theta", "0.9", "--l-min", "2"]
     assert main(common + ["--out", str(tmp_path / "eval.json")]) == 0
     shown = capsys.readouterr().out
     written = json.loads((tmp_path / "eval.json").read_text())
