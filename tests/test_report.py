@@ -176,3 +176,14 @@ def test_every_claim_is_one_function_and_its_paper_numbers_come_from_the_referen
     ref["exits"]["leap_exit_by_layer_7"] = 0.5  # an edited reference number shows in the claim's text
     assert "50.0% by layer 7" in report.claims([], None, None, ref, 6)[1]["claim"]
     assert {"monitoring", "speedup_bs1", "beir_flat"} <= set(THRESHOLDS)
+
+
+def test_verify_report_names_runs_missing_from_the_store_in_one_line_each(tmp_path):
+    """On another machine the committed report's runs are not in the local store: each is named, no traceback."""
+    from pathlib import Path
+
+    from leap_core.report import verify_against_mlflow
+
+    committed = Path(__file__).resolve().parents[1] / "reports" / "cpu" / "report.json"
+    problems = verify_against_mlflow(committed, f"sqlite:///{tmp_path / 'empty.db'}")
+    assert problems and all("is not in the tracking store sqlite:///" in line for line in problems)

@@ -29,7 +29,14 @@ def verify_against_mlflow(report_path: str | Path, tracking_uri: str | None = No
     problems = []
 
     def compare(run_id: str, expected: Mapping[str, Any], what: str) -> None:
-        logged = client.get_run(run_id).data.metrics
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logged = client.get_run(run_id).data.metrics
+        except MlflowException:
+            problems.append(f"{what}: MLflow run {run_id} is not in the tracking store {uri} (give the store the "
+                            "run logged to: --tracking-uri or MLFLOW_TRACKING_URI)")
+            return
         for key, value in expected.items():
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
