@@ -104,8 +104,8 @@ def monitor(model: str | Path, traffic: str, reference_texts: Sequence[str] | No
         raise ValueError(f"{traffic}: logged by a model of {sorted(set(table.column('n_layers').to_pylist()))} "
                          f"layers; {folder} has {encoder.num_layers}")
     texts = [text for text in table.column("text").to_pylist() if text is not None]
-    return {"model": str(model), "traffic": traffic, **compare(reference, table.column("exit_layer").to_pylist(),
-                                                               texts, encoder)}
+    return {"model": str(model), "traffic_log": traffic,
+            **compare(reference, table.column("exit_layer").to_pylist(), texts, encoder)}
 
 
 def monitor_markdown(result: Mapping[str, Any]) -> str:
@@ -114,7 +114,7 @@ def monitor_markdown(result: Mapping[str, Any]) -> str:
 
     ref, now = result["reference"], result["traffic"]
     verdict = "ALERT: " + "; ".join(result["alerts"]) if result["alert"] else "no alert"
-    lines = [f"# Monitoring {result['model']}", "", f"Traffic `{result['traffic']}`: **{verdict}**.", ""]
+    lines = [f"# Monitoring {result['model']}", "", f"Traffic `{result['traffic_log']}`: **{verdict}**.", ""]
     rows = [["rows", ref["n"], now["n"]], ["mean exit layer", fmt(ref["mean_exit_layer"], ".2f"),
                                              fmt(now["mean_exit_layer"], ".2f")],
             ["NN@10 vs full depth", fmt(ref.get("nn10")), fmt(now["nn10"])]]
