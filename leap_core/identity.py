@@ -1,9 +1,9 @@
 """What names a run: the hash of everything that decides what it learns, and nothing that does not.
 
 Every run folder and checkpoint fingerprint is built here: run_identity names a distilled student's run whole;
-the recipe functions name retrofit, exit-branch and peer folders; training_run adds what any trainer run adds. SCHEMA 1 is the formula the committed runs were
-recorded under, so they keep resolving to their folders; a change of formula is a new schema version (and new
-folders), never an edit of version 1. Configs enter through config_fingerprint, which leaves fields added later
+the recipe functions name retrofit, exit-branch and peer folders; training_run adds what any trainer run adds.
+SCHEMA 1 is the formula the committed runs were recorded under, so they keep resolving to their folders; a change
+of formula is a new schema version (and new folders), never an edit of version 1. Configs enter through config_fingerprint, which leaves fields added later
 out while they hold their neutral value (config._LATER_FIELDS_NEUTRAL).
 """
 
