@@ -40,20 +40,22 @@ def psi(reference: Sequence[float], actual: Sequence[float], floor: float = 1e-4
     return float(((a - r) * np.log(a / r)).sum())
 
 
-def served_nn10(encoder: Any, texts: Sequence[str], k: int = 10) -> float | None:
-    """Mean NN@k of the served embeddings (the encoder's policy) against full depth on `texts` (None: too few)."""
+def served_nn10(encoder: Any, texts: Sequence[str], k: int = 10, served: np.ndarray | None = None) -> float | None:
+    """Mean NN@k of the served embeddings (the encoder's policy; `served` when already encoded) against full depth
+    on the first NN_SAMPLE `texts` (None: too few)."""
     texts = list(texts)[:NN_SAMPLE]
     if len(texts) <= k:
         return None
     full = encoder.encode(texts, mode="full")
-    served = encoder.encode(texts, mode="policy")
+    served = served[:NN_SAMPLE] if served is not None else encoder.encode(texts, mode="policy")
     return float(overlap(knn(served, k), knn(full, k)).mean())
 
 
 def reference_profile(encoder: Any, texts: Sequence[str], source: str) -> dict[str, Any]:
     """The model's depth profile and served NN@10 on reference texts (what monitoring compares traffic with)."""
-    _, layers = encoder.encode(list(texts), mode="policy", return_exit_layers=True)
-    return {**depth_profile(layers, encoder.num_layers), "nn10": served_nn10(encoder, texts), "source": source,
+    served, layers = encoder.encode(list(texts), mode="policy", return_exit_layers=True)
+    return {**depth_profile(layers, encoder.num_layers), "nn10": served_nn10(encoder, texts, served=served),
+            "source": source,
             "policy": encoder.policy.to_dict()}
 
 

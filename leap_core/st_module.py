@@ -184,7 +184,9 @@ def plain_sentence_transformer(path: str | Path, device: str = "cpu"):
     folder = _local_folder(str(path), "", {})
     if not (folder / "modules.json").is_file() or _entries(folder)[0]["type"] != MODULE_TYPE:
         return SentenceTransformer(str(folder), device=device)  # a plain folder: as sentence-transformers loads it
-    engine_length = EarlyExitEncoder.from_pretrained(folder).max_length
-    transformer = st_modules.Transformer(str(folder), max_seq_length=engine_length)
+    from leap_core.encoder import _read_max_seq_length
+
+    # The length the encoder would serve, read from the folder: loading the encoder's weights for it is a waste.
+    transformer = st_modules.Transformer(str(folder), max_seq_length=_read_max_seq_length(folder) or 128)
     pooling = st_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, *tail_modules(folder)], device=device)
