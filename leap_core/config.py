@@ -168,6 +168,27 @@ class RegistryConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """RetrainFlow: retrofit the champion on its own traffic, promote the candidate only if it wins (leap_core.retrain)."""
+
+    model: str = ""  # the original the champion descends from; "" = the first of retrofit_models
+    model_name: str = "leap-retrofit"  # the registry name whose champion is retrained and replaced
+    max_sentences: int = 5000  # logged texts trained on per run (and held out, at most)
+    holdout_fraction: float = 0.1  # share of distinct texts held out, by a hash of the text: never trained on
+    min_slice: int = 100  # fewer held-out texts than this measure too little: the run stops and says so
+    min_agreement: float = 0.80  # served NN@10 vs the original on the slice: the paper's mark of a viable exit
+    quality_tolerance: float = 0.005  # the candidate may trail the champion this much on STS-B dev ...
+    min_depth_gain: float = 0.02  # ... and must serve this share fewer layers on the slice to win
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"retrain.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
+        if self.max_sentences < 1 or self.min_slice < 11:  # NN@10 needs 10 neighbours besides the text itself
+            raise ConfigError(f"retrain: max_sentences must be >= 1 and min_slice >= 11, got {self.max_sentences}, "
+                              f"{self.min_slice}")
+
+
+@dataclass
 class Profile:
     name: str = DEFAULT_PROFILE
     data: DataConfig = field(default_factory=DataConfig)
@@ -189,6 +210,7 @@ class Profile:
     branch: BranchConfig = field(default_factory=BranchConfig)
     # Models the pipeline's retrofit step makes exit-compatible (first seed), each beside its original.
     retrofit_models: list[str] = field(default_factory=list)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     output_dir: str = "runs"
     cache_uri: str = ""  # s3://bucket/prefix: teacher caches shared across runs and machines (boto3, sha256-checked)
 

@@ -222,10 +222,11 @@ def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedToken
 def model_fingerprint(folder: str | os.PathLike) -> str:
     """Hash of a model folder's weights, config and tokenizer files (the cache key's model part).
 
-    leap_exit.json is left out: it says which layer to serve, not what any layer computes, so calibrating a
-    model does not make its cached embeddings, evaluations or branches look like another model's.
+    leap_exit.json and leap_reference.json are left out: they say which layer to serve and what traffic to expect,
+    not what any layer computes, so calibrating a model does not make its cached embeddings, evaluations or
+    branches look like another model's.
     """
     from leap_core.io import sha256_folder
 
     return sha256_folder(folder, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model"),
-                         exclude=("leap_exit.json",))
+                         exclude=("leap_exit.json", "leap_reference.json"))

@@ -27,9 +27,9 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
     return plan
 
 
-# A model folder's serving settings (leap calibrate --save writes them in the promote step) and its card (README.md,
-# written once its numbers are measured) are not its content.
-SERVING_SETTINGS = ("leap_exit.json", "README.md")
+# A model folder's serving settings (leap calibrate --save writes them in the promote step), its monitoring reference
+# and its card (README.md, written once its numbers are measured) are not its content.
+SERVING_SETTINGS = ("leap_exit.json", "leap_reference.json", "README.md")
 
 
 def _digest(path: Path) -> str:

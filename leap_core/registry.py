@@ -34,6 +34,7 @@ DECISION_TAG, REASONS_TAG = "leap.decision", "leap.decision_reasons"
 GATE_KEYS = ("stsb_exited", "stsb_exited_ci", "exit_rate", "mean_exit_layer", "similarity_to_final",
              "nn10_per_layer", "nn10", "policy", "policy_stsb", "policy_layer_reduction", "policy_speedup_bs1",
              "policy_speedup_bs32")
+ENCODER_SHA_TAG = "leap.encoder_sha256"  # the encoder folder's content hash: a download is checked against it
 POLICY_TAG = "leap.policy"  # what the version serves and its measured speed, for people browsing the registry
 TEXT_COLUMN = "text"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -247,7 +248,12 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
             input_example=(INPUT_EXAMPLE, params_example(model_dir)), registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
+    from leap_core.io import sha256_folder
+    from leap_core.pipeline import SERVING_SETTINGS
+
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))
+    tracking.client(uri).set_model_version_tag(model_name, version, ENCODER_SHA_TAG,
+                                               sha256_folder(model_dir, exclude=SERVING_SETTINGS))
     if metrics.get("policy"):
         shown = [metrics["policy"]] + [f"{key.removeprefix('policy_')} {metrics[key]:.3g}" for key in GATE_KEYS
                                        if key.startswith("policy_") and metrics.get(key) is not None]
@@ -319,3 +325,29 @@ def promote(model_name: str, version: str | int, gate: Any, uri: str | None = No
             return {"version": version, "alias": decision.alias, "changed": changed, "reasons": decision.reasons,
                     "previous_champion": current}
     raise RuntimeError(f"could not promote {model_name} version {version}: its champion kept moving ({attempts} tries)")
+
+
+def promote_if_won(model_name: str, version: str | int, won: bool, reasons: list[str], gated_against: str | None,
+                   uri: str | None = None, lock: str | Path | None = None) -> dict[str, Any]:
+    """A retrained version becomes `champion` only if it `won` against the champion it was judged with (version
+    `gated_against`, None: there was none); otherwise `challenger`, the champion untouched. If the champion moved
+    since that judgement, the win is stale: challenger, and the reason says so. Under the promotion lock."""
+    from filelock import FileLock
+
+    from leap_core import tracking
+
+    uri = uri or tracking.tracking_uri()
+    mlflow_client = tracking.client(uri)
+    version, reasons = str(version), list(reasons)
+    path = Path(lock) if lock else lock_path(uri, model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=600):
+        current = _aliases(mlflow_client, model_name).get(CHAMPION)
+        if won and current != gated_against:
+            reasons.append(f"the champion moved from version {gated_against} to {current} since the gate: judge again")
+        alias = CHAMPION if won and not reasons else CHALLENGER
+        mlflow_client.set_registered_model_alias(model_name, alias, version)
+        mlflow_client.set_model_version_tag(model_name, version, DECISION_TAG, alias)
+        mlflow_client.set_model_version_tag(model_name, version, REASONS_TAG, "; ".join(reasons)[:5000])
+    log.info("%s version %s -> %s%s", model_name, version, alias, f" ({'; '.join(reasons)})" if reasons else "")
+    return {"version": version, "alias": alias, "reasons": reasons, "previous_champion": current}

@@ -6,7 +6,7 @@ hash of the teacher's weights and tokenizer, the sentences, max length, layers a
 cache made for anything else is never used: it is rebuilt. It also holds the sha256 of the content
 (sentences and every embedding value), checked on every read: a flipped bit is a warning and a
 rebuild, never a hit. The build runs in chunks saved beside the target, so a killed build resumes
-where it stopped.
+where it stopped, and takes the rows of sentences that earlier caches of the same teacher already hold.
 """
 
 from __future__ import annotations
@@ -130,11 +130,9 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
 
     Reuses a valid file (logging that no teacher forward pass runs); rebuilds a corrupt or stale one.
     shared_uri (s3://bucket/prefix): a cache another run built there is fetched (sha256-checked) instead of
-    recomputed, and a cache built here is put there.
+    recomputed, and a cache built here is put there. On a miss, rows of other caches in cache_dir with the same
+    teacher, layers and max length are reused (reusable_rows): only sentences none of them holds are encoded.
     """
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
     folder = resolve_model(teacher)
     layers = sorted(set(layers))
     key = cache_key(folder, sentences, layers, max_length)
@@ -147,19 +145,45 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
         log.info("teacher cache hit in %s: no teacher forward pass", remote)
         return path
 
-    log.info("teacher cache miss: encoding %d sentences with %s into %s", len(sentences), teacher, path)
+    spec = spec_key(folder, layers, max_length)
+    known = reusable_rows(Path(cache_dir), spec, set(sentences), exclude=path)
+    missing = list(dict.fromkeys(s for s in sentences if s not in known))
+    log.info("teacher cache miss: encoding %d of %d sentences with %s into %s (%d rows from earlier caches)",
+             len(missing), len(sentences), teacher, path, len(sentences) - len(missing))
+    if missing:
+        known.update(zip(missing, np.moveaxis(_encode_resumable(folder, missing, layers, max_length, batch_size,
+                                                                device, path, key, show_progress), 1, 0)))
+    embeddings = np.stack([known[s] for s in sentences], axis=1)
+    _write_table(path, key, teacher, sentences, layers, max_length, embeddings, spec)
+    shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)
+    if remote:
+        from leap_core.storage import upload
+
+        upload(path, remote)
+        log.info("teacher cache shared at %s", remote)
+    return path
+
+
+def _encode_resumable(folder: Path, sentences: list[str], layers: list[int], max_length: int, batch_size: int,
+                      device: str, path: Path, key: str, show_progress: bool) -> np.ndarray:
+    """(len(layers), N, D) float16 pools of `sentences`, CHUNK rows at a time, each chunk saved beside `path`
+    (named by the cache key and these sentences) so that a killed build resumes where it stopped."""
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
     run_device = pick_device(device)
     model = load_weights(folder).to(run_device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if max(layers) > model.config.num_hidden_layers:
-        raise ValueError(f"teacher {teacher} has {model.config.num_hidden_layers} layers; asked for layer {max(layers)}")
+        raise ValueError(f"teacher {folder} has {model.config.num_hidden_layers} layers; asked for layer {max(layers)}")
     parts = path.with_suffix(".parts")
     parts.mkdir(parents=True, exist_ok=True)
     (parts / "key").write_text(key)
+    tag = sha256_strings([key, sha256_strings(sentences)])[:16]
     chunks = []
     with tqdm(total=len(sentences), desc="teacher cache", unit="sent", disable=not show_progress) as bar:
         for number, start in enumerate(range(0, len(sentences), CHUNK)):
-            chunk_path = parts / f"chunk-{number:05d}-{key[:16]}.npy"
+            chunk_path = parts / f"chunk-{number:05d}-{tag}.npy"
             if chunk_path.is_file():  # done before a kill
                 chunk = np.load(chunk_path)
             else:
@@ -170,18 +194,41 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
                         np.save(handle, chunk)
             chunks.append(chunk)
             bar.update(chunk.shape[1])
-    _write_table(path, key, teacher, sentences, layers, max_length, np.concatenate(chunks, axis=1))
-    shutil.rmtree(parts, ignore_errors=True)
-    if remote:
-        from leap_core.storage import upload
+    return np.concatenate(chunks, axis=1)
 
-        upload(path, remote)
-        log.info("teacher cache shared at %s", remote)
-    return path
+
+def spec_key(teacher_folder: Path, layers: list[int], max_length: int) -> str:
+    """What makes two caches' rows interchangeable: the teacher's weights, layers, max length and pooling."""
+    spec = {"teacher": model_fingerprint(teacher_folder), "layers": layers, "max_length": max_length,
+            "pooling": POOLING}
+    return sha256_strings([json.dumps(spec, sort_keys=True)])
+
+
+def reusable_rows(cache_dir: Path, spec: str, wanted: set[str], exclude: Path | None = None) -> dict[str, np.ndarray]:
+    """Pools of `wanted` sentences found in other caches of the same spec in cache_dir, each verified on read.
+
+    A retrain on a growing traffic log so encodes only the text no earlier run has seen.
+    """
+    found: dict[str, np.ndarray] = {}
+    for other in sorted(cache_dir.glob("teacher-*.parquet")):
+        if other == exclude or len(found) == len(wanted):
+            continue
+        try:
+            if (pq.read_schema(other).metadata or {}).get(b"leap_cache_spec", b"").decode() != spec:
+                continue
+            cache = load_teacher_cache(other)
+        except (ValueError, OSError, pa.ArrowException) as err:
+            log.warning("teacher cache %s not reused: %s", other, err)
+            continue
+        values = cache.embeddings.numpy().astype(np.float16)  # stored as float16: the round trip is exact
+        for row, sentence in enumerate(cache.sentences):
+            if sentence in wanted and sentence not in found:
+                found[sentence] = values[:, row]
+    return found
 
 
 def _write_table(path: Path, key: str, teacher: str, sentences: list[str], layers: list[int], max_length: int,
-                 embeddings: np.ndarray) -> None:
+                 embeddings: np.ndarray, spec: str = "") -> None:
     """The cache file, atomically: one row per sentence, one float16 column per layer, key and checksum as metadata."""
     columns = {"sentence": pa.array(sentences, type=pa.string())}
     for position, layer in enumerate(layers):
@@ -189,7 +236,7 @@ def _write_table(path: Path, key: str, teacher: str, sentences: list[str], layer
         columns[f"layer_{layer}"] = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[-1])
     metadata = {"leap_cache_key": key, "teacher": teacher, "layers": json.dumps(layers),
                 "max_length": str(max_length), "pooling": POOLING,
-                "leap_content_sha256": content_digest(sentences, list(embeddings))}
+                "leap_content_sha256": content_digest(sentences, list(embeddings)), "leap_cache_spec": spec}
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns).replace_schema_metadata(metadata), tmp)
 

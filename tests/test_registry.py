@@ -285,3 +285,17 @@ def test_register_logs_a_pyfunc_version_once_per_run(store, tmp_path):
     tags = mlflow_client.get_model_version("registered", version).tags
     assert json.loads(tags[registry.GATE_METRICS_TAG]) == {
         "stsb_exited": 0.76, "exit_rate": 0.9, "mean_exit_layer": 6.6, "similarity_to_final": SIMILARITY}
+
+
+def test_a_retrained_version_takes_over_only_when_it_won_against_the_current_champion(store, tmp_path):
+    uri, lock = store[0], tmp_path / "lock"
+    first, lost, stale, won = new_model(store, "retrained", *[metrics()] * 4)
+    assert registry.promote_if_won("retrained", first, True, [], None, uri, lock)["alias"] == "champion"
+    outcome = registry.promote_if_won("retrained", lost, False, ["mean depth: 5.00 vs 5.00"], first, uri, lock)
+    assert outcome["alias"] == "challenger" and aliases(store, "retrained") == {"champion": first, "challenger": lost}
+    assert store[1].get_model_version("retrained", lost).tags[registry.REASONS_TAG] == "mean depth: 5.00 vs 5.00"
+    # A win judged against a champion that has moved since is stale: it is judged again, not promoted.
+    outcome = registry.promote_if_won("retrained", stale, True, [], "0", uri, lock)
+    assert outcome["alias"] == "challenger" and "moved from version 0 to " + first in outcome["reasons"][0]
+    assert registry.promote_if_won("retrained", won, True, [], first, uri, lock)["previous_champion"] == first
+    assert aliases(store, "retrained")["champion"] == won

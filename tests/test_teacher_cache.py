@@ -110,3 +110,17 @@ def test_a_file_that_is_no_cache_is_refused(tmp_path):
     pq.write_table(pa.table({"a": [1]}), path)
     with pytest.raises(ValueError, match="not a leap teacher cache"):
         tc.load_teacher_cache(path)
+
+
+def test_text_an_earlier_cache_holds_is_not_encoded_again(tmp_path, monkeypatch):
+    tc.build_teacher_cache(TEACHER, SENTENCES[:25], [2, 4], tmp_path, max_length=32, show_progress=False)
+    tc.build_teacher_cache(TEACHER, SENTENCES[:25], [2, 4], tmp_path, max_length=16, show_progress=False)  # other spec
+    encoded = []
+    real = tc._encode_chunk
+    monkeypatch.setattr(tc, "_encode_chunk", lambda model, tok, sentences, *a: encoded.extend(sentences)
+                        or real(model, tok, sentences, *a))
+    grown = SENTENCES[15:] + SENTENCES[:5]  # last week's text, 10 of them already cached, and new text
+    cache = tc.load_teacher_cache(tc.build_teacher_cache(TEACHER, grown, [2, 4], tmp_path, max_length=32,
+                                                         show_progress=False), grown)
+    assert sorted(encoded) == sorted(SENTENCES[25:])  # only the text no cache of this spec holds
+    torch.testing.assert_close(cache.embeddings, _expected(grown, [2, 4]), atol=2e-3, rtol=0)
