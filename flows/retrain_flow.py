@@ -7,7 +7,8 @@
 start -> extract -> retrofit -> gate -> promote -> end (leap_core.retrain has the logic). The champion is
 the registry's `champion` of retrain.model_name, or the original model as shipped when there is none yet. A
 candidate that loses is registered as `challenger`, with the reasons on the version and in the MLflow run; the
-champion is left alone. `leap monitor ... || python flows/retrain_flow.py run ...` retrains on an alert (README).
+champion is left alone. A monitor alert starts it: `leap monitor --publish-event` with Argo Events (on_monitor_alert),
+or `leap monitor ... || python flows/retrain_flow.py run ...` from cron.
 MLflow: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db.
 """
 
@@ -22,14 +23,25 @@ import logging  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from metaflow import FlowSpec, Parameter, current, resources, retry, schedule, step  # noqa: E402
+from metaflow import FlowSpec, Parameter, current, resources, retry, schedule, step, trigger  # noqa: E402
+from metaflow.metaflow_config import ARGO_EVENTS_EVENT  # noqa: E402
 
+from leap_core.monitor import ALERT_EVENT  # noqa: E402
 from leap_core.pipeline import file_ref, local_path, output_location, task_profile  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.retrain")
 
 
+def on_monitor_alert(flow_class):
+    """Where Metaflow is configured for Argo Events (ARGO_EVENTS_EVENT), `leap monitor --publish-event` also starts a
+    retrain, on the traffic that alerted; elsewhere the weekly schedule alone (a trigger would fail to deploy there)."""
+    if not ARGO_EVENTS_EVENT:
+        return flow_class
+    return trigger(event={"name": ALERT_EVENT, "parameters": {"traffic": "traffic"}})(flow_class)
+
+
+@on_monitor_alert
 @schedule(weekly=True)
 class RetrainFlow(FlowSpec):
     """Retrofit the champion on logged traffic, judge it against the champion, promote only a winner."""

@@ -332,6 +332,8 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
                         ".jsonl, .parquet) instead of reading leap_reference.json")
     parser.add_argument("--save-reference", action="store_true", help="keep that reference in the model folder")
     parser.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus text format")
+    parser.add_argument("--publish-event", action="store_true", help="on an alert, publish the Argo Event "
+                        "leap_monitor_alert (METAFLOW_ARGO_EVENTS_WEBHOOK_URL), which starts RetrainFlow on this traffic")
     _add_json_args(parser, "write the JSON here too (the markdown summary goes beside it, .md)")
 
 
@@ -340,7 +342,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
 def cmd_monitor(args: argparse.Namespace) -> None:
     from leap_core.data.documents import read_user_corpus
     from leap_core.io import write_json_atomic, write_text_atomic
-    from leap_core.monitor import monitor, monitor_markdown, prometheus
+    from leap_core.monitor import monitor, monitor_markdown, prometheus, publish_alert
 
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
     result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
@@ -350,6 +352,8 @@ def cmd_monitor(args: argparse.Namespace) -> None:
     print(prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
           else monitor_markdown(result), end="")
     if result["alert"]:
+        if args.publish_event:
+            log.info("published Argo Event %s", publish_alert(result))
         raise SystemExit(1)
 
 

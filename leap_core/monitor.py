@@ -10,6 +10,7 @@ model folder, or measured on the texts given).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +23,7 @@ MAX_NN10_DROP = 0.20  # relative (the paper: NN@10 against a full-depth referenc
 PSI_MAJOR = 0.25  # the usual mark of a major population shift; reported, not an alert rule of the paper
 NN_SAMPLE = 1000  # texts re-encoded at full depth to measure NN@10 (k = 10 needs at least 11)
 REFERENCE_FILE = "leap_reference.json"
+ALERT_EVENT = "leap_monitor_alert"  # the Argo Event an alert publishes; RetrainFlow is triggered by it (@trigger)
 
 
 def depth_profile(exit_layers: Sequence[int], n_layers: int) -> dict[str, Any]:
@@ -148,3 +150,16 @@ def prometheus(result: Mapping[str, Any]) -> str:
         label_text = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
         lines.append(f"{name}{label_text} {shown}")
     return "\n".join(lines) + "\n"
+
+
+def publish_alert(result: Mapping[str, Any], url: str | None = None) -> str:
+    """Publish ALERT_EVENT to the Argo Events webhook (Metaflow's ARGO_EVENTS_WEBHOOK_URL, or `url`); its payload's
+    `traffic` becomes RetrainFlow's --traffic. Returns the event id; raises when the webhook cannot be reached."""
+    from metaflow.integrations import ArgoEvent
+    from metaflow.metaflow_config import ARGO_EVENTS_WEBHOOK_URL
+
+    url = url or os.environ.get("METAFLOW_ARGO_EVENTS_WEBHOOK_URL") or ARGO_EVENTS_WEBHOOK_URL  # env: as set now
+    if not url:
+        raise ValueError("no Argo Events webhook: set METAFLOW_ARGO_EVENTS_WEBHOOK_URL (Metaflow's configuration)")
+    payload = {"model": str(result["model"]), "traffic": str(result["traffic_log"]), "alerts": "; ".join(result["alerts"])}
+    return ArgoEvent(ALERT_EVENT, url=url).publish(payload=payload, ignore_errors=False)

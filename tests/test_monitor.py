@@ -1,10 +1,13 @@
 """The traffic log (bounded, whole files only, S3 too) and `leap monitor`'s alerts on a shift of depth."""
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -94,9 +97,39 @@ def test_monitor_alerts_on_a_depth_shift_and_stays_quiet_on_traffic_like_the_ref
     same = json.loads((tmp_path / "same.json").read_text())
     assert not same["alert"] and abs(same["depth_shift"]) < 0.5 and (folder / "leap_reference.json").is_file()
     assert "no alert" in capsys.readouterr().out and (tmp_path / "same.md").is_file()
-    with pytest.raises(SystemExit) as alerted:  # the saved reference, a shifted traffic: exit 1
-        main(["monitor", str(folder), "--traffic", str(tmp_path / "shifted"), "--prometheus"])
+    with webhook() as (url, received), pytest.raises(SystemExit) as alerted:  # saved reference, shifted traffic
+        os.environ["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"] = url
+        try:
+            main(["monitor", str(folder), "--traffic", str(tmp_path / "shifted"), "--prometheus", "--publish-event"])
+        finally:
+            del os.environ["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"]
     assert alerted.value.code == 1
     shown = capsys.readouterr().out
     assert "leap_monitor_alert 1.0" in shown and 'leap_exit_mean_layer{source="traffic"} 4.0' in shown
     assert "# TYPE leap_exit_psi gauge" in shown
+    # The Argo Event that starts RetrainFlow (its trigger maps the payload's traffic to --traffic).
+    assert [event["name"] for event in received] == ["leap_monitor_alert"]
+    assert received[0]["payload"]["traffic"] == str(tmp_path / "shifted") and "layers" in received[0]["payload"]["alerts"]
+
+
+@contextlib.contextmanager
+def webhook():
+    """An HTTP endpoint standing in for the Argo Events webhook: it keeps every JSON body POSTed to it."""
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server convention
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", received
+    finally:
+        server.shutdown()
