@@ -357,6 +357,33 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def add_loop_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retrain", action="append", required=True, help="a RetrainFlow run's retrain.json, in run "
+                        "order (repeatable)")
+    parser.add_argument("--monitor", action="append", default=[], help="a leap monitor --out JSON (repeatable)")
+    parser.add_argument("--out", default="reports/loop.md", help="the report (default: %(default)s; the inputs go "
+                        "beside it as loop.json)")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+@command("loop-report", "retrain runs and drift checks -> one markdown report (reports/loop.md)", add_loop_report_args)
+def cmd_loop_report(args: argparse.Namespace) -> None:
+    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.retrain import loop_markdown
+
+    retrains = [_read_json(path) for path in args.retrain]
+    monitors = [_read_json(path) for path in args.monitor]
+    write_json_atomic(Path(args.out).with_suffix(".json"), {"retrains": retrains, "monitors": monitors})
+    write_text_atomic(args.out, loop_markdown(retrains, monitors, args.retrain + args.monitor))
+    print(f"{len(retrains)} retrain runs, {len(monitors)} drift checks -> {args.out}")
+
+
 def add_replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or hub id, served at its policy")
     parser.add_argument("--texts", required=True, help="texts to serve (.txt one per line, .jsonl, .parquet)")

@@ -146,3 +146,25 @@ def test_a_losing_candidate_leaves_the_champion_alone_with_its_reasons_in_mlflow
     assert run.data.tags[registry.DECISION_TAG] == "challenger"
     assert "mean depth on the slice" in run.data.tags[registry.REASONS_TAG]
     assert "teacher cache hit" in two_retrains["runs"][1].stdout + two_retrains["runs"][1].stderr  # same text
+
+
+def test_loop_report_puts_the_retrains_and_the_drift_check_in_one_report(two_retrains, tmp_path, capsys):
+    from leap_core.cli import main
+
+    root = two_retrains["root"]
+    runs = [str(folder / "retrain.json") for folder in sorted((root / "reports" / "retrain").iterdir())]
+    candidate = two_retrains["results"][0]["candidate"]["model"]
+    try:  # the traffic the candidate was retrained on, logged by the original: alert or not, a drift check
+        main(["monitor", candidate, "--traffic", str(root / "log"), "--out", str(tmp_path / "drift.json")])
+    except SystemExit as alerted:
+        assert alerted.code == 1
+    out = tmp_path / "loop.md"
+    main(["loop-report", "--retrain", runs[0], "--retrain", runs[1], "--monitor", str(tmp_path / "drift.json"),
+          "--out", str(out)])
+    text = out.read_text()
+    assert "## 1. Retrain on" in text and "## 2. Drift checks" in text and "## 3. Retrain on" in text
+    assert "candidate promoted" in text and "candidate not promoted" in text and "mean exit layer" in text
+    assert json.loads(out.with_suffix(".json").read_text())["retrains"][1]["promotion"]["alias"] == "challenger"
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["loop-report", "--retrain", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.md")]) == 2
+    assert "bad.json: not valid JSON" in capsys.readouterr().err and not (tmp_path / "x.md").exists()
