@@ -197,6 +197,7 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
     except mlflow.exceptions.MlflowException:
         return None
     mlflow.set_tracking_uri(uri or tracking.tracking_uri())
+    mlflow.set_registry_uri(uri or tracking.tracking_uri())  # the models:/ URI resolves in the registry named here
     root = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}@{registry.CHAMPION}", dst_path=str(dst)))
     artifacts = mlflow.models.Model.load(str(root)).flavors["python_function"].get("artifacts", {})
     if "encoder" not in artifacts or not (root / artifacts["encoder"]["path"]).is_dir():
