@@ -145,9 +145,10 @@ class RetrainFlow(FlowSpec):
                                     self.tracking_uri)
         self.promotion = registry.promote_if_won(self.model_name, version, decision["win"], decision["reasons"],
                                                  self.champion_version, self.tracking_uri)
-        tracking.tag(self.mlflow_run_id, {registry.DECISION_TAG: self.promotion["alias"],
+        alias = self.promotion["alias"]
+        tracking.tag(self.mlflow_run_id, {registry.DECISION_TAG: alias,
                                           registry.REASONS_TAG: "; ".join(self.promotion["reasons"]) or "won",
-                                          "leap.promotion": f"{self.model_name} v{version} -> {self.promotion['alias']}"})
+                                          "leap.promotion": f"{self.model_name} v{version} -> {alias}"})
         self.next(self.end)
 
     @step

@@ -333,7 +333,8 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-reference", action="store_true", help="keep that reference in the model folder")
     parser.add_argument("--prometheus", action="store_true", help="print the metrics in Prometheus text format")
     parser.add_argument("--publish-event", action="store_true", help="on an alert, publish the Argo Event "
-                        "leap_monitor_alert (METAFLOW_ARGO_EVENTS_WEBHOOK_URL), which starts RetrainFlow on this traffic")
+                        "leap_monitor_alert (METAFLOW_ARGO_EVENTS_WEBHOOK_URL): it starts RetrainFlow on this "
+                        "traffic")
     _add_json_args(parser, "write the JSON here too (the markdown summary goes beside it, .md)")
 
 

@@ -161,5 +161,6 @@ def publish_alert(result: Mapping[str, Any], url: str | None = None) -> str:
     url = url or os.environ.get("METAFLOW_ARGO_EVENTS_WEBHOOK_URL") or ARGO_EVENTS_WEBHOOK_URL  # env: as set now
     if not url:
         raise ValueError("no Argo Events webhook: set METAFLOW_ARGO_EVENTS_WEBHOOK_URL (Metaflow's configuration)")
-    payload = {"model": str(result["model"]), "traffic": str(result["traffic_log"]), "alerts": "; ".join(result["alerts"])}
+    payload = {"model": str(result["model"]), "traffic": str(result["traffic_log"]),
+               "alerts": "; ".join(result["alerts"])}
     return ArgoEvent(ALERT_EVENT, url=url).publish(payload=payload, ignore_errors=False)

@@ -109,7 +109,8 @@ def test_monitor_alerts_on_a_depth_shift_and_stays_quiet_on_traffic_like_the_ref
     assert "# TYPE leap_exit_psi gauge" in shown
     # The Argo Event that starts RetrainFlow (its trigger maps the payload's traffic to --traffic).
     assert [event["name"] for event in received] == ["leap_monitor_alert"]
-    assert received[0]["payload"]["traffic"] == str(tmp_path / "shifted") and "layers" in received[0]["payload"]["alerts"]
+    payload = received[0]["payload"]
+    assert payload["traffic"] == str(tmp_path / "shifted") and "layers" in payload["alerts"]
 
 
 @contextlib.contextmanager
