@@ -364,6 +364,7 @@ def add_loop_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--monitor", action="append", default=[], help="a leap monitor --out JSON (repeatable)")
     parser.add_argument("--out", default="reports/loop.md", help="the report (default: %(default)s; the inputs go "
                         "beside it as loop.json)")
+    parser.add_argument("--command", default="", help="the command that made the inputs, shown in the report")
 
 
 def _read_json(path: str) -> Any:
@@ -381,7 +382,7 @@ def cmd_loop_report(args: argparse.Namespace) -> None:
     retrains = [_read_json(path) for path in args.retrain]
     monitors = [_read_json(path) for path in args.monitor]
     write_json_atomic(Path(args.out).with_suffix(".json"), {"retrains": retrains, "monitors": monitors})
-    write_text_atomic(args.out, loop_markdown(retrains, monitors, args.retrain + args.monitor))
+    write_text_atomic(args.out, loop_markdown(retrains, monitors, args.retrain + args.monitor, args.command))
     print(f"{len(retrains)} retrain runs, {len(monitors)} drift checks -> {args.out}")
 
 
