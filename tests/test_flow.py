@@ -372,9 +372,8 @@ def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same
     """The smoke DAG (its leap arm) with the S3 datastore, --output-dir s3://... and an MLflow server whose
     artifacts go to S3, all against a real S3 server process. Killed in training, it is resumed with an empty
     local disk (another machine): the trainer goes on from its checkpoint in S3, to the model a run never killed
-    trains, hash for hash. A second run, on another empty disk, takes the teacher cache from S3 (it is killed
-    once training starts: the rest is the first run's). Every file a step hands the next is an s3:// reference
-    (sha256-checked on download into the reader's own cache)."""
+    trains, hash for hash. Every file a step hands the next is an s3:// reference (sha256-checked on download into
+    the reader's own cache). (A cache another machine put in S3 is fetched, not rebuilt: tests/test_storage.py.)"""
     profile = smoke_profile(tmp_path / "profile", data_dir, arms={"leap": {}}, lean=True)
     import torch
 
@@ -392,8 +391,6 @@ def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same
         assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-6000:]
         resumed = run_flow(["resume"], on_disk("pod2"))
         assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-6000:]
-        second = run_flow(args, {**on_disk("pod3"), KILL_ENV: "leap:1"})
-        assert second.returncode == -signal.SIGKILL, (second.stdout + second.stderr)[-6000:]
         registered = [item["Key"] for item in storage.client().list_objects_v2(
             Bucket="leap-test", Prefix="mlflow/")["Contents"]]
     assert "teacher cache shared at s3://leap-test/flow/teacher-cache/" in killed.stdout + killed.stderr
@@ -401,14 +398,12 @@ def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same
     assert "checkpoint of step 2 fetched from s3://leap-test/flow/checkpoints/leap-seed0-" in log
     assert "leap-seed0 at step 2 of 6" in log and "teacher cache miss" not in log  # cloned, not rebuilt
     assert not storage.client().list_objects_v2(Bucket="leap-test", Prefix="flow/checkpoints/").get("Contents")
-    log = second.stdout + second.stderr
-    assert "teacher cache hit in s3://leap-test/flow/teacher-cache/" in log and "teacher cache miss" not in log
     assert any(key.endswith("/MLmodel") for key in registered) and any("report.json" in key for key in registered)
     script = """
 import json
 from metaflow import Flow, namespace
 namespace(None)
-run = list(Flow("LeapFlow"))[1]  # newest first: the second run, the resumed run, the killed one
+run = list(Flow("LeapFlow"))[0]  # newest first: the resumed run, then the killed one
 refs = [run["extract"].task.data.sentences, run["cache_teacher"].task.data.teacher_cache]
 refs += [task.data.model for task in run["train"]] + [run["report"].task.data.report_ref]
 print(json.dumps({"uris": [ref["uri"] for ref in refs], "successful": run.successful,
