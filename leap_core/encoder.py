@@ -203,8 +203,11 @@ class EarlyExitEncoder:
         builder = getattr(model, "_create_attention_masks", None)
         wanted = {"attention_mask", "encoder_attention_mask", "embedding_output", "encoder_hidden_states", "cache"}
         # BertModel-family: the very mask its forward builds; others (MPNet) call the shared builder directly.
-        if builder is not None and not wanted <= set(inspect.signature(builder).parameters):
+        accepted = set(inspect.signature(builder).parameters) if builder is not None else set()
+        if not wanted <= accepted:
             builder = None
+        # transformers >= 5.25 also takes the position ids (None: what the model's own forward passes by default).
+        self._mask_extras = {"position_ids": None} if "position_ids" in accepted else {}
         self._mask_builder = builder
 
     def _policy(self, policy: ExitPolicy | dict[str, Any] | str | None) -> ExitPolicy:
@@ -427,6 +430,7 @@ class EarlyExitEncoder:
                 embedding_output=hidden,
                 encoder_hidden_states=None,
                 cache=None,
+                **self._mask_extras,
             )
             return mask
         return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask2d)
