@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from leap_core import experiment
-from leap_core.config import ENCODE_BATCH_SIZE, Profile
+from leap_core.config import Profile
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,13 @@ def split_traffic(profile: Profile, location: str, out_dir: str | Path) -> dict[
     Training texts are capped at retrain.max_sentences (drawn with data.seed); the slice keeps every held-out text
     up to the same cap. Raises DataError when the log holds too few texts for either part.
     """
-    from leap_core.data import DataError, read_sts
+    from leap_core.data import DataError, sts_sentences
     from leap_core.data.corpus import extract_sentences, write_sentences_parquet
     from leap_core.traffic import read_traffic
 
     settings, data = profile.retrain, profile.data
     logged = [t for t in read_traffic(location).column("text").to_pylist() if t is not None]
-    exclude = [s for name in data.exclude_sts for pairs in [read_sts(experiment.data_path(profile, name))]
-               for s in (*pairs.sentences1, *pairs.sentences2)]
+    exclude = sts_sentences(data.data_dir, data.exclude_sts)
     if not logged:
         raise DataError(f"{location}: the traffic log holds no text (set LEAP_TRAFFIC_SAMPLE above 0 when serving)")
     texts = extract_sentences(logged, None, data.min_chars, data.seed, exclude=exclude)
@@ -109,14 +108,16 @@ def retrofit_candidate(base: Profile, original: str, champion: str | Path, train
     return Path(trained.model_dir), float(trained.train_seconds)
 
 
-def original_neighbours(original: str, texts: list[str], k: int = 10) -> np.ndarray:
-    """Each slice text's k nearest slice texts under the original model at full depth (the slice's reference)."""
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.evaluation.neighbours import knn
-    from leap_core.models import resolve_model
+def original_neighbours(profile: Profile, original: str, texts: list[str], k: int = 10) -> np.ndarray:
+    """Each slice text's k nearest slice texts under the original model at full depth (the slice's reference).
 
-    encoder = EarlyExitEncoder.from_pretrained(str(resolve_model(original)))
-    return knn(encoder.encode(texts, batch_size=ENCODE_BATCH_SIZE, mode="full"), k)
+    From the original's pools, cached on disk like every measured model's: when the champion is the original, its
+    measurement reads them instead of encoding the slice again.
+    """
+    from leap_core.evaluation.neighbours import knn
+    from leap_core.evaluation.pareto import depth_model
+
+    return knn(depth_model(profile, original)[0].layers(SLICE, texts)[-1], k)
 
 
 def agreement_set(texts: list[str], reference: np.ndarray) -> Any:
@@ -262,7 +263,7 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
     from leap_core.monitor import REFERENCE_FILE, reference_profile
 
     texts = read_sentences_parquet(holdout_path)
-    slice_set = agreement_set(texts, original_neighbours(original, texts))
+    slice_set = agreement_set(texts, original_neighbours(profile, original, texts))
     result = {CHAMPION: measure(profile, champion, slice_set), CANDIDATE: measure(profile, candidate, slice_set,
                                                                                   save=True)}
     reference = reference_profile(EarlyExitEncoder.from_pretrained(str(candidate)), texts, "retrain held-out slice")
