@@ -38,5 +38,5 @@ $PY flows/retrain_flow.py --no-pylint run --traffic $W/logs/news --profile cpu -
 R2=$(ls -t $W/reports/retrain | head -1)
 leap loop-report --retrain $W/reports/retrain/$R1/retrain.json --retrain $W/reports/retrain/$R2/retrain.json \
   --monitor $W/reports/monitor_captions.json --monitor $W/reports/monitor_news.json --out reports/loop.md \
-  --command "bash infra/loop_demo.sh"
+  --command "bash infra/loop_demo.sh" --relative-to "$W"
 echo "== $(date) done"

@@ -54,19 +54,19 @@ def _exit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_and_print(result: dict, out: str | None, shown: dict | None = None) -> None:
-    from leap_core.io import write_json_atomic
+    from leap_core.io import write_report_files
 
     if out:
-        write_json_atomic(out, result)
+        write_report_files(result, out)
     print(json.dumps(shown if shown is not None else result, indent=2))
 
 
 def _json_or_table(result: dict, args: argparse.Namespace, table: Callable[[], str]) -> None:
     """The JSON to --out; to stdout a table, or the JSON with --json."""
-    from leap_core.io import write_json_atomic
+    from leap_core.io import write_report_files
 
     if args.out:
-        write_json_atomic(args.out, result)
+        write_report_files(result, args.out)
     print(json.dumps(result, indent=2) if args.json else table().rstrip("\n"))
 
 
@@ -201,10 +201,10 @@ def add_foundation_args(parser: argparse.ArgumentParser) -> None:
 def cmd_foundation(args: argparse.Namespace) -> None:
     """Both arms from one teacher cache, evaluated on STS-B test, summarised in reports/foundation.json."""
     from leap_core import experiment
-    from leap_core.io import write_json_atomic
+    from leap_core.io import write_report_files
 
     report = experiment.foundation(_profile(args), args.baseline_arm, args.leap_arm)
-    write_json_atomic(args.out, report)
+    write_report_files(report, args.out)
     print(json.dumps({role: report[role] for role in ("baseline", "leap")}
                      | {"train_seconds_per_arm": report["train_seconds_per_arm"]}, indent=2))
 
@@ -237,7 +237,7 @@ def add_eval_suite_args(parser: argparse.ArgumentParser) -> None:
 def cmd_eval_suite(args: argparse.Namespace) -> None:
     """Every analysis for several models -> one JSON (--out) and a markdown summary (--markdown)."""
     from leap_core.evaluation.suite import evaluate_all, render_markdown
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
 
     profile = _profile(args)
     models = _pairs(args.model, "--model")
@@ -254,9 +254,8 @@ def cmd_eval_suite(args: argparse.Namespace) -> None:
         beir_sets=args.beir or ["beir/scifact", "beir/nfcorpus"],
         beir_modes=args.modes.split(","), batch_size=args.batch_size, max_docs=args.max_docs,
         max_queries=args.max_queries, measure_overhead=not args.no_overhead)
-    write_json_atomic(args.out, results)
-    markdown = render_markdown(results)
-    write_text_atomic(args.markdown or str(Path(args.out).with_suffix(".md")), markdown)
+    _, markdown = write_report_files(results, args.out, args.markdown or str(Path(args.out).with_suffix(".md")),
+                                     render_markdown)
     print(markdown)
 
 
@@ -342,14 +341,13 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
          add_monitor_args)
 def cmd_monitor(args: argparse.Namespace) -> None:
     from leap_core.data.documents import read_user_corpus
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
     from leap_core.monitor import monitor, monitor_markdown, prometheus, publish_alert
 
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
     result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
     if args.out:
-        write_json_atomic(args.out, result)
-        write_text_atomic(Path(args.out).with_suffix(".md"), monitor_markdown(result))
+        write_report_files(result, args.out, Path(args.out).with_suffix(".md"), monitor_markdown)
     print(prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
           else monitor_markdown(result), end="")
     if result["alert"]:
@@ -365,6 +363,8 @@ def add_loop_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/loop.md", help="the report (default: %(default)s; the inputs go "
                         "beside it as loop.json)")
     parser.add_argument("--command", default="", help="the command that made the inputs, shown in the report")
+    parser.add_argument("--relative-to", help="the work folder the inputs lie in: the report names paths relative "
+                        "to it (default: relative to the working directory)")
 
 
 def _read_json(path: str) -> Any:
@@ -376,13 +376,16 @@ def _read_json(path: str) -> Any:
 
 @command("loop-report", "retrain runs and drift checks -> one markdown report (reports/loop.md)", add_loop_report_args)
 def cmd_loop_report(args: argparse.Namespace) -> None:
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
     from leap_core.retrain import loop_markdown
 
     retrains = [_read_json(path) for path in args.retrain]
     monitors = [_read_json(path) for path in args.monitor]
-    write_json_atomic(Path(args.out).with_suffix(".json"), {"retrains": retrains, "monitors": monitors})
-    write_text_atomic(args.out, loop_markdown(retrains, monitors, args.retrain + args.monitor, args.command))
+    inputs = {"retrains": retrains, "monitors": monitors, "sources": args.retrain + args.monitor}
+    write_report_files(inputs, Path(args.out).with_suffix(".json"), args.out,
+                       lambda data: loop_markdown(data["retrains"], data["monitors"], data["sources"], args.command,
+                                                  relative=args.relative_to is not None),
+                       base=args.relative_to)
     print(f"{len(retrains)} retrain runs, {len(monitors)} drift checks -> {args.out}")
 
 
@@ -570,7 +573,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from leap_core.bench import render_markdown, run_benchmark
     from leap_core.evaluation.diagnose import probe_sentences
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -581,9 +584,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                      else list(profile.evaluation.bench_batch_sizes)), modes=args.modes.split(","),
         warmup=args.warmup, iterations=args.iterations, include_sentence_transformers=not args.no_peer,
         device=args.device, dtype=args.dtype, clock=args.clock, **_exit_overrides(args))
-    write_json_atomic(args.out, result)
-    markdown = render_markdown(result)
-    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), render_markdown)
     print(markdown)
 
 
@@ -610,7 +611,7 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     from leap_core.deploy_bench import branch_original, quality_sets, run_deploy_bench
     from leap_core.deploy_report import render_markdown
     from leap_core.evaluation.diagnose import probe_sentences
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
 
     original = args.original or branch_original(args.model)
     profile = _profile(args)
@@ -622,9 +623,7 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
                                   Path(workdir), args.depth, [int(x) for x in args.batch_sizes.split(",")],
                                   args.threads, args.warmup, args.iterations, quality=not args.no_quality)
     result["max_docs"] = args.max_docs
-    write_json_atomic(args.out, result)
-    markdown = render_markdown(result)
-    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), render_markdown)
     print(markdown)
 
 
@@ -638,14 +637,12 @@ def cmd_reliability(args: argparse.Namespace) -> None:
     """Every fault and bad input of leap_core/reliability.py, tried on the smoke profile -> JSON and markdown."""
     import tempfile
 
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
     from leap_core.reliability import render_markdown, run_probes
 
     with tempfile.TemporaryDirectory(prefix="leap-reliability-") as work:
         results = run_probes(_profile(args).data.data_dir, work)
-    write_json_atomic(args.out, results)
-    markdown = render_markdown(results)
-    write_text_atomic(Path(args.out).with_suffix(".md"), markdown)
+    _, markdown = write_report_files(results, args.out, Path(args.out).with_suffix(".md"), render_markdown)
     print(markdown)
     if not all(row["held"] for row in results):
         raise SystemExit(1)

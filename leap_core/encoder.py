@@ -179,6 +179,9 @@ class EarlyExitEncoder:
                 f"{type(model).__name__} has no .embeddings and .encoder.layer: "
                 "expected a BertModel-family or MPNetModel (the bare model, not a task head)"
             )
+        if getattr(model.config, "is_decoder", False):
+            raise ValueError(f"{type(model).__name__} is configured as a decoder (causal attention): a sentence "
+                             "encoder attends both ways")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if isinstance(l_min, bool) or not isinstance(l_min, int) or l_min < 1:
@@ -200,15 +203,6 @@ class EarlyExitEncoder:
         self.takes_token_types = "token_type_ids" in embed_params
         # MPNet adds a relative position bias, computed once per shape by the encoder, to every layer.
         self._position_bias = getattr(model.encoder, "compute_position_bias", None)
-        builder = getattr(model, "_create_attention_masks", None)
-        wanted = {"attention_mask", "encoder_attention_mask", "embedding_output", "encoder_hidden_states", "cache"}
-        # BertModel-family: the very mask its forward builds; others (MPNet) call the shared builder directly.
-        accepted = set(inspect.signature(builder).parameters) if builder is not None else set()
-        if not wanted <= accepted:
-            builder = None
-        # transformers >= 5.25 also takes the position ids (None: what the model's own forward passes by default).
-        self._mask_extras = {"position_ids": None} if "position_ids" in accepted else {}
-        self._mask_builder = builder
 
     def _policy(self, policy: ExitPolicy | dict[str, Any] | str | None) -> ExitPolicy:
         """The served policy; its rule part is this encoder's theta, k and l_min."""
@@ -420,19 +414,13 @@ class EarlyExitEncoder:
     # ---------------------------------------------------------------- the layer loop
 
     def _attention_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor | None) -> Any:
-        """The model's own extended attention mask (None when no row is padded)."""
+        """The extended attention mask the model's own forward builds (None when no row is padded).
+
+        transformers' public `create_bidirectional_mask` is what BertModel (not a decoder) and MPNetModel call in
+        their forward; it returns the form the configured attention (eager, sdpa, flash, flex) expects.
+        """
         if mask2d is None:
             return None
-        if self._mask_builder is not None:
-            mask, _ = self._mask_builder(
-                attention_mask=mask2d,
-                encoder_attention_mask=None,
-                embedding_output=hidden,
-                encoder_hidden_states=None,
-                cache=None,
-                **self._mask_extras,
-            )
-            return mask
         return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask2d)
 
     def _layer_extras(self, hidden: torch.Tensor) -> dict[str, Any]:

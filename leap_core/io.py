@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +36,65 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(target: str | os.PathLike, data: Any) -> None:
     write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+# An absolute POSIX path inside a string, of two components or more, where a token starts: at the start or after a
+# space, quote, backtick, bracket, "=" or ","; so "and/or", "1/2", "s3://b/k", "models:/m/1" and "<work>/x" stay.
+# file:// and sqlite:/// URIs of such paths are matched whole (group 1: the scheme, group 2: the path).
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s\"'`(\[=,])(file://|sqlite:///)?(/(?:[\w.@+=-]+/)+[\w.@+=-]*)")
+
+
+def portable_path(path: str, base: str | os.PathLike | None = None) -> str:
+    """An absolute path as a report committed from this machine may show it: relative to `base` (the run's or work
+    folder); an installed package's file as site-packages/<package>/...; relative to the working directory;
+    under the home folder as ~/...; anything else as .../<parent>/<name>. A relative path comes back unchanged."""
+    if not os.path.isabs(path):
+        return path
+    target = Path(os.path.normpath(path))
+    if base is not None and target.is_relative_to(Path(base).resolve()):
+        return str(target.relative_to(Path(base).resolve())) or "."
+    if "site-packages" in target.parts:  # where the environment lies is this machine's business
+        return str(Path(*target.parts[target.parts.index("site-packages"):]))
+    if target.is_relative_to(Path.cwd()):
+        return str(target.relative_to(Path.cwd())) or "."
+    if target.is_relative_to(Path.home()):
+        return str(Path("~") / target.relative_to(Path.home()))
+    return str(Path("...", *target.parts[-2:]))
+
+
+def portable_paths(data: Any, base: str | os.PathLike | None = None) -> Any:
+    """`data` (JSON-like) with every absolute path inside its strings made portable (portable_path), keys too."""
+    if isinstance(data, str):
+        return _ABSOLUTE_PATH.sub(lambda match: _portable_match(match, base), data)
+    if isinstance(data, dict):
+        return {portable_paths(key, base): portable_paths(value, base) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [portable_paths(item, base) for item in data]
+    return data
+
+
+def _portable_match(match: re.Match, base: str | os.PathLike | None) -> str:
+    scheme, path = match.group(1), portable_path(match.group(2), base)
+    return f"sqlite:///{path}" if scheme == "sqlite:///" else path  # sqlite:///x is relative; file:// has no such
+
+
+def absolute_paths_in(text: str) -> list[str]:
+    """The absolute paths a text holds, URIs of them included (what portable_paths would rewrite)."""
+    return [match.group(0) for match in _ABSOLUTE_PATH.finditer(text)]
+
+
+def write_report_files(data: Any, json_target: str | os.PathLike | None,
+                       markdown_target: str | os.PathLike | None = None, render: Any = None,
+                       base: str | os.PathLike | None = None) -> tuple[Any, str | None]:
+    """A report's JSON and (render(data) to markdown_target) its markdown, both with portable paths, so what gets
+    committed never names this machine's folders. Returns (the portable data, the markdown or None)."""
+    portable = portable_paths(data, base)
+    markdown = render(portable) if render is not None else None
+    if json_target is not None:
+        write_json_atomic(json_target, portable)
+    if markdown_target is not None and markdown is not None:
+        write_text_atomic(markdown_target, markdown)
+    return portable, markdown
 
 
 def cache_root() -> Path:

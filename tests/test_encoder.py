@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
+from transformers import AutoModel, BertConfig, BertModel, MPNetConfig, MPNetModel
 
 from conftest import minilm_folder
 
@@ -310,6 +310,33 @@ def test_input_validation(model, tokenizer):
             EarlyExitEncoder(model, tokenizer, device="cpu", **bad)
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode(SENTENCES, batch_size=0)
+
+
+FAMILIES = {"bert": BertConfig, "mpnet": MPNetConfig}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_full_depth_is_automodels_output_under_each_attention(family, attention, tokenizer):
+    """The encoder builds its attention mask itself (no private transformers API): padded batches at full depth
+    must still give AutoModel's own forward, under each attention implementation the installed transformers has."""
+    config = FAMILIES[family](hidden_size=32, num_hidden_layers=N_LAYERS, num_attention_heads=2, intermediate_size=64,
+                              vocab_size=tokenizer.vocab_size, initializer_range=0.2)
+    torch.manual_seed(0)
+    try:
+        model = AutoModel.from_config(config, attn_implementation=attention).eval()
+    except ValueError as err:  # transformers 5.25: MPNet has eager attention only (it says so)
+        pytest.skip(f"{family} has no {attention} attention in this transformers: {err}")
+    encoder = EarlyExitEncoder(model, tokenizer, device="cpu")
+    got = encoder.encode(SENTENCES, batch_size=5, mode="full")  # batches of mixed lengths: padding is masked
+    np.testing.assert_allclose(got, forward_reference(model, tokenizer, SENTENCES), atol=1e-5)
+
+
+def test_a_decoder_configuration_is_refused(tokenizer):
+    decoder = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   vocab_size=tokenizer.vocab_size, is_decoder=True))
+    with pytest.raises(ValueError, match="decoder"):
+        EarlyExitEncoder(decoder, tokenizer, device="cpu")
 
 
 def test_real_minilm_full_matches_sentence_transformers():

@@ -244,24 +244,33 @@ BEIR_QRELS = {"q1": {"d0": 1}, "q2": {"d5": 2, "d8": 1}, "q3": {"d15": 1, "d10":
 
 
 def test_evaluate_retrieval_streams_and_matches_dense(tmp_path, tokenizer, monkeypatch):
+    """Streaming top-k over chunks scores exactly as a dense score matrix of the same embeddings would."""
     write_beir(tmp_path / "tiny", BEIR_DOCS, BEIR_QUERIES, BEIR_QRELS)
     encoder = EarlyExitEncoder(tiny_bert(tokenizer.vocab_size), tokenizer, theta=0.3, l_min=2, device="cpu")
-    shapes = []
-    real = retrieval.score_block
-    monkeypatch.setattr(retrieval, "score_block", lambda q, d: shapes.append((q.shape[0], d.shape[0])) or real(q, d))
+    shapes, used = [], []
+    real_block, real_topk = retrieval.score_block, retrieval.streaming_topk
+    monkeypatch.setattr(retrieval, "score_block",
+                        lambda q, d: shapes.append((q.shape[0], d.shape[0])) or real_block(q, d))
+
+    def capture(query_embs, chunks, *args, **kwargs):
+        chunks = [np.asarray(chunk) for chunk in chunks]
+        used.append((np.asarray(query_embs), np.concatenate(chunks)))
+        return real_topk(query_embs, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "streaming_topk", capture)
     got = retrieval.evaluate_retrieval(encoder, tmp_path / "tiny", modes=("full", "compact"), chunk_size=4,
                                        query_block=2, n_resamples=100)
-    assert max(shapes) <= (2, 4)
-    for mode in ("full", "compact"):
-        texts = [retrieval.document_text({"title": title, "text": text}) for title, text in BEIR_DOCS.values()]
-        docs = encoder.encode(texts, mode=mode)
-        qs = encoder.encode(list(BEIR_QUERIES.values()), mode=mode)
+    assert max(shapes) <= (2, 4) and len(used) == 2
+    texts = [retrieval.document_text({"title": title, "text": text}) for title, text in BEIR_DOCS.values()]
+    # The chunked encode is the encoder's own (full depth has no exit decision that float noise could flip).
+    np.testing.assert_allclose(used[0][1], encoder.encode(texts, mode="full"), atol=1e-5)
+    ids = list(BEIR_DOCS)
+    for mode, (qs, docs) in zip(("full", "compact"), used):  # identical embeddings must give identical scores
         scores = qs @ docs.T
-        ids = list(BEIR_DOCS)
         dense = {q: {ids[j]: float(scores[i, j]) for j in range(len(ids))} for i, q in enumerate(BEIR_QUERIES)}
         want = retrieval.score_results(BEIR_QRELS, dense)
-        assert got["modes"][mode]["ndcg@10_per_query"] == pytest.approx(want["ndcg@10_per_query"])
-        assert got["modes"][mode]["ndcg@10"] == pytest.approx(want["ndcg@10"])
+        assert got["modes"][mode]["ndcg@10_per_query"] == pytest.approx(want["ndcg@10_per_query"], abs=1e-12)
+        assert got["modes"][mode]["ndcg@10"] == pytest.approx(want["ndcg@10"], abs=1e-12)
     exits = got["modes"]["compact"]["corpus_exit"]
     assert 0 < exits["exit_rate"] <= 1 and "corpus_exit" not in got["modes"]["full"]
     assert (got["n_docs"], got["n_queries"]) == (16, 3)

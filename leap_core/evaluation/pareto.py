@@ -566,7 +566,7 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
     from pathlib import Path
 
     from leap_core.evaluation.diagnose import probe_sentences
-    from leap_core.io import write_json_atomic, write_text_atomic
+    from leap_core.io import write_report_files
     from leap_core.pareto_report import plot, report_markdown
 
     result, _, _ = pareto(profile, model, max_sts_drop=max_sts_drop, max_ndcg_drop=max_ndcg_drop)
@@ -576,8 +576,7 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
         speed = chosen_speed(described, policy, probe_sentences(profile.data.data_dir))
         result["chosen"].update(speedup_bs1=speed["speedup_bs1"], speedup_bs32=speed["speedup_bs32"], timing=speed)
     out = Path(out_dir)
-    write_json_atomic(out / f"{name}.json", result)
-    write_text_atomic(out / f"{name}.md", report_markdown(result, name))
+    write_report_files(result, out / f"{name}.json", out / f"{name}.md", lambda data: report_markdown(data, name))
     plot(result, out / f"{name}.png")
     return result
 

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from leap_core.io import write_json_atomic, write_text_atomic
+from leap_core.io import write_report_files
 from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import SEED_KEYS, load_reference, seed_summaries
 from leap_core.report.claims import DOES_NOT, NOT_MEASURED, PARTLY, REPLICATES, claims
@@ -73,9 +73,7 @@ def write_report(out_dir: str | Path, profile: Any, results: Sequence[Mapping[st
         "run_minutes": (run.get("report_at") - run.get("started_at")) / 60
         if run.get("report_at") is not None and run.get("started_at") is not None else None,
     }
-    markdown = render_markdown(report)
-    write_json_atomic(out_dir / "report.json", report)
-    write_text_atomic(out_dir / "report.md", markdown)
+    _, markdown = write_report_files(report, out_dir / "report.json", out_dir / "report.md", render_markdown)
     return {"json": out_dir / "report.json", "markdown": markdown, "figures": figure_paths}
 
 
