@@ -47,7 +47,8 @@ _ABSOLUTE_PATH = re.compile(r"(?<![^\s\"'`(\[=,])(file://|sqlite:///)?(/(?:[\w.@
 def portable_path(path: str, base: str | os.PathLike | None = None) -> str:
     """An absolute path as a report committed from this machine may show it: relative to `base` (the run's or work
     folder); an installed package's file as site-packages/<package>/...; relative to the working directory;
-    under the home folder as ~/...; anything else as .../<parent>/<name>. A relative path comes back unchanged."""
+    under the home folder as ~/...; anything else, and a relative path, unchanged (a report of a run outside all of
+    these names where it lies; write it with base set to that run's folder to commit it)."""
     if not os.path.isabs(path):
         return path
     target = Path(os.path.normpath(path))
@@ -59,7 +60,7 @@ def portable_path(path: str, base: str | os.PathLike | None = None) -> str:
         return str(target.relative_to(Path.cwd())) or "."
     if target.is_relative_to(Path.home()):
         return str(Path("~") / target.relative_to(Path.home()))
-    return str(Path("...", *target.parts[-2:]))
+    return path  # nothing another machine shares: kept, and the committed-reports test names it
 
 
 def portable_paths(data: Any, base: str | os.PathLike | None = None) -> Any:
@@ -75,6 +76,8 @@ def portable_paths(data: Any, base: str | os.PathLike | None = None) -> Any:
 
 def _portable_match(match: re.Match, base: str | os.PathLike | None) -> str:
     scheme, path = match.group(1), portable_path(match.group(2), base)
+    if os.path.isabs(path):  # kept as it was, scheme and all
+        return match.group(0)
     return f"sqlite:///{path}" if scheme == "sqlite:///" else path  # sqlite:///x is relative; file:// has no such
 
 

@@ -354,7 +354,7 @@ def retrofit_into_report(profile: Profile, models: list[str], out: Path, seed: i
     """`leap retrofit`: each model's entry in the report `out` (.json, with its .md) gains this run; yields
     (model, entry) as each is written, so runs of several models or designs can be separate."""
     from leap_core.evaluation.pareto import calibrate_policy
-    from leap_core.io import write_report_files
+    from leap_core.io import write_text_atomic
     from leap_core.retrofit_report import render_markdown
 
     report = json.loads(out.read_text()) if out.is_file() else {}
@@ -378,5 +378,7 @@ def retrofit_into_report(profile: Profile, models: list[str], out: Path, seed: i
             # The branch serves what calibration chose on dev; `leap cut` and `leap pareto` read it from there.
             entry["policy"] = calibrate_policy(profile, entry["model_dir"], max_drop, max_ndcg_drop, save=True)
         report[model] = entry
-        write_report_files(report, out, out.with_suffix(".md"), render_markdown)
+        # Not write_report_files: the next `leap retrofit` merges into this JSON and reads the folders it names.
+        write_json_atomic(out, report)
+        write_text_atomic(out.with_suffix(".md"), render_markdown(report))
         yield model, entry
