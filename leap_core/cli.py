@@ -474,7 +474,9 @@ def add_pareto_args(parser: argparse.ArgumentParser) -> None:
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Quality against depth for every deployable point -> reports/pareto/<name>.{json,md,png}."""
     from leap_core.evaluation.pareto import write_pareto
+    from leap_core.io import plain_name
 
+    plain_name(args.name)  # a report name, never a path out of --out-dir (ValueError: one line, exit 2)
     profile = _profile(args)
     result = write_pareto(profile, args.model, args.name, args.out_dir,
                           _or(args.max_sts_drop, profile.registry.policy_max_sts_drop), args.max_ndcg_drop,

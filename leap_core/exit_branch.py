@@ -22,11 +22,12 @@ from typing import Any
 
 from leap_core import experiment, identity
 from leap_core.config import BranchConfig, Profile
-from leap_core.io import sha256_file, sha256_strings, write_json_atomic
+from leap_core.io import sha256_file, sha256_strings, write_json_atomic, writer_lock
 
 log = logging.getLogger(__name__)
 BRANCH_FILE = "leap_branch.json"
 HEADS_FILE = "exit_heads.safetensors"
+CUT_KIND = "cut model"  # the kind in a cut folder's manifest (io.replace_folder)
 HEAD_FIT_TEXTS = 4000  # texts whose pools fit the heads' starting map (closed form, one forward pass)
 
 
@@ -116,11 +117,12 @@ def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path
                           serve_max_length=_read_max_seq_length(original),
                           save_extra=lambda folder: save_heads(objective, folder), exit_module=False)
     result = trainer.train()
-    write_json_atomic(result.model_dir / BRANCH_FILE, {
-        "original": model, "original_fingerprint": model_fingerprint(original), "original_layers": depth,
-        "exit_layers": layers, "texts": "corpus" if corpus else "generic",
-        "corpus_sha256": sha256_file(corpus) if corpus else None, "train_texts": len(texts),
-        "train_steps": result.steps, "train_seconds": round(result.train_seconds, 1)})
+    with writer_lock(result.model_dir, what="writer of leap_branch.json"):  # the trainer's lock is released now
+        write_json_atomic(result.model_dir / BRANCH_FILE, {
+            "original": model, "original_fingerprint": model_fingerprint(original), "original_layers": depth,
+            "exit_layers": layers, "texts": "corpus" if corpus else "generic",
+            "corpus_sha256": sha256_file(corpus) if corpus else None, "train_texts": len(texts),
+            "train_steps": result.steps, "train_seconds": round(result.train_seconds, 1)})
     return result
 
 
@@ -223,21 +225,29 @@ def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
     """The branch cut to `depth` layers as a standalone sentence-transformers folder (what serves the queries).
 
     Its embeddings live in the original's final space, so it searches an index the original built. The folder
-    keeps the original's max length and records its provenance (leap_branch.json with "cut_depth").
+    keeps the original's max length and records its provenance (leap_branch.json with "cut_depth"). `out` may be
+    absent, empty or an earlier leap cut whose manifest lists every file in it (io.replace_folder): a folder
+    holding anything else is refused and left untouched.
     """
-    from leap_core.encoder import _read_max_seq_length
-    from leap_core.models import build_student, save_sentence_transformer
+    from leap_core.io import replace_folder
 
     record = read_branch(branch)
     if depth not in record["exit_layers"]:
         raise ValueError(f"{branch}: depth {depth} is not one of the branch's trained exits {record['exit_layers']}")
+    return replace_folder(out, lambda folder: _write_cut(branch, record, depth, folder), CUT_KIND)
+
+
+def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: Path) -> None:
+    """The cut's model, exit head and leap_branch.json, written into the new `folder`."""
+    from leap_core.encoder import _read_max_seq_length
+    from leap_core.models import build_student, save_sentence_transformer
+
     model, tokenizer = build_student(str(branch), depth)
-    folder = save_sentence_transformer(model, tokenizer, out, max_seq_length=_read_max_seq_length(branch) or 256)
+    save_sentence_transformer(model, tokenizer, folder, max_seq_length=_read_max_seq_length(branch) or 256)
     heads = load_heads(branch)
     if depth in heads:
         _append_head(folder, *heads[depth])
-    write_json_atomic(Path(folder) / BRANCH_FILE, {**record, "cut_depth": depth})
-    return Path(folder)
+    write_json_atomic(folder / BRANCH_FILE, {**record, "cut_depth": depth})
 
 
 def _append_head(folder: str | Path, weight, bias) -> None:

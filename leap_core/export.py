@@ -8,7 +8,8 @@ with dynamic batch and length; int8 is onnxruntime.quantization.quantize_dynamic
 
 The folder holds the graphs, the tokenizer and `leap_onnx.json` (policy, depth, max length, pooling, the source's
 weights hash, and the sha256 of every graph and tokenizer file), so OnnxEncoder loads it with one call and refuses
-a graph or tokenizer that is not the one exported. It is written beside its target and renamed into place.
+a graph or tokenizer that is not the one exported. It is written beside its target and swapped into place
+(io.replace_folder): only an earlier export whose manifest lists every file in it is ever replaced.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from leap_core.served import BatchedEncoder, OperatingPoint, cut_module, operati
 
 EXPORT_FILE = "leap_onnx.json"
 GRAPHS = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+EXPORT_KIND = "ONNX export"  # the folder's kind in its manifest (io.replace_folder)
 
 
 def require_onnx() -> Any:
@@ -64,30 +66,27 @@ def _export_graphs(point: OperatingPoint, tokenizer: Any, out: Path, int8: bool)
 def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | None = None, int8: bool = False) -> Path:
     """Export MODEL at `depth` (default: its calibrated full or fixed:N) to the new folder `out`; returns it.
 
-    `out` may not exist yet, or be an earlier leap export (replaced whole); anything else is refused.
+    `out` may not exist yet, be empty, or be an earlier leap export whose manifest lists every file in it
+    (replaced whole, atomically: io.replace_folder); anything else is refused and left untouched.
     """
+    from leap_core.io import replace_folder
+
+    require_onnx()
+    out = Path(out)
+    return replace_folder(out, lambda folder: _write_export(model, folder, depth, int8), EXPORT_KIND)
+
+
+def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int8: bool) -> None:
+    """The graphs, tokenizer and leap_onnx.json of MODEL at its point, written into the new `folder`."""
     from transformers import AutoTokenizer
 
     from leap_core.encoder import _read_max_seq_length
     from leap_core.io import sha256_file, write_json_atomic
     from leap_core.models import model_fingerprint, resolve_model
 
-    from filelock import FileLock, Timeout
-
-    require_onnx()
-    out = Path(out)
-    if out.exists() and not (out / EXPORT_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: exists and is not a leap ONNX export: not overwriting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=folder.parent))  # a branch's cut: not exported
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"{out}: another export is writing it (lock {lock.lock_file})") from None
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        point = operating_point(model, depth, staging)
-        folder = staging / "export"
+        point = operating_point(model, depth, scratch)
         folder.mkdir()
         tokenizer = AutoTokenizer.from_pretrained(str(point.folder))
         graphs, names = _export_graphs(point, tokenizer, folder, int8)
@@ -102,13 +101,8 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | N
             "sha256": {name: sha256_file(folder / name) for name in graphs},
             "tokenizer_sha256": {name: sha256_file(folder / name) for name in sorted(set(tokenizer_files))
                                  if (folder / name).is_file()}})
-        if out.exists():  # an earlier export: moved aside, so `out` is always whole
-            os.replace(out, staging / "previous")
-        os.replace(folder, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        lock.release()
-    return out
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _verify(folder: Path, files: dict[str, str], what: str) -> None:

@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -144,14 +144,22 @@ def folder_lock(folder: str | os.PathLike, wait: bool = False, what: str = "run"
     The holder's pid, host and start time go to `.leap.lock.json`, so the refusal says who holds it.
     wait=True blocks until the holder is done instead.
     """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _hold(folder, folder / ".leap.lock", folder / ".leap.lock.json", wait, what):
+        yield folder
+
+
+@contextlib.contextmanager
+def _hold(folder: Path, lock_file: Path, owner: Path, wait: bool, what: str,
+          hint: str = "wait for it to finish (--wait) or use another output dir") -> Iterator[None]:
+    """Hold `lock_file` (filelock), its holder recorded in `owner`; refused with a line naming the holder."""
     import socket
     import time
 
     from filelock import FileLock, Timeout
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock, owner = FileLock(str(folder / ".leap.lock")), folder / ".leap.lock.json"
+    lock = FileLock(str(lock_file))
     try:
         lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
@@ -160,12 +168,11 @@ def folder_lock(folder: str | os.PathLike, wait: bool = False, what: str = "run"
             who = f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
         except (OSError, ValueError, KeyError):
             who = "another process"
-        raise ValueError(f"{folder}: another {what} holds it ({who}); wait for it to finish "
-                         f"(--wait) or use another output dir") from None
+        raise ValueError(f"{folder}: another {what} holds it ({who}); {hint}") from None
     try:
         write_json_atomic(owner, {"pid": os.getpid(), "host": socket.gethostname(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        yield folder
+        yield
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
@@ -208,3 +215,158 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             continue
         removed.append(path)
     return removed
+
+
+# A folder's writers in this process and thread: a writer nested in another (calibrate -> save_policy) reuses the
+# hold instead of refusing itself (flock refuses a second descriptor of the same file, even in one process).
+_WRITERS: set[tuple[str, int]] = set()
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | os.PathLike, wait: bool = False, what: str = "writer") -> Iterator[Path]:
+    """Hold the lock of a model or output folder while this process writes it; a second writer is refused.
+
+    The lock is `.<name>.leap.lock` beside the folder, not in it: the folder need not exist yet, and its hashed,
+    shipped content (model_fingerprint, file_ref) never gains a lock file. Re-entrant within one thread.
+    wait=True blocks until the holder is done instead.
+    """
+    import threading
+
+    folder = Path(folder).resolve()  # one lock per folder, however a writer names it
+    key = (str(folder), threading.get_ident())
+    if key in _WRITERS:
+        yield folder
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _hold(folder, folder.parent / f".{folder.name}.leap.lock", folder.parent / f".{folder.name}.leap.lock.json",
+               wait, what, "wait for it to finish, then run this again"):
+        _WRITERS.add(key)
+        try:
+            yield folder
+        finally:
+            _WRITERS.discard(key)
+
+
+def plain_name(name: str, what: str = "--name") -> str:
+    """`name` itself if it is a plain file name (no path separator, not "." or "..", no NUL); else a ValueError.
+
+    A report name becomes part of a path: "../../x" or "/etc/x" would write outside the report folder.
+    """
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or os.sep in name or (os.altsep and os.altsep in name)):
+        raise ValueError(f"{what} {name!r}: must be a plain name (no path separators, not '.' or '..')")
+    return name
+
+
+MANIFEST_FILE = ".leap_manifest"  # no suffix: model_fingerprint hashes only .json/.safetensors/... files
+
+
+def folder_files(folder: str | os.PathLike) -> list[str]:
+    """Every file (and symlink) under `folder`, as sorted POSIX relative paths, the manifest itself left out."""
+    root = Path(folder)
+    found = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink() or not p.is_dir())
+    return sorted(name for name in found if name != MANIFEST_FILE)
+
+
+def write_manifest(folder: str | os.PathLike, kind: str) -> Path:
+    """`<folder>/.leap_manifest` (JSON): the kind of leap folder and every file's relative path and sha256, so a
+    later command can tell a folder leap wrote (and may replace) from one holding a user's files."""
+    root = Path(folder)
+    files = {name: sha256_file(root / name) for name in folder_files(root)}
+    target = root / MANIFEST_FILE
+    write_json_atomic(target, {"kind": kind, "files": files})
+    return target
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's manifest ({"kind", "files"}), None when it has none or it is not one."""
+    file = Path(folder) / MANIFEST_FILE
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not isinstance(data.get("files"), dict):
+        return None
+    return data
+
+
+def note_in_manifest(folder: str | os.PathLike, *names: str) -> None:
+    """Record files leap has just written into a leap folder (leap_exit.json after calibrate --save) in its
+    manifest, so the folder stays replaceable; a folder without a manifest is left as it is."""
+    found = read_manifest(folder)
+    if found is None:
+        return
+    root = Path(folder)
+    for name in names:
+        if (root / name).is_file():
+            found["files"][name] = sha256_file(root / name)
+    write_json_atomic(root / MANIFEST_FILE, found)
+
+
+def check_replaceable(target: str | os.PathLike, kind: str) -> None:
+    """Return only if `target` may be replaced by a leap `kind` folder: it is absent, an empty folder, or a leap
+    folder of that kind whose manifest lists every file in it, each unchanged. Else a one-line ValueError."""
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ValueError(f"{target}: exists and is not a folder: not overwriting it (choose a new --out)")
+    if not any(target.iterdir()):
+        return
+    found = read_manifest(target)
+    if found is None:
+        raise ValueError(f"{target}: not empty and not a leap {kind} (no {MANIFEST_FILE}): not overwriting it "
+                         "(choose a new --out)")
+    if found["kind"] != kind:
+        raise ValueError(f"{target}: a leap {found['kind']} folder, not a leap {kind}: not overwriting it "
+                         "(choose a new --out)")
+    files = folder_files(target)
+    unlisted = [name for name in files if name not in found["files"] or (target / name).is_symlink()]
+    if unlisted:
+        raise ValueError(f"{target}: holds files leap did not write ({', '.join(unlisted[:3])}"
+                         f"{' ...' if len(unlisted) > 3 else ''}): not overwriting it (choose a new --out)")
+    changed = [name for name in files if sha256_file(target / name) != found["files"][name]]
+    if changed:
+        raise ValueError(f"{target / changed[0]}: changed since leap wrote it: not overwriting {target} "
+                         "(choose a new --out)")
+
+
+def replace_folder(target: str | os.PathLike, build: Callable[[Path], Any], kind: str, wait: bool = False) -> Path:
+    """`target` as build(path) makes it, with a manifest, swapped in whole; never deleting what leap did not write.
+
+    build gets a path that does not exist yet, in a staging folder beside `target`, and must create the folder
+    there. `target` may be absent, empty or a replaceable leap folder of this `kind` (check_replaceable), checked
+    before the build and again before the swap, under the folder's writer_lock. The old folder is moved into the
+    staging folder this call made, and only that is deleted: nothing named `.old` or otherwise is touched.
+    """
+    import shutil
+
+    target = Path(target)
+    check_replaceable(target, kind)  # before a long build: refuse at once
+    with writer_lock(target, wait=wait, what=f"writer of this {kind}"):
+        staging = temp_dir_beside(target)
+        try:
+            built = staging / target.name
+            build(built)
+            if not built.is_dir():
+                raise ValueError(f"{built}: the {kind} was not written")
+            write_manifest(built, kind)
+            check_replaceable(target, kind)  # a user's file may have appeared during the build
+            _swap_in(built, target, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _swap_in(built: Path, target: Path, staging: Path) -> None:
+    """Rename `built` onto `target`; an existing target is first moved into `staging` (put back on failure)."""
+    if not target.exists():
+        os.replace(built, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=".previous.", dir=staging))
+    os.replace(target, aside)  # an empty folder is renamed onto: POSIX allows it
+    try:
+        os.replace(built, target)
+    except OSError:
+        os.replace(aside, target)
+        raise

@@ -59,7 +59,11 @@ def render_card(metrics: Mapping[str, Any], facts: Mapping[str, Any], name: str 
 
 
 def write_card(folder: str | Path, metrics: Mapping[str, Any], facts: Mapping[str, Any]) -> Path:
-    """README.md of `folder`, written atomically from the run's numbers."""
+    """README.md of `folder`, written atomically from the run's numbers, under the folder's writer lock."""
+    from leap_core.io import note_in_manifest, writer_lock
+
     target = Path(folder) / CARD_FILE
-    write_text_atomic(target, render_card(metrics, facts, str(folder)))
+    with writer_lock(folder, what="writer of README.md"):
+        write_text_atomic(target, render_card(metrics, facts, str(folder)))
+        note_in_manifest(folder, CARD_FILE)
     return target

@@ -108,10 +108,20 @@ def load_weights(folder: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
         raise ValueError(f"{folder}: no .safetensors weights (leap never loads pickled .bin weights; convert them "
                          "with transformers' save_pretrained(safe_serialization=True))")
     try:
-        return AutoModel.from_pretrained(str(folder), use_safetensors=True, **kwargs)
+        model, info = AutoModel.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True, **kwargs)
     except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError, truncated files, shape mismatches
         raise ValueError(f"{folder}: its weights do not load ({type(err).__name__}: {str(err).splitlines()[0]}); "
                          "delete the folder and train, download or export it again") from None
+    # transformers fills a missing weight with random values and only warns: a model whose config.json promises
+    # more layers than its weights hold would then differ on every load. The pooler is never used (mean pooling).
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith("pooler."))
+    unexpected, mismatched = sorted(info["unexpected_keys"]), sorted(str(item) for item in info["mismatched_keys"])
+    if missing or unexpected or mismatched:
+        found = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+        said = "; ".join(f"{kind} {keys[:4]}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                         for kind, keys in found.items() if keys)
+        raise ValueError(f"{folder}: its weights do not match config.json: {said}")
+    return model
 
 
 def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 from leap_core import experiment
-from leap_core.io import sha256_strings, temp_dir_beside, write_json_atomic
+from leap_core.io import replace_folder, sha256_strings, write_json_atomic
 
 log = logging.getLogger(__name__)
 DONE_FILE = "peer_result.json"
+PEER_KIND = "peer model"  # the kind in the model folder's manifest (io.replace_folder)
 
 
 def peer_dir(profile, model: str, texts_key: str, seed: int) -> Path:
@@ -69,11 +69,9 @@ def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Pa
     SentenceTransformerTrainer(model=student, args=args, train_dataset=dataset, loss=loss).train()
     seconds = time.perf_counter() - started
     student.max_seq_length = serve_length
-    tmp = temp_dir_beside(out / "model")
-    student.save(str(tmp))
-    shutil.rmtree(out / "model", ignore_errors=True)
-    os.replace(tmp, out / "model")
-    shutil.rmtree(out / "trainer", ignore_errors=True)
+    # The model folder is swapped in whole; only an earlier peer model (its manifest) is ever replaced.
+    replace_folder(out / "model", lambda folder: student.save(str(folder)), PEER_KIND)
+    shutil.rmtree(out / "trainer", ignore_errors=True)  # the trainer's own scratch (save_strategy="no")
     steps = -(-len(texts) // training.batch_size) * training.epochs
     write_json_atomic(out / DONE_FILE, {"train_seconds": seconds, "steps": min(steps, training.max_steps or steps),
                                         "texts": len(texts)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,8 +29,9 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
 
 
 # A model folder's serving settings (leap calibrate --save writes them in the promote step), its monitoring reference
-# and its card (README.md, written once its numbers are measured) are not its content.
-SERVING_SETTINGS = ("leap_exit.json", "leap_reference.json", "README.md")
+# and its card (README.md, written once its numbers are measured) are not its content; nor is the manifest that
+# records them in a folder leap made (io.MANIFEST_FILE).
+SERVING_SETTINGS = ("leap_exit.json", "leap_reference.json", "README.md", ".leap_manifest")
 
 
 def _digest(path: Path) -> str:
@@ -59,7 +61,7 @@ def task_profile(profile: Any, store: str | None) -> Any:
     return dataclasses.replace(profile, output_dir=output_location(store)[0])
 
 
-def file_ref(path: str | Path, store: str | None = None) -> dict[str, str]:
+def file_ref(path: str | Path, store: str | None = None) -> dict[str, Any]:
     """{"uri", "sha256"} of a file or folder: what an artifact holds instead of the data.
 
     store (s3://bucket/prefix): the content is put there, under its own sha256, and the URI points there, so the
@@ -73,30 +75,50 @@ def file_ref(path: str | Path, store: str | None = None) -> dict[str, str]:
 
     uri = f"{store.rstrip('/')}/{digest[:16]}/{path.name}"
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    hashes = {}
     for file in files:
-        storage.upload(file, uri if file == path else f"{uri}/{file.relative_to(path).as_posix()}")
-    return {"uri": uri, "sha256": digest, "files": [f.relative_to(path).as_posix() for f in files]
-            if path.is_dir() else []}
+        hashes[file.relative_to(path).as_posix()] = storage.upload(
+            file, uri if file == path else f"{uri}/{file.relative_to(path).as_posix()}")
+    # Each file's sha256 travels in the reference: the reader checks the bytes against it, never against the
+    # object's own metadata (whoever can replace an object can replace its metadata with it).
+    return {"uri": uri, "sha256": digest, "files": list(hashes) if path.is_dir() else [],
+            "file_sha256": hashes if path.is_dir() else {}}
 
 
-def _fetch(ref: dict[str, str]) -> Path:
-    """An s3:// reference's content in this machine's artifact cache (each file sha256-checked on download)."""
+def _fetch(ref: dict[str, Any]) -> Path:
+    """An s3:// reference's content in this machine's artifact cache, every byte checked against the reference
+    (each file's sha256 in it; a folder's digest too) before it is put in place: a mismatch leaves nothing."""
     from leap_core import storage
-    from leap_core.io import cache_root
+    from leap_core.io import cache_root, temp_dir_beside
 
     uri = ref["uri"]
     target = cache_root() / "artifacts" / ref["sha256"][:16] / uri.rstrip("/").rsplit("/", 1)[-1]
     if target.exists() and _digest(target) == ref["sha256"]:
         return target
-    if ref.get("files"):
+    if not ref.get("files"):
+        storage.download(uri, target, sha256=ref["sha256"])  # a file's digest is its sha256
+        return target
+    staging = temp_dir_beside(target)
+    try:
         for name in ref["files"]:
-            storage.download(f"{uri}/{name}", target / name)
-    else:
-        storage.download(uri, target)
+            # A reference made before file_sha256 existed: the folder digest below is still the reference's.
+            storage.download(f"{uri}/{name}", staging / name, sha256=ref.get("file_sha256", {}).get(name))
+        if _digest(staging) != ref["sha256"]:
+            raise ValueError(f"{uri}: folder content is not the reference's sha256 {ref['sha256'][:12]}: not using it")
+        _replace_cached(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def local_path(ref: dict[str, str]) -> Path:
+def _replace_cached(staging: Path, target: Path) -> None:
+    """Put a verified download in place of a stale copy in the artifact cache (leap's own cache, keyed by sha256)."""
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(staging, target)
+
+
+def local_path(ref: dict[str, Any]) -> Path:
     """The local path of a file reference, after checking that its content still has the recorded hash.
 
     An s3:// reference is downloaded first (into the leap cache, keyed by its sha256).

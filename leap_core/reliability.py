@@ -174,6 +174,121 @@ def _cli_code(main: Callable, argv: list[str]) -> int:
             return int(refused.code)
 
 
+def _user_folder(path: Path, *extra: str) -> Path:
+    """A folder of a user's own files (what no leap command may delete)."""
+    path.mkdir(parents=True)
+    (path / "thesis.tex").write_text("mine")
+    for name in extra:
+        (path / name).write_text("{}")
+    return path
+
+
+def _untouched(*folders: Path) -> bool:
+    return all((folder / "thesis.tex").is_file() and (folder / "thesis.tex").read_text() == "mine"
+               for folder in folders)
+
+
+def probe_folders(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """--out into a user's folder (cut, export), a --name that is a path, two writers of one model folder."""
+    from leap_core.cli import main
+    from leap_core.exit_branch import BRANCH_FILE
+    from leap_core.models import model_fingerprint, resolve_model
+
+    branch = work / "branch"  # a stand-in exit branch: the tiny model and its record (cutting needs no training)
+    shutil.copytree(resolve_model(TINY), branch)
+    (branch / BRANCH_FILE).write_text(json.dumps({"original": TINY, "exit_layers": [2, 3], "original_layers": 4,
+                                                  "original_fingerprint": model_fingerprint(resolve_model(TINY))}))
+    existing, old = _user_folder(work / "existing"), _user_folder(work / "existing.old")
+    code, said = _cli(main, ["cut", str(branch), "--depth", "2", "--out", str(existing)])
+    out = [{"probe": "cut into an existing user folder", "tried": "leap cut BRANCH --depth 2 --out EXISTING, beside "
+            "EXISTING.old (both a user's files)", "outcome": f"exit {code}: {said}; files kept: "
+            f"{_untouched(existing, old)}", "held": code == 2 and _untouched(existing, old)}]
+    user = _user_folder(work / "dir", "leap_onnx.json")
+    code, said = _cli(main, ["export", str(branch), "--out", str(user), "--depth", "2"])
+    out.append({"probe": "export over a user's folder", "tried": "leap export MODEL --out DIR, DIR holding {} as "
+                "leap_onnx.json beside the user's files", "outcome": f"exit {code}: {said}; files kept: "
+                f"{_untouched(user)}", "held": code == 2 and _untouched(user)})
+    reports = work / "reports" / "pareto"
+    code, said = _cli(main, ["pareto", TINY, "--profile", "smoke", "--data-dir", str(data_dir), "--name",
+                             "../../escaped", "--out-dir", str(reports)])
+    written = [p.name for p in work.rglob("escaped*")]
+    out.append({"probe": "--name that is a path", "tried": "leap pareto MODEL --name ../../escaped",
+                "outcome": f"exit {code}: {said}; written: {written or 'nothing'}", "held": code == 2 and not written})
+    out.append(_concurrent_calibrate(work, data_dir, main))
+    return out
+
+
+def _concurrent_calibrate(work: Path, data_dir: Path, main: Callable) -> dict[str, Any]:
+    """A second `leap calibrate --save` while another writer (a first calibrate) holds the model folder."""
+    from leap_core.models import resolve_model
+
+    folder = work / "model"
+    shutil.copytree(resolve_model(TINY), folder)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom leap_core.io import writer_lock\n"
+        f"with writer_lock({str(folder)!r}, what='calibrate --save'):\n    print('held', flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        code, said = _cli(main, ["calibrate", str(folder), "--profile", "smoke", "--data-dir", str(data_dir),
+                                 "--set", f"output_dir={work / 'runs'}", "--save"])
+    finally:
+        holder.kill()
+        holder.wait()
+    written = (folder / "leap_exit.json").exists()
+    return {"probe": "concurrent calibrate --save", "tried": "leap calibrate MODEL --save while a first one holds "
+            "the model folder", "outcome": f"exit {code}: {said}; leap_exit.json written: {written}",
+            "held": code == 2 and f"pid {holder.pid}" in said and not written}
+
+
+def _cli(main: Callable, argv: list[str]) -> tuple[int, str]:
+    """The CLI's exit code and its last line on stderr."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as refused:
+            code = int(refused.code)
+    lines = err.getvalue().strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+def probe_chunks(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """A NaN array planted as a resumed teacher-cache chunk, its checksum forged to match."""
+    import numpy as np
+
+    from leap_core import teacher_cache as tc
+    from leap_core.io import sha256_file
+
+    sentences = [f"Sentence {i} about {'rivers ' * (i % 3)}and hills." for i in range(40)]
+    real, chunk_rows, calls = tc._encode_chunk, tc.CHUNK, []
+
+    def killed_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    tc.CHUNK, tc._encode_chunk = 16, killed_on_second
+    try:
+        _error(lambda: tc.build_teacher_cache(TINY, sentences, [4], work, max_length=32, show_progress=False))
+        (chunk,) = work.glob("*.parts/chunk-00000-*.npy")
+        np.save(chunk, np.full(np.load(chunk).shape, np.nan, dtype=np.float16))
+        chunk.with_suffix(".sha256").write_text(sha256_file(chunk))
+        calls.clear()
+        tc._encode_chunk = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+        path = tc.build_teacher_cache(TINY, sentences, [4], work, max_length=32, show_progress=False)
+    finally:
+        tc.CHUNK, tc._encode_chunk = chunk_rows, real
+    finite = bool(np.isfinite(tc.load_teacher_cache(path).embeddings.numpy()).all())
+    return [{"probe": "NaN chunk planted", "tried": "a killed cache build's first chunk replaced by NaN, its "
+             "checksum forged to match, then resumed", "outcome": f"chunks encoded on resume: {len(calls)} of 3; "
+             f"cache finite: {finite}", "held": finite and len(calls) == 3}]
+
+
 def probe_served_model(work: Path, data_dir: Path) -> list[dict[str, Any]]:
     """The registered model's code path and its answer to a null row, through MLflow's scoring server."""
     import mlflow.pyfunc
@@ -214,6 +329,7 @@ def probe_s3(work: Path, data_dir: Path) -> list[dict[str, Any]]:
         out = [{"probe": "tampered file between steps", "tried": "the teacher cache a step put in S3 overwritten "
                 "(its sha256 metadata kept) before the next step reads it", "outcome": said,
                 "held": "sha256" in said and ref["uri"] in said}]
+        out += _replaced_with_metadata(cache, bucket, work)
 
         def kill_at_step_3(step: int, terms: dict) -> None:
             if step == 3:
@@ -236,7 +352,47 @@ def probe_s3(work: Path, data_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_served_model, probe_s3)
+def _replaced_with_metadata(cache: Path, bucket: str, work: Path) -> list[dict[str, Any]]:
+    """An S3 object replaced together with a matching sha256 in its metadata; a forged shared teacher cache."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from leap_core import storage
+    from leap_core import teacher_cache as tc
+    from leap_core.pipeline import file_ref, local_path
+
+    ref = file_ref(cache, f"{bucket}/swapped")
+    bucket_name, key = storage.split(ref["uri"])
+    forged = b"a forged cache"
+    storage.client().put_object(Bucket=bucket_name, Key=key, Body=forged,
+                                Metadata={storage.SHA256_KEY: hashlib.sha256(forged).hexdigest()})
+    said = _error(lambda: local_path(ref))
+    out = [{"probe": "S3 object replaced with matching metadata", "tried": "the teacher cache a step put in S3 "
+            "replaced, its sha256 metadata replaced to match the new bytes", "outcome": said,
+            "held": "is not the recorded" in said and ref["uri"] in said}]
+    sentences = [f"Shared sentence {i} on {'maps ' * (i % 3)}and roads." for i in range(24)]
+    built = tc.build_teacher_cache(TINY, sentences, [2, 4], work / "cache-one", max_length=32, show_progress=False)
+    meta = {k.decode(): v.decode() for k, v in pq.read_table(built).schema.metadata.items()}
+    noise = np.random.default_rng(0).standard_normal((2, len(sentences), 64)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=-1, keepdims=True)
+    fake = work / "forged" / built.name
+    fake.parent.mkdir(parents=True)
+    tc._write_table(fake, meta["leap_cache_key"], meta["teacher"], sentences, [2, 4], 32, noise.astype(np.float16),
+                    meta["leap_cache_spec"])
+    shared = f"{bucket}/teacher-cache"
+    storage.upload(fake, f"{shared}/{built.name}")
+    said = _error(lambda: tc.build_teacher_cache(TINY, sentences, [2, 4], work / "cache-two", max_length=32,
+                                                 show_progress=False, shared_uri=shared))
+    out.append({"probe": "forged shared teacher cache", "tried": "a cache with the right key and a self-consistent "
+                "sha256 but other embeddings put in the shared S3 prefix", "outcome": said,
+                "held": f"{shared}/{built.name}" in said and "fresh forward pass" in said})
+    return out
+
+
+PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_folders, probe_chunks, probe_served_model,
+          probe_s3)
 
 
 def run_probes(data_dir: str | Path, work: str | Path) -> list[dict[str, Any]]:

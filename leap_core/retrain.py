@@ -259,15 +259,18 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
     """
     from leap_core.data.corpus import read_sentences_parquet
     from leap_core.encoder import EarlyExitEncoder
-    from leap_core.io import write_json_atomic
+    from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
     from leap_core.monitor import REFERENCE_FILE, reference_profile
 
     texts = read_sentences_parquet(holdout_path)
     slice_set = agreement_set(texts, original_neighbours(profile, original, texts))
-    result = {CHAMPION: measure(profile, champion, slice_set), CANDIDATE: measure(profile, candidate, slice_set,
-                                                                                  save=True)}
-    reference = reference_profile(EarlyExitEncoder.from_pretrained(str(candidate)), texts, "retrain held-out slice")
-    write_json_atomic(Path(candidate) / REFERENCE_FILE, reference)
+    result = {CHAMPION: measure(profile, champion, slice_set)}
+    # The candidate's folder is written (policy, then reference): one writer from the measurement to the last file.
+    with writer_lock(candidate, what="retrain gate"):
+        result[CANDIDATE] = measure(profile, candidate, slice_set, save=True)
+        reference = reference_profile(EarlyExitEncoder.from_pretrained(str(candidate)), texts, "retrain held-out slice")
+        write_json_atomic(Path(candidate) / REFERENCE_FILE, reference)
+        note_in_manifest(candidate, REFERENCE_FILE)
     result["decision"] = judge(result[CANDIDATE], result[CHAMPION], profile.retrain)
     return result
 

@@ -1,4 +1,5 @@
-"""Files by URI: s3://bucket/key through boto3, every read checked against the sha256 stored with the object.
+"""Files by URI: s3://bucket/key through boto3, every read checked against a sha256: the one the caller's reference
+holds (a hand-off between steps), else the one stored with the object.
 
 boto3 finds credentials and the endpoint the usual way (AWS_* variables, ~/.aws; AWS_ENDPOINT_URL_S3 for an
 S3-compatible server such as MinIO or moto_server), so another store is configuration, not code.
@@ -57,7 +58,11 @@ def upload(local: str | os.PathLike, uri: str) -> str:
 
 def download(uri: str, local: str | os.PathLike, sha256: str | None = None) -> Path:
     """Fetch `uri` to `local` (atomically) if its content has the expected sha256 (given, else the object's own
-    metadata); a mismatch is a ValueError and nothing is written."""
+    metadata); a mismatch is a ValueError and nothing is written.
+
+    The metadata only catches corruption: whoever can replace an object can replace its metadata with it. A
+    content-addressed hand-off (pipeline.local_path) therefore passes the sha256 its reference carries.
+    """
     from leap_core.io import atomic_path, sha256_file
 
     bucket, key = split(uri)

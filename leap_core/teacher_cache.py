@@ -31,6 +31,8 @@ from leap_core.pooling import pooled_layers
 log = logging.getLogger(__name__)
 POOLING = "mean-normalised"
 CHUNK = 2048
+SPOT_CHECK_ROWS = 8  # rows of a shared (S3) cache checked against a fresh teacher pass on every fetch
+SPOT_CHECK_MIN_COSINE = 0.999  # float16 storage and bf16 autocast on GPU stay well above it
 
 
 @dataclass
@@ -142,7 +144,8 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
         log.info("teacher cache hit: %s (%d sentences, layers %s): no teacher forward pass", path, len(sentences), layers)
         return path
     if remote and _fetch_verified(remote, path, key, len(sentences)):
-        log.info("teacher cache hit in %s: no teacher forward pass", remote)
+        _spot_check(path, remote, folder, layers, max_length, device)
+        log.info("teacher cache hit in %s: no teacher forward pass (%d rows spot-checked)", remote, SPOT_CHECK_ROWS)
         return path
 
     spec = spec_key(folder, layers, max_length)
@@ -184,17 +187,60 @@ def _encode_resumable(folder: Path, sentences: list[str], layers: list[int], max
     with tqdm(total=len(sentences), desc="teacher cache", unit="sent", disable=not show_progress) as bar:
         for number, start in enumerate(range(0, len(sentences), CHUNK)):
             chunk_path = parts / f"chunk-{number:05d}-{tag}.npy"
-            if chunk_path.is_file():  # done before a kill
-                chunk = np.load(chunk_path)
-            else:
-                chunk = _encode_chunk(model, tokenizer, sentences[start:start + CHUNK], layers, max_length,
-                                      batch_size, run_device)
-                with atomic_path(chunk_path) as tmp:
-                    with open(tmp, "wb") as handle:
-                        np.save(handle, chunk)
+            rows = sentences[start:start + CHUNK]
+            shape = (len(layers), len(rows), model.config.hidden_size)
+            chunk = _resumed_chunk(chunk_path, shape)  # done before a kill, and verified
+            if chunk is None:
+                chunk = _encode_chunk(model, tokenizer, rows, layers, max_length, batch_size, run_device)
+                _save_chunk(chunk_path, chunk)
             chunks.append(chunk)
             bar.update(chunk.shape[1])
     return np.concatenate(chunks, axis=1)
+
+
+def _chunk_sum_path(chunk_path: Path) -> Path:
+    return chunk_path.with_suffix(".sha256")
+
+
+def _save_chunk(chunk_path: Path, chunk: np.ndarray) -> None:
+    """The chunk, then its sha256 beside it, each written atomically: a chunk without its checksum (a kill between
+    the two writes) is never trusted, only encoded again."""
+    from leap_core.io import sha256_file, write_text_atomic
+
+    with atomic_path(chunk_path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, chunk)
+        digest = sha256_file(tmp)
+    write_text_atomic(_chunk_sum_path(chunk_path), digest + "\n")
+
+
+def _resumed_chunk(chunk_path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A chunk an earlier (killed) build saved, if it is exactly what that build wrote (its sha256 file matches),
+    has the expected float16 shape and is finite; else None, with a warning: the chunk is encoded again."""
+    from leap_core.io import sha256_file
+
+    if not chunk_path.is_file():
+        return None
+    sum_path = _chunk_sum_path(chunk_path)
+    recorded = sum_path.read_text(encoding="utf-8").strip() if sum_path.is_file() else ""
+    problem = None
+    if not recorded:
+        problem = "no checksum recorded"
+    elif sha256_file(chunk_path) != recorded:
+        problem = "content does not match its checksum"
+    else:
+        try:
+            chunk = np.load(chunk_path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            chunk, problem = None, f"unreadable ({err})"
+        if chunk is not None and (chunk.dtype != np.float16 or chunk.shape != shape):
+            problem = f"{chunk.dtype} {chunk.shape}, want float16 {shape}"
+        elif chunk is not None and not np.isfinite(chunk).all():
+            problem = "not finite (NaN or inf)"
+    if problem is not None:
+        log.warning("teacher cache chunk %s: %s: encoding it again", chunk_path, problem)
+        return None
+    return chunk
 
 
 def spec_key(teacher_folder: Path, layers: list[int], max_length: int) -> str:
@@ -229,7 +275,11 @@ def reusable_rows(cache_dir: Path, spec: str, wanted: set[str], exclude: Path | 
 
 def _write_table(path: Path, key: str, teacher: str, sentences: list[str], layers: list[int], max_length: int,
                  embeddings: np.ndarray, spec: str = "") -> None:
-    """The cache file, atomically: one row per sentence, one float16 column per layer, key and checksum as metadata."""
+    """The cache file, atomically: one row per sentence, one float16 column per layer, key and checksum as metadata.
+    Embeddings that are not all finite are refused: a checksum over NaN would make them look verified."""
+    if not np.isfinite(embeddings).all():
+        raise ValueError(f"{path}: teacher embeddings hold NaN or inf: not writing the cache (check the teacher "
+                         f"{teacher} and its chunks in {path.with_suffix('.parts')})")
     columns = {"sentence": pa.array(sentences, type=pa.string())}
     for position, layer in enumerate(layers):
         flat = pa.array(embeddings[position].reshape(-1), type=pa.float16())
@@ -256,6 +306,33 @@ def _fetch_verified(remote: str, path: Path, key: str, n_rows: int) -> bool:
         path.unlink(missing_ok=True)
         return False
     return True
+
+
+def _spot_check(path: Path, remote: str, folder: Path, layers: list[int], max_length: int, device: str) -> None:
+    """Return only if SPOT_CHECK_ROWS random rows of a fetched shared cache match a fresh forward pass of the
+    teacher (cosine >= SPOT_CHECK_MIN_COSINE at every layer); else delete the local copy and raise a ValueError
+    naming the cache. Its key and sha256 only prove it is self-consistent: whoever can write the bucket can write
+    both, so the content itself is sampled (at random: a forger cannot know which rows are checked)."""
+    from transformers import AutoTokenizer
+
+    cache = load_teacher_cache(path)
+    rows = np.random.default_rng().choice(len(cache.sentences), min(SPOT_CHECK_ROWS, len(cache.sentences)),
+                                          replace=False)
+    run_device = pick_device(device)
+    model = load_weights(folder).to(run_device).eval()
+    fresh = _encode_chunk(model, AutoTokenizer.from_pretrained(folder), [cache.sentences[i] for i in rows], layers,
+                          max_length, len(rows), run_device).astype(np.float32)
+    stored = cache.embeddings[:, torch.as_tensor(rows)].numpy()
+    cosine = (fresh * stored).sum(-1) / np.maximum(np.linalg.norm(fresh, axis=-1) * np.linalg.norm(stored, axis=-1),
+                                                   1e-12)
+    if not (np.isfinite(cosine) & (cosine >= SPOT_CHECK_MIN_COSINE)).all():
+        worst_layer, worst_row = np.unravel_index(np.nanargmin(np.where(np.isfinite(cosine), cosine, -np.inf)),
+                                                  cosine.shape)
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{remote}: shared teacher cache row {int(rows[worst_row])} at layer "
+                         f"{layers[worst_layer]} has cosine {float(cosine[worst_layer, worst_row]):.4f} to a fresh "
+                         f"forward pass of the teacher (want >= {SPOT_CHECK_MIN_COSINE}): not using it; delete it "
+                         "from the bucket and check who can write there")
 
 
 def load_teacher_cache(path: str | Path, sentences: list[str] | None = None) -> TeacherCache:

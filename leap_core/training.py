@@ -49,6 +49,10 @@ class TrainResult:
     final_losses: dict[str, float]
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite: the run stops and saves no model."""
+
+
 def _logged_step(line: str) -> float:
     """The step of a train_log.jsonl line; +inf for a line a kill tore (dropped on resume)."""
     try:
@@ -218,6 +222,11 @@ class LeapTrainer:
             hidden = self.student(**batch, output_hidden_states=True).hidden_states
         student_layers = pooled_layers(tuple(h.float() for h in hidden), batch["attention_mask"])
         loss, terms = self.objective(student_layers, targets, progress)
+        if not torch.isfinite(loss):  # NaN/inf only spreads from here: stop before it reaches the weights
+            broken = sorted(name for name, value in terms.items() if not math.isfinite(value))
+            raise TrainingDiverged(f"{self.output_dir}: the loss is {loss.item()} at progress {progress:.3f} "
+                                   f"(non-finite: {broken or 'the embeddings'}); nothing was saved. Lower "
+                                   "training.lr or check the teacher cache")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.student.parameters()) + list(self.objective.parameters())
@@ -281,6 +290,10 @@ class LeapTrainer:
                     if self.on_step is not None:
                         self.on_step(step, terms)
         seconds = time.perf_counter() - started
+        broken = [name for name, value in self.student.named_parameters() if not torch.isfinite(value).all()]
+        if broken:
+            raise TrainingDiverged(f"{self.output_dir}: non-finite weights after training ({broken[:3]}); nothing "
+                                   "was saved. Lower training.lr")
         model_dir = self.save()
         result = TrainResult(model_dir, seconds, step, terms)
         write_json_atomic(result_path, {"model_dir": str(model_dir), "train_seconds": seconds, "steps": step,

@@ -86,3 +86,20 @@ def test_a_corrupt_or_pickled_only_model_is_named_with_the_way_out(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ValueError, match="no .safetensors weights .*never loads pickled .bin"):
         EarlyExitEncoder.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("layers_in_config,kind", [(4, "missing"), (1, "unexpected")])
+def test_weights_that_do_not_match_config_json_are_refused_naming_the_keys(tmp_path, layers_in_config, kind):
+    """transformers would fill missing layers with random weights (different on every load) and only warn."""
+    import json
+    import shutil
+
+    from leap_core.models import load_weights
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("random-bert:layers=2,hidden=32,heads=2,seed=0"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = layers_in_config
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{folder}: its weights do not match config.json: {kind} \['encoder.layer"):
+        load_weights(folder)

@@ -12,7 +12,10 @@ REPORT = Path(__file__).resolve().parents[1] / "reports" / "reliability.json"
 
 def test_every_probe_holds(tmp_path, data_dir):
     results = run_probes(data_dir, tmp_path)
-    assert len(results) >= 14 and {"tampered file between steps", "training pod lost"} <= {r["probe"] for r in results}
+    assert len(results) >= 20 and {"tampered file between steps", "training pod lost"} <= {r["probe"] for r in results}
+    assert {"cut into an existing user folder", "export over a user's folder", "--name that is a path",  # issue 31
+            "concurrent calibrate --save", "NaN chunk planted", "S3 object replaced with matching metadata",
+            "forged shared teacher cache"} <= {r["probe"] for r in results}
     assert [row["probe"] for row in results if not row["held"]] == []
     assert all("<work>" in row["outcome"] or str(tmp_path) not in row["outcome"] for row in results)
 

@@ -1,6 +1,7 @@
 """S3 through boto3 against a real S3-compatible server process (moto_server on 127.0.0.1): sha256 on every read,
 and the teacher cache shared across runs."""
 
+import hashlib
 import logging
 import shutil
 
@@ -32,11 +33,19 @@ def test_a_second_run_on_another_machine_reuses_the_teacher_cache_from_s3(s3_ser
                                    show_progress=False, shared_uri=shared)
     expected = tc.load_teacher_cache(first).embeddings
     encode = tc._encode_chunk
-    monkeypatch.setattr(tc, "_encode_chunk", lambda *a, **k: pytest.fail("teacher pass on an S3 cache hit"))
+    spot_checked = []
+
+    def only_the_spot_check(model, tokenizer, sentences, *args):  # a hit runs the teacher on a sample, no more
+        assert len(sentences) <= tc.SPOT_CHECK_ROWS, "teacher pass on an S3 cache hit"
+        spot_checked.extend(sentences)
+        return encode(model, tokenizer, sentences, *args)
+
+    monkeypatch.setattr(tc, "_encode_chunk", only_the_spot_check)
     with caplog.at_level(logging.INFO):
         second = tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path / "two", max_length=32,
                                         show_progress=False, shared_uri=shared)
     assert "teacher cache hit in s3://" in caplog.text
+    assert len(set(spot_checked)) == tc.SPOT_CHECK_ROWS and set(spot_checked) <= set(SENTENCES)
     assert (tc.load_teacher_cache(second).embeddings == expected).all()
     # An object altered in the bucket is never a hit: refused by its sha256, rebuilt, and put back.
     bucket, key = storage.split(f"{shared}/{first.name}")
@@ -96,3 +105,53 @@ def test_delete_prefix_removes_only_what_is_under_it(s3_server, tmp_path):
         storage.client().put_object(Bucket="leap-test", Key=key, Body=b"x")
     assert storage.delete_prefix(f"{s3_server}/ckpt/a") == 2
     assert storage.exists(f"{s3_server}/ckpt/ab/3") and not storage.exists(f"{s3_server}/ckpt/a/1")
+
+
+def test_an_object_replaced_with_matching_metadata_is_refused_by_the_reference(s3_server, tmp_path, monkeypatch):
+    """The reader trusts the sha256 the previous step handed on, not the object's metadata (which a writer of the
+    bucket replaces along with the object)."""
+    from leap_core import pipeline
+
+    monkeypatch.setenv("LEAP_CACHE_DIR", str(tmp_path / "reader"))
+    single = tmp_path / "sentences.parquet"
+    single.write_bytes(b"rows")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"abc")
+    (model / "config.json").write_text("{}")
+    refs = [pipeline.file_ref(single, store=f"{s3_server}/swap"), pipeline.file_ref(model, store=f"{s3_server}/swap")]
+    assert refs[1]["file_sha256"]["weights.safetensors"] == hashlib.sha256(b"abc").hexdigest()
+    for ref, key in ((refs[0], refs[0]["uri"]), (refs[1], f"{refs[1]['uri']}/weights.safetensors")):
+        bucket, name = storage.split(key)
+        forged = b"forged content"
+        storage.client().put_object(Bucket=bucket, Key=name, Body=forged,
+                                    Metadata={storage.SHA256_KEY: hashlib.sha256(forged).hexdigest()})
+        assert storage.download(key, tmp_path / "by-metadata")  # the metadata alone would have let it in
+        with pytest.raises(ValueError, match="is not the recorded"):
+            pipeline.local_path(ref)
+    assert not [p for p in (tmp_path / "reader").rglob("*") if p.is_file()]  # nothing forged was kept
+
+
+def test_a_forged_shared_teacher_cache_fails_the_spot_check_naming_it(s3_server, tmp_path):
+    """A cache with the right key and a self-consistent sha256 but other embeddings (a bucket writer can make one)
+    is caught by a fresh teacher pass on a sample of its rows."""
+    import numpy as np
+
+    shared = f"{s3_server}/forged-caches"
+    built = tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path / "one", max_length=32,
+                                   show_progress=False)
+    table = tc.pq.read_table(built)
+    meta = {key.decode(): value.decode() for key, value in table.schema.metadata.items()}
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((2, len(SENTENCES), 32)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=-1, keepdims=True)
+    forged = tmp_path / "forged" / built.name
+    forged.parent.mkdir()
+    tc._write_table(forged, meta["leap_cache_key"], meta["teacher"], SENTENCES, [2, 4], 32,
+                    noise.astype(np.float16), meta["leap_cache_spec"])
+    storage.upload(forged, f"{shared}/{built.name}")
+    remote = f"{shared}/{built.name}"
+    with pytest.raises(ValueError, match=f"{remote}: shared teacher cache row .* cosine"):
+        tc.build_teacher_cache(TEACHER, SENTENCES, [2, 4], tmp_path / "two", max_length=32, show_progress=False,
+                               shared_uri=shared)
+    assert not list((tmp_path / "two").glob("*.parquet"))  # the forged copy is not kept

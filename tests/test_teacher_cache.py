@@ -124,3 +124,58 @@ def test_text_an_earlier_cache_holds_is_not_encoded_again(tmp_path, monkeypatch)
                                                          show_progress=False), grown)
     assert sorted(encoded) == sorted(SENTENCES[25:])  # only the text no cache of this spec holds
     torch.testing.assert_close(cache.embeddings, _expected(grown, [2, 4]), atol=2e-3, rtol=0)
+
+
+def _killed_after_first_chunk(tmp_path, monkeypatch):
+    """A build killed while encoding its second chunk of 16: chunk 1 and its checksum are on disk."""
+    monkeypatch.setattr(tc, "CHUNK", 16)
+    real = tc._encode_chunk
+
+    def dies_on_second_chunk(*args, **kwargs):
+        if dies_on_second_chunk.calls == 1:
+            raise KeyboardInterrupt
+        dies_on_second_chunk.calls += 1
+        return real(*args, **kwargs)
+
+    dies_on_second_chunk.calls = 0
+    monkeypatch.setattr(tc, "_encode_chunk", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    calls = []
+    monkeypatch.setattr(tc, "_encode_chunk", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    (chunk,) = tmp_path.glob("*.parts/chunk-00000-*.npy")
+    return chunk, calls
+
+
+@pytest.mark.parametrize("planted", ["nan with its checksum forged", "checksum missing", "checksum wrong"])
+def test_a_bad_resumed_chunk_is_encoded_again_never_merged(tmp_path, monkeypatch, caplog, planted):
+    import numpy as np
+
+    from leap_core.io import sha256_file
+
+    chunk, calls = _killed_after_first_chunk(tmp_path, monkeypatch)
+    checksum = chunk.with_suffix(".sha256")
+    assert checksum.read_text().strip() == sha256_file(chunk)  # written with the chunk
+    if planted.startswith("nan"):
+        np.save(chunk, np.full(np.load(chunk).shape, np.nan, dtype=np.float16))
+        checksum.write_text(sha256_file(chunk))
+    elif planted == "checksum missing":
+        checksum.unlink()
+    else:
+        checksum.write_text("0" * 64)
+    with caplog.at_level(logging.WARNING):
+        path = tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert len(calls) == 3 and "encoding it again" in caplog.text  # chunk 1 too: it was not trusted
+    cache = tc.load_teacher_cache(path)
+    assert torch.isfinite(cache.embeddings).all()
+    torch.testing.assert_close(cache.embeddings, _expected(SENTENCES, [4]), atol=2e-3, rtol=0)
+
+
+def test_a_cache_with_nan_embeddings_is_never_written(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(tc, "_encode_chunk", lambda model, tok, sentences, layers, *a: np.full(
+        (len(layers), len(sentences), 32), np.nan, dtype=np.float16))
+    with pytest.raises(ValueError, match="NaN or inf: not writing the cache"):
+        tc.build_teacher_cache(TEACHER, SENTENCES, [4], tmp_path, max_length=32, show_progress=False)
+    assert not list(tmp_path.glob("*.parquet"))

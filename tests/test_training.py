@@ -288,3 +288,44 @@ def test_a_runs_identity_is_unchanged_by_how_the_models_are_fingerprinted(data_d
     for name in ("cpu", "cpu_long", "paper", "smoke"):
         models = load_profile(name).models
         assert config_fingerprint(models) == str(models)
+
+
+def test_a_non_finite_loss_stops_training_and_saves_no_model(smoke, tmp_path, monkeypatch):
+    from leap_core import teacher_cache
+    from leap_core.training import TrainingDiverged
+
+    profile, cache = smoke
+    real_load = teacher_cache.load_teacher_cache
+
+    def one_bad_row(path):
+        loaded = real_load(path)
+        loaded.embeddings[:, 1] = float("nan")  # a teacher row gone bad after its checksum was taken
+        return loaded
+
+    monkeypatch.setattr(teacher_cache, "load_teacher_cache", one_bad_row)
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan .*nothing was saved"):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model").exists() and not (tmp_path / "nan" / "train_result.json").exists()
+
+
+def test_weights_that_went_non_finite_are_never_saved(smoke, tmp_path, monkeypatch):
+    from leap_core import training
+    from leap_core.training import TrainingDiverged
+
+    profile, cache = smoke
+    students = []
+    real_init = training.LeapTrainer.__init__
+
+    def remember(self, student, *args, **kwargs):
+        students.append(student)
+        real_init(self, student, *args, **kwargs)
+
+    def poison_after_the_last_step(step, terms):
+        if step == 6:  # the loss of every step was finite: only the weights check can catch it
+            with torch.no_grad():
+                next(iter(students[0].parameters())).fill_(float("inf"))
+
+    monkeypatch.setattr(training.LeapTrainer, "__init__", remember)
+    with pytest.raises(TrainingDiverged, match="non-finite weights after training"):
+        experiment.train_arm(profile, "leap", 0, cache, out_dir=tmp_path / "inf", on_step=poison_after_the_last_step)
+    assert not (tmp_path / "inf" / "model").exists()

@@ -490,12 +490,27 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
 
 
 def calibrate_policy(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None = None,
-                     save: bool = False, loaded: tuple[DepthModel, dict[str, Any]] | None = None) -> dict[str, Any]:
+                     save: bool = False, loaded: tuple[DepthModel, dict[str, Any]] | None = None,
+                     wait: bool = False) -> dict[str, Any]:
     """The fastest deployable policy within the floors on dev (STS-B dev; BEIR dev halves with max_ndcg_drop).
 
-    save: write it to the model folder's leap_exit.json (with what chose it), so the encoder serves it by default.
-    loaded: depth_model(profile, model) when the caller already has it.
+    save: write it to the model folder's leap_exit.json (with what chose it), so the encoder serves it by default;
+    the folder's writer lock (io.writer_lock) is held from the first measurement to the write, so a second
+    calibrate --save (or cut, export) on the folder is refused at once (wait=True: waits) instead of the last
+    writer silently winning. loaded: depth_model(profile, model) when the caller already has it.
     """
+    if not save:
+        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, False, loaded)
+    from leap_core.io import writer_lock
+    from leap_core.models import resolve_model
+
+    folder = loaded[1]["model_path"] if loaded else resolve_model(str(model))
+    with writer_lock(folder, wait=wait, what="calibrate --save"):
+        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, True, loaded)
+
+
+def _calibrate(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None, save: bool,
+               loaded: tuple[DepthModel, dict[str, Any]] | None) -> dict[str, Any]:
     model_, described = loaded or depth_model(profile, model)
     sets = evaluation_sets(profile, dev_only=True, beir=max_ndcg_drop is not None)
     replay = Replay(model_, sets)
@@ -511,11 +526,18 @@ def calibrate_policy(profile: Any, model: str, max_sts_drop: float, max_ndcg_dro
     return result
 
 
-def save_policy(folder: Any, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> Any:
-    """Write policy and what chose it to `<folder>/leap_exit.json` atomically (encoder.write_exit_settings)."""
-    from leap_core.encoder import write_exit_settings
+def save_policy(folder: Any, policy: ExitPolicy, calibration: dict[str, Any] | None = None,
+                wait: bool = False) -> Any:
+    """Write policy and what chose it to `<folder>/leap_exit.json` atomically (encoder.write_exit_settings), under
+    the folder's writer lock (refused while another writer holds it; re-entrant for calibrate_policy), and
+    record it in the folder's manifest if leap made the folder (so a later cut/export may still replace it)."""
+    from leap_core.encoder import EXIT_SETTINGS_FILE, write_exit_settings
+    from leap_core.io import note_in_manifest, writer_lock
 
-    return write_exit_settings(folder, policy, calibration)
+    with writer_lock(folder, wait=wait, what="writer of leap_exit.json"):
+        written = write_exit_settings(folder, policy, calibration)
+        note_in_manifest(folder, EXIT_SETTINGS_FILE)
+    return written
 
 
 def chosen_speed(described: dict[str, Any], policy: ExitPolicy, sentences: list[str],
@@ -569,6 +591,9 @@ def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pa
     from leap_core.io import write_report_files
     from leap_core.pareto_report import plot, report_markdown
 
+    from leap_core.io import plain_name
+
+    plain_name(name)  # a report name, not a path: "../../x" would write outside out_dir (checked before the work)
     result, _, _ = pareto(profile, model, max_sts_drop=max_sts_drop, max_ndcg_drop=max_ndcg_drop)
     if timing:
         policy = ExitPolicy.from_dict(result["chosen"]["policy"])

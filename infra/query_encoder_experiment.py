@@ -1,0 +1,96 @@
+"""Issue 30's experiment: shallow query encoders for all-MiniLM-L6-v2's index of NFCorpus and SciFact.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python infra/query_encoder_experiment.py \
+        --data-dir ../shared/data/beir --out reports/query_encoder.json
+
+Per set: the original's document index (cached under $LEAP_CACHE_DIR/query_encoder), training text (NFCorpus:
+its non-test queries; SciFact: queries_train.jsonl.gz) plus pseudo-queries from the corpus, a dev slice of the
+real queries for stopping and choosing, and rows per depth: raw cut, ridge head, the recipe. The JSON and the
+markdown are rewritten after every row (paths made portable), so a long run's partial result is always on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from leap_core.io import cache_root, write_report_files
+from leap_core.query_encoder.experiment import SetPlan, judge_set
+from leap_core.query_encoder.report import chosen_entry, render_markdown
+from leap_core.query_encoder.train import QueryEncoderConfig
+
+TRAIN_SOURCES = {"scifact": "queries_train.jsonl.gz"}  # sets whose training queries are not their own non-test ones
+
+
+def parse_steps(text: str) -> dict[int, int]:
+    """'1:200,2:400' -> {1: 200, 2: 400}."""
+    return {int(d): int(s) for d, s in (item.split(":") for item in text.split(",") if item)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--data-dir", default="../shared/data/beir")
+    parser.add_argument("--sets", default="nfcorpus,scifact")
+    parser.add_argument("--depths", default="1,2,3,4,5")
+    parser.add_argument("--steps", default="", help="per-depth steps, e.g. 1:300,2:600 (default: --set steps)")
+    parser.add_argument("--n-pseudo", type=int, default=10000)
+    parser.add_argument("--dev-size", type=int, default=200)
+    parser.add_argument("--zero-shot-depths", default="")
+    parser.add_argument("--zero-shot-steps", type=int, default=None)
+    parser.add_argument("--floor", type=float, default=0.75, help="dev top-10 agreement the chosen depth keeps")
+    parser.add_argument("--out", default="reports/query_encoder.json")
+    parser.add_argument("--models-out", default=None, help="folder to save each trained encoder in")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a QueryEncoderConfig field, e.g. --set kl=1.0 --set steps=600")
+    return parser.parse_args(argv)
+
+
+def config_from(pairs: list[str]) -> QueryEncoderConfig:
+    """QueryEncoderConfig with KEY=VALUE overrides, each value cast to the field's default's type."""
+    defaults = QueryEncoderConfig()
+    known = {f.name for f in fields(QueryEncoderConfig)}
+    values = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in known:
+            raise SystemExit(f"--set {pair}: unknown field {key!r} (known: {sorted(known)})")
+        kind = type(getattr(defaults, key))
+        values[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return QueryEncoderConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("beir").setLevel(logging.WARNING)  # one line per metric per evaluation otherwise
+    args = parse_args(argv)
+    config = config_from(args.set)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    entry = report.setdefault(args.model, {"sets": {}})
+    cache = Path(args.cache_dir) if args.cache_dir else cache_root() / "query_encoder"
+    depths = [int(d) for d in args.depths.split(",")]
+
+    def write(result: dict) -> None:
+        entry["sets"][result["set"]] = result
+        entry["chosen"] = chosen_entry(entry["sets"], args.floor)
+        write_report_files(report, out, out.with_suffix(".md"), render_markdown)  # no folder of this machine
+
+    for name in args.sets.split(","):
+        folder = Path(args.data_dir) / name
+        source = str(folder / TRAIN_SOURCES[name]) if name in TRAIN_SOURCES else None
+        plan = SetPlan(str(folder), source, args.n_pseudo, args.dev_size, depths, parse_steps(args.steps),
+                       [int(d) for d in args.zero_shot_depths.split(",") if d], args.zero_shot_steps)
+        models_out = Path(args.models_out) if args.models_out else None
+        judge_set(args.model, plan, config, cache, models_out, on_update=write)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Shallow query encoders for an index the original model built (issue 30).
+
+sources: unlabelled query text (text / JSONL / Parquet files, BEIR queries less the test split, traffic logs,
+pseudo-queries from the corpus); index: the original's document embeddings, cached by weights and corpus hash;
+model: the encoder (the original's first N layers + mean pool + head), saved with its document model's hash;
+losses / train: matching the original's query embedding and its ranking of its own documents; evaluate /
+experiment / report: NDCG@10, Recall@100 and top-10 agreement against the original's index, with paired CIs.
+"""
+
+from leap_core.query_encoder.index import DocumentIndex, build_index
+from leap_core.query_encoder.model import (
+    ShallowQueryEncoder,
+    check_pair,
+    load_query_encoder,
+    save_query_encoder,
+)
+from leap_core.query_encoder.sources import pseudo_queries, read_corpus, read_queries
+from leap_core.query_encoder.train import QueryEncoderConfig, TrainingSet, train
+
+__all__ = [
+    "DocumentIndex",
+    "QueryEncoderConfig",
+    "ShallowQueryEncoder",
+    "TrainingSet",
+    "build_index",
+    "check_pair",
+    "load_query_encoder",
+    "pseudo_queries",
+    "read_corpus",
+    "read_queries",
+    "save_query_encoder",
+    "train",
+]

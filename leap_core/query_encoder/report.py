@@ -1,0 +1,79 @@
+"""reports/query_encoder.{json,md}: per model and set, every depth's raw cut, ridge head and recipe, and the choice.
+
+The depth is chosen on dev only: the smallest depth whose recipe keeps at least `floor` mean overlap@10 with the
+original's top-10 on every set's dev slice of query text. Its test NDCG@10 change is then read, never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROWS = (("raw_cut", "raw cut (no training)"), ("ridge_head", "ridge head only"), ("recipe", "recipe"))
+
+
+def choose_depth(sets: dict[str, dict[str, Any]], floor: float) -> int | None:
+    """Smallest depth whose recipe's dev agreement@10 >= floor on every set (None: no depth reaches it)."""
+    depths = sorted({int(d) for result in sets.values() for d in result["depths"]})
+    for depth in depths:
+        rows = [result["depths"].get(str(depth), {}).get("recipe") for result in sets.values()]
+        if rows and all(row is not None and row["dev_agreement10"] >= floor for row in rows):
+            return depth
+    return None
+
+
+def chosen_entry(sets: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
+    """The report's `chosen` keys: depth, chosen_on, and each set's test ndcg10_rel at that depth (with CI)."""
+    depth = choose_depth(sets, floor)
+    entry: dict[str, Any] = {"depth": depth, "chosen_on": f"dev top-10 agreement >= {floor} on every set",
+                             "speedup_vs_peer_int8_bs1": None}
+    if depth is not None:
+        rows = {name: result["depths"][str(depth)]["recipe"] for name, result in sets.items()}
+        entry["ndcg10_rel"] = {name: row["ndcg10_rel"] for name, row in rows.items()}
+        entry["ndcg10_rel_ci"] = {name: row["ndcg10_rel_ci"] for name, row in rows.items()}
+    return entry
+
+
+def _cells(row: dict[str, Any]) -> str:
+    low, high = row["ndcg10_rel_ci"]
+    return (f"{row['ndcg10']:.3f} | {row['recall100']:.3f} | {100 * row['ndcg10_rel']:+.1f}% "
+            f"[{100 * low:+.1f}, {100 * high:+.1f}] | {row['agreement10']:.3f} | {row['dev_agreement10']:.3f}")
+
+
+def render_set(result: dict[str, Any]) -> list[str]:
+    """One set's table: a line per (depth, row kind) present, under the original/original line."""
+    original = result["original"]
+    lines = [f"### {result['set']}", "",
+             f"{result['n_test_queries']} test queries, {result['n_docs']} documents; training text: "
+             f"{result['train_queries']} queries ({result['train_source']}) + {result['pseudo_queries']} "
+             f"pseudo-queries; dev slice {result['dev_queries']} queries. Original/original: NDCG@10 "
+             f"{original['ndcg10']:.3f}, Recall@100 {original['recall100']:.3f}.", "",
+             "| depth | query encoder | NDCG@10 | Recall@100 | NDCG@10 vs original [95% CI] | top-10 agreement (test) "
+             "| top-10 agreement (dev) |", "|---|---|---|---|---|---|---|"]
+    for depth, rows in sorted(result["depths"].items(), key=lambda item: int(item[0])):
+        for key, label in ROWS:
+            if key in rows:
+                lines.append(f"| {depth} | {label} | {_cells(rows[key])} |")
+    for depth, row in sorted(result.get("zero_shot", {}).items()):
+        lines.append(f"| {depth} | zero-shot (pseudo-queries only) | {_cells(row)} |")
+    return lines + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole report: per model, the chosen depth and each set's table."""
+    lines = ["# Shallow query encoders against the original's index", "",
+             "Queries embedded by the first N layers of the original (+ a head), searched against documents the "
+             "original embedded at full depth. Relevance labels never train or choose; the depth and stopping "
+             "point are chosen by agreement with the original's top-10 on a dev slice of the training query "
+             "texts; test queries are measured once. CIs: paired bootstrap over test queries, relative to the "
+             "original's NDCG@10.", ""]
+    for model, entry in report.items():
+        chosen = entry.get("chosen", {})
+        lines += [f"## {model}", ""]
+        if chosen.get("depth") is not None:
+            rel = ", ".join(f"{name} {100 * value:+.1f}%" for name, value in chosen["ndcg10_rel"].items())
+            lines += [f"Chosen ({chosen['chosen_on']}): depth {chosen['depth']}; test NDCG@10 vs original: {rel}.", ""]
+        else:
+            lines += [f"Chosen: no depth reached {chosen.get('chosen_on', 'the dev floor')}.", ""]
+        for result in entry["sets"].values():
+            lines += render_set(result)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,247 @@
+"""Shallow query encoders (leap_core.query_encoder): sources, index cache, training, saving, pairing, judging."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leap_core.data import DataError
+from leap_core.query_encoder import (QueryEncoderConfig, ShallowQueryEncoder, TrainingSet, build_index, check_pair,
+                                     load_query_encoder, pseudo_queries, read_corpus, read_queries,
+                                     save_query_encoder, train)
+from leap_core.query_encoder.losses import listwise_kl, query_loss
+
+DOC_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=0"
+OTHER_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=1"
+TOPICS = ["vitamin D and bone health", "statins and breast cancer", "sugar and heart disease", "fish oil for the brain",
+          "red meat and colon cancer", "green tea and weight", "soy and hormone levels", "fiber and gut bacteria"]
+
+
+def _write_gz(path: Path, lines: list[str]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+
+
+@pytest.fixture(scope="module")
+def beir(tmp_path_factory) -> Path:
+    """A tiny BEIR folder: 24 documents (title + two sentences), 16 queries, the first 6 judged in qrels/test.tsv."""
+    folder = tmp_path_factory.mktemp("tiny_beir")
+    docs = [json.dumps({"_id": f"d{i}", "title": f"A study of {TOPICS[i % 8]} number {i}",
+                        "text": f"We measured {TOPICS[i % 8]} in {10 * i + 5} adults. The effect was small but real."})
+            for i in range(24)]
+    queries = [json.dumps({"_id": f"q{i}", "text": f"does {TOPICS[i % 8]} matter {i}"}) for i in range(16)]
+    queries.append(json.dumps({"_id": "q99", "text": "does vitamin D and bone health matter 0"}))  # copy of test q0
+    _write_gz(folder / "corpus.jsonl.gz", docs)
+    _write_gz(folder / "queries.jsonl.gz", queries)
+    (folder / "qrels").mkdir()
+    judged = "".join(f"q{i}\td{i}\t{1 + i % 2}\nq{i}\td{i + 8}\t1\n" for i in range(6))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + judged)
+    return folder
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_read_queries_each_format(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "q.txt").write_text("first query\n\n  second   query \nfirst query\n")
+    assert read_queries(tmp_path / "q.txt") == ["first query", "second query"]  # deduplicated, blank skipped
+    (tmp_path / "q.jsonl").write_text('{"text": "a"}\n{"text": "b", "_id": "2"}\n')
+    assert read_queries(tmp_path / "q.jsonl") == ["a", "b"]
+    _write_gz(tmp_path / "q.jsonl.gz", ['{"text": "zipped"}'])
+    assert read_queries(tmp_path / "q.jsonl.gz") == ["zipped"]
+    pq.write_table(pa.table({"text": ["p1", "p2"]}), tmp_path / "q.parquet")
+    assert read_queries(tmp_path / "q.parquet") == ["p1", "p2"]
+
+
+def test_read_queries_traffic_log(tmp_path):
+    from leap_core.traffic import TrafficLog
+
+    log = TrafficLog(str(tmp_path / "log"), flush_rows=2, sample_text=1.0)
+    log.record(["logged one", "logged two"], [3, 3], 6)
+    log.flush()
+    assert sorted(read_queries(tmp_path / "log")) == ["logged one", "logged two"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "ok"}\n{"text": "torn"\n', "bad.jsonl, line 2: malformed JSON"),
+    ("bad.jsonl", '{"text": "ok"}\n{"_id": "1"}\n', "bad.jsonl, line 2: field 'text' is missing"),
+    ("bad.jsonl", '{"text": "ok"}\n[1, 2]\n', "bad.jsonl, line 2: expected a JSON object"),
+    ("empty.txt", "\n\n", "empty.txt: no query text"),
+    ("q.csv", "a,b\n", "unknown query format '.csv'"),
+])
+def test_read_queries_bad_input_is_one_line_naming_the_file(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
+        read_queries(tmp_path / name)
+    assert "\n" not in str(err.value) and str(tmp_path / name) in str(err.value)
+
+
+def test_read_queries_bad_parquet_and_missing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"query": ["x"]}), tmp_path / "q.parquet")
+    with pytest.raises(DataError, match="q.parquet: no 'text' column"):
+        read_queries(tmp_path / "q.parquet")
+    pq.write_table(pa.table({"text": ["x", None]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match="n.parquet, row 2"):
+        read_queries(tmp_path / "n.parquet")
+    with pytest.raises(DataError, match="nowhere.txt: no such file"):
+        read_queries(tmp_path / "nowhere.txt")
+
+
+def test_beir_source_holds_out_the_test_queries(beir):
+    texts = read_queries(beir)
+    test_texts = {f"does {TOPICS[i % 8]} matter {i}" for i in range(6)}
+    assert not test_texts & set(texts)  # judged ids q0..q5 are out ...
+    assert "does vitamin D and bone health matter 0" not in texts  # ... and so is a copy of one under another id
+    assert len(texts) == 10 and texts[0] == "does soy and hormone levels matter 6"
+    assert len(read_queries(beir, exclude_split=None)) == 17 - 1  # nothing held out (q99 duplicates q0's text)
+
+
+def test_beir_source_without_qrels_refuses(tmp_path, beir):
+    folder = tmp_path / "noqrels"
+    folder.mkdir()
+    (folder / "queries.jsonl").write_text('{"_id": "1", "text": "x"}\n')
+    with pytest.raises(DataError, match="qrels/test.tsv: qrels file not found"):
+        read_queries(folder)
+
+
+def test_pseudo_queries_titles_first_and_exclusions(beir):
+    corpus = read_corpus(beir)
+    pseudo = pseudo_queries(corpus, 30, seed=0, exclude=["A study of vitamin D and bone health number 0"])
+    assert len(pseudo) == 30 and all(p.startswith("A study of") for p in pseudo[:23])
+    assert "A study of vitamin D and bone health number 0" not in pseudo
+    assert pseudo == pseudo_queries(corpus, 30, seed=0, exclude=["A study of vitamin D and bone health number 0"])
+
+
+# ------------------------------------------------------------------ index, losses, model
+
+
+@pytest.fixture(scope="module")
+def index(beir, tmp_path_factory):
+    return build_index(DOC_MODEL, beir, tmp_path_factory.mktemp("index"), batch_size=8)
+
+
+def test_index_is_cached_by_model_and_corpus_hash(beir, index, tmp_path, monkeypatch):
+    from leap_core.query_encoder import index as index_module
+
+    cache = tmp_path / "cache"
+    first = build_index(DOC_MODEL, beir, cache)
+    assert first.doc_ids == [f"d{i}" for i in range(24)] and first.embeddings.shape == (24, 32)
+    np.testing.assert_allclose(np.linalg.norm(first.embeddings, axis=1), 1.0, atol=1e-5)
+    monkeypatch.setattr(index_module, "encode_documents", lambda *a, **k: pytest.fail("re-encoded a cached index"))
+    again = build_index(DOC_MODEL, beir, cache)
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    assert len(list(cache.glob("index-*.npy"))) == 1
+    monkeypatch.undo()
+    other = build_index(OTHER_MODEL, beir, cache)  # another model: its own file, never the first's
+    assert other.model_fingerprint != first.model_fingerprint and len(list(cache.glob("index-*.npy"))) == 2
+
+
+def test_listwise_kl_is_zero_at_the_teacher_and_positive_elsewhere():
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    docs = torch.nn.functional.normalize(torch.randn(4, 5, 8), dim=-1)
+    assert float(listwise_kl(teacher, teacher, docs, 0.05)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert float(listwise_kl(other, teacher, docs, 0.05)) > 0
+    loss, terms = query_loss(other, teacher, docs, 1.0, 1.0, 0.05, 0.5, 0.05)
+    assert set(terms) == {"cosine", "kl", "in_batch", "total"}
+    assert terms["total"] == pytest.approx(terms["cosine"] + terms["kl"] + 0.5 * terms["in_batch"], rel=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        listwise_kl(other, teacher, docs[:2], 0.05)
+
+
+def _training_set(index, texts: list[str], cache: Path) -> TrainingSet:
+    from leap_core.query_encoder.experiment import original_pools
+
+    pools = original_pools(DOC_MODEL, cache).layers("train", texts)
+    targets = np.ascontiguousarray(pools[-1])
+    return TrainingSet(texts, targets, index.topk(targets, 10)[1])
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_dev_state(beir, index, one_thread, tmp_path):
+    texts = read_queries(beir) + pseudo_queries(read_corpus(beir), 40, seed=0)
+    data = _training_set(index, texts, tmp_path)
+    dev_texts = texts[:6]
+    dev_top = data.top_docs[:6]
+    encoder = ShallowQueryEncoder.from_original(DOC_MODEL, 1)
+    config = QueryEncoderConfig(steps=40, batch_size=8, lr=1e-3, head_lr=1e-2, eval_every=10, in_batch=0.5,
+                                head_init="identity", kl_top_k=10)
+    history = train(encoder, data, index, dev_texts, dev_top, config)
+    losses = [entry["total"] for entry in history["losses"]]
+    assert losses[-1] < losses[0]
+    assert [e["step"] for e in history["evals"]] == [0, 10, 20, 30, 40]
+    best = max(e["dev_agreement10"] for e in history["evals"])
+    assert history["best_dev_agreement10"] == best
+    from leap_core.query_encoder.train import dev_agreement
+
+    assert dev_agreement(encoder, index, dev_texts, dev_top) == pytest.approx(best)  # the kept state is the best
+
+
+def test_saved_folder_round_trips_and_refuses_another_document_model(tmp_path, one_thread):
+    encoder = ShallowQueryEncoder.from_original(DOC_MODEL, 1)
+    rng = np.random.default_rng(0)
+    encoder.set_head(np.eye(32, dtype=np.float32) + 0.1 * rng.standard_normal((32, 32)).astype(np.float32),
+                     0.05 * rng.standard_normal(32).astype(np.float32))
+    texts = ["does fish oil help", "vitamin D and bone health in older adults"]
+    folder = save_query_encoder(encoder, tmp_path / "qe", DOC_MODEL, {"training": {"steps": 0}})
+    record = json.loads((folder / "leap_query_encoder.json").read_text())
+    assert record["depth"] == 1 and record["document_model"] == DOC_MODEL and len(record["document_fingerprint"]) == 64
+    loaded = load_query_encoder(folder, document_model=DOC_MODEL)
+    np.testing.assert_allclose(loaded.encode(texts), encoder.encode(texts), atol=1e-5)
+    from sentence_transformers import SentenceTransformer  # the same folder serves in sentence-transformers
+
+    st_embs = SentenceTransformer(str(folder), device="cpu").encode(texts)
+    np.testing.assert_allclose(st_embs, encoder.encode(texts), atol=1e-5)
+    check_pair(folder, DOC_MODEL)
+    with pytest.raises(ValueError, match="trained for the document model") as err:
+        load_query_encoder(folder, document_model=OTHER_MODEL)
+    from leap_core.models import model_fingerprint, resolve_model
+
+    assert record["document_fingerprint"] in str(err.value)
+    assert model_fingerprint(resolve_model(OTHER_MODEL)) in str(err.value)
+    with pytest.raises(ValueError, match="not a query encoder"):
+        check_pair(tmp_path, DOC_MODEL)
+
+
+def test_depth_outside_the_original_is_refused():
+    with pytest.raises(ValueError, match="depth must be in 1..2"):
+        ShallowQueryEncoder.from_original(DOC_MODEL, 3)
+    with pytest.raises(ValueError, match="head_init"):
+        QueryEncoderConfig(head_init="zeros")
+
+
+# ------------------------------------------------------------------ the experiment on one BEIR folder
+
+
+def test_judge_set_rows_and_report(beir, tmp_path, one_thread):
+    from leap_core.query_encoder.experiment import SetPlan, judge_set
+    from leap_core.query_encoder.report import chosen_entry, render_markdown
+
+    plan = SetPlan(str(beir), n_pseudo=30, dev_size=3, depths=[1], steps={1: 6}, zero_shot_depths=[1])
+    config = QueryEncoderConfig(steps=4, batch_size=8, eval_every=3, kl_top_k=10, in_batch=0.5)
+    updates = []
+    result = judge_set(DOC_MODEL, plan, config, tmp_path / "cache", tmp_path / "models", updates.append, n_resamples=50)
+    assert result["n_test_queries"] == 6 and result["train_queries"] + result["dev_queries"] == 10
+    rows = result["depths"]["1"]
+    assert set(rows) >= {"raw_cut", "ridge_head", "recipe"} and len(updates) == 3
+    for row in (rows["raw_cut"], rows["ridge_head"], rows["recipe"], result["zero_shot"]["1"]):
+        assert 0 <= row["ndcg10"] <= 1 and 0 <= row["agreement10"] <= 1
+        low, high = row["ndcg10_rel_ci"]
+        assert low <= row["ndcg10_rel"] <= high
+    assert rows["recipe"]["steps"] == 6 and [e["step"] for e in rows["recipe"]["evals"]] == [0, 3, 6]
+    load_query_encoder(rows["recipe"]["folder"], document_model=DOC_MODEL)
+    report = {DOC_MODEL: {"sets": {"tiny": result}, "chosen": chosen_entry({"tiny": result}, floor=0.0)}}
+    assert report[DOC_MODEL]["chosen"]["depth"] == 1
+    assert chosen_entry({"tiny": result}, floor=1.01)["depth"] is None
+    markdown = render_markdown(report)
+    assert "| 1 | ridge head only |" in markdown and "zero-shot" in markdown
+    json.dumps(report)  # JSON-ready
