@@ -290,10 +290,7 @@ class LeapTrainer:
                     if self.on_step is not None:
                         self.on_step(step, terms)
         seconds = time.perf_counter() - started
-        broken = [name for name, value in self.student.named_parameters() if not torch.isfinite(value).all()]
-        if broken:
-            raise TrainingDiverged(f"{self.output_dir}: non-finite weights after training ({broken[:3]}); nothing "
-                                   "was saved. Lower training.lr")
+        self._check_finite_weights()
         model_dir = self.save()
         result = TrainResult(model_dir, seconds, step, terms)
         write_json_atomic(result_path, {"model_dir": str(model_dir), "train_seconds": seconds, "steps": step,
@@ -303,6 +300,13 @@ class LeapTrainer:
         if self.checkpoint_store:
             mirror.drop(self.checkpoint_store)
         return result
+
+    def _check_finite_weights(self) -> None:
+        """A finite last loss can still leave inf/NaN weights after its step: never save those."""
+        broken = [name for name, value in self.student.named_parameters() if not torch.isfinite(value).all()]
+        if broken:
+            raise TrainingDiverged(f"{self.output_dir}: non-finite weights after training ({broken[:3]}); nothing "
+                                   "was saved. Lower training.lr")
 
     def save(self) -> Path:
         model_dir = self.output_dir / "model"
