@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import fields
 from pathlib import Path
 
 from leap_core.io import cache_root, write_report_files
+from leap_core.query_encoder.command import recipe_config
 from leap_core.query_encoder.experiment import SetPlan, judge_set
 from leap_core.query_encoder.report import chosen_entry, render_markdown
-from leap_core.query_encoder.train import QueryEncoderConfig
 
 TRAIN_SOURCES = {"scifact": "queries_train.jsonl.gz"}  # sets whose training queries are not their own non-test ones
 
@@ -36,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="../shared/data/beir")
     parser.add_argument("--sets", default="nfcorpus,scifact")
     parser.add_argument("--depths", default="1,2,3,4,5")
+    parser.add_argument("--trained-depths", default=None, help="depths the recipe trains (default: --depths)")
     parser.add_argument("--steps", default="", help="per-depth steps, e.g. 1:300,2:600 (default: --set steps)")
     parser.add_argument("--n-pseudo", type=int, default=10000)
     parser.add_argument("--dev-size", type=int, default=200)
@@ -50,20 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_from(pairs: list[str]) -> QueryEncoderConfig:
-    """QueryEncoderConfig with KEY=VALUE overrides, each value cast to the field's default's type."""
-    defaults = QueryEncoderConfig()
-    known = {f.name for f in fields(QueryEncoderConfig)}
-    values = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in known:
-            raise SystemExit(f"--set {pair}: unknown field {key!r} (known: {sorted(known)})")
-        kind = type(getattr(defaults, key))
-        values[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return QueryEncoderConfig(**values)
-
-
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -71,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("beir").setLevel(logging.WARNING)  # one line per metric per evaluation otherwise
     args = parse_args(argv)
-    config = config_from(args.set)
+    config = recipe_config(args.set)
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     entry = report.setdefault(args.model, {"sets": {}})
@@ -86,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.sets.split(","):
         folder = Path(args.data_dir) / name
         source = str(folder / TRAIN_SOURCES[name]) if name in TRAIN_SOURCES else None
-        plan = SetPlan(str(folder), source, args.n_pseudo, args.dev_size, depths, parse_steps(args.steps),
+        trained = [int(d) for d in args.trained_depths.split(",")] if args.trained_depths else None
+        plan = SetPlan(str(folder), source, args.n_pseudo, args.dev_size, depths, trained, parse_steps(args.steps),
                        [int(d) for d in args.zero_shot_depths.split(",") if d], args.zero_shot_steps)
         models_out = Path(args.models_out) if args.models_out else None
         judge_set(args.model, plan, config, cache, models_out, on_update=write)

@@ -629,6 +629,12 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     print(markdown)
 
 
+from leap_core.query_encoder.command import add_query_encoder_args, run_query_encoder  # noqa: E402
+
+command("query-encoder", "a shallow query encoder for the original's index: fit on unlabelled queries "
+        "(--corpus) or judge on a BEIR folder (--beir)", add_query_encoder_args)(run_query_encoder)
+
+
 def add_reliability_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/reliability.json",
                         help="JSON (default: %(default)s); the markdown goes beside it")

@@ -245,3 +245,73 @@ def test_judge_set_rows_and_report(beir, tmp_path, one_thread):
     markdown = render_markdown(report)
     assert "| 1 | ridge head only |" in markdown and "zero-shot" in markdown
     json.dumps(report)  # JSON-ready
+
+
+# ------------------------------------------------------------------ leap query-encoder (fit and judge)
+
+FAST_RECIPE = ["--recipe", "steps=4", "--recipe", "batch_size=8", "--recipe", "eval_every=2",
+               "--recipe", "kl_top_k=10"]
+
+
+@pytest.fixture
+def query_file(tmp_path) -> Path:
+    """40 distinct unlabelled query texts, none of them a test query of the tiny BEIR folder."""
+    path = tmp_path / "logged_queries.txt"
+    path.write_text("".join(f"what about {TOPICS[i % 8]} in group {i}\n" for i in range(40)))
+    return path
+
+
+def _leap(*argv: str) -> int:
+    from leap_core.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_fit_saves_the_first_depth_that_reaches_the_floor(beir, query_file, tmp_path, one_thread):
+    out, report = tmp_path / "qe", tmp_path / "fit.json"
+    code = _leap("query-encoder", DOC_MODEL, "--queries", query_file, "--corpus", beir, "--out", out, "--floor", "0",
+                 "--pseudo", "20", "--dev-size", "10", "--report", report, "--cache-dir", tmp_path / "cache",
+                 *FAST_RECIPE)
+    assert code == 0
+    result = json.loads(report.read_text())
+    assert result["chosen"] == 1 and result["dev_texts"] == 10 and result["train_texts"] == 30 + 20
+    assert 0 <= result["depths"]["1"]["dev_agreement10"] <= 1
+    encoder = load_query_encoder(out, document_model=DOC_MODEL)  # paired with the index's model, by weights hash
+    assert encoder.depth == 1 and encoder.encode(["a query"]).shape == (1, 32)
+
+
+def test_fit_below_the_floor_saves_nothing_and_says_the_best(beir, query_file, tmp_path, one_thread, capsys):
+    out = tmp_path / "qe"
+    code = _leap("query-encoder", DOC_MODEL, "--queries", query_file, "--corpus", beir, "--out", out,
+                 "--floor", "1.0", "--pseudo", "0", "--dev-size", "10", "--cache-dir", tmp_path / "cache",
+                 "--recipe", "steps=2", "--recipe", "batch_size=8", "--recipe", "eval_every=2",
+                 "--recipe", "kl_top_k=10", "--recipe", "lr=0")  # lr 0: the ridge head alone, below a perfect 1.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert len(err) == 1 and "no depth reached dev top-10 agreement 1.0 (best: depth 1 at" in err[0]
+
+
+def test_fit_refuses_too_few_queries_and_bad_recipes(beir, tmp_path, capsys):
+    few = tmp_path / "few.txt"
+    few.write_text("one query\nanother query\n")
+    assert _leap("query-encoder", DOC_MODEL, "--queries", few, "--corpus", beir, "--cache-dir", tmp_path) == 2
+    assert f"{few}: 2 distinct query texts; a query encoder needs at least 30" in capsys.readouterr().err
+    assert _leap("query-encoder", DOC_MODEL, "--queries", few, "--corpus", beir, "--recipe", "stepz=3") == 2
+    assert "--recipe stepz=3: expected KEY=VALUE" in capsys.readouterr().err
+    assert _leap("query-encoder", DOC_MODEL, "--queries", few, "--corpus", beir, "--depth", "2") == 2
+    assert "--depth 2: a query encoder has 1..1 of" in capsys.readouterr().err
+    assert _leap("query-encoder", DOC_MODEL, "--corpus", beir) == 2
+    assert "--queries is required with --corpus" in capsys.readouterr().err
+
+
+def test_judge_any_beir_folder_with_one_command(beir, tmp_path, one_thread):
+    report = tmp_path / "judged.json"
+    code = _leap("query-encoder", DOC_MODEL, "--beir", beir, "--report", report, "--pseudo", "20", "--dev-size", "3",
+                 "--floor", "0", "--cache-dir", tmp_path / "cache", *FAST_RECIPE)
+    assert code == 0
+    entry = json.loads(report.read_text())[DOC_MODEL]
+    result = entry["sets"][beir.name]
+    assert result["n_test_queries"] == 6 and set(result["depths"]["1"]) == {"raw_cut", "ridge_head", "recipe",
+                                                                             "ridge_fit_texts"}
+    assert entry["chosen"]["depth"] == 1 and beir.name in entry["chosen"]["ndcg10_rel"]
+    assert "| 1 | recipe |" in report.with_suffix(".md").read_text()

@@ -18,8 +18,9 @@ import numpy as np
 
 from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
 from leap_core.query_encoder.index import DocumentIndex, build_index
-from leap_core.query_encoder.model import ShallowQueryEncoder, apply_head, fit_ridge, save_query_encoder
-from leap_core.query_encoder.train import QueryEncoderConfig, TrainingSet, train
+from leap_core.query_encoder.fit import train_at_depth
+from leap_core.query_encoder.model import apply_head, fit_ridge, save_query_encoder
+from leap_core.query_encoder.train import QueryEncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class SetPlan:
     n_pseudo: int = 10000  # titles and sentences of the folder's documents added as pseudo-queries (0: none)
     dev_size: int = 200  # real query texts held out to stop training and choose the depth
     depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    trained_depths: list[int] | None = None  # depths the recipe trains (None: every depth); the rest get
+    # the raw cut and ridge rows only, which cost seconds where a deep model's recipe costs an hour
     steps: dict[int, int] = field(default_factory=dict)  # per-depth steps (default: config.steps)
     zero_shot_depths: list[int] = field(default_factory=list)  # also trained on pseudo-queries alone
     zero_shot_steps: int | None = None  # their steps (default: the depth's steps)
@@ -138,12 +141,7 @@ def trained_row(model: str, prep: Prepared, depth: int, config: QueryEncoderConf
                 dev: tuple[list[str], np.ndarray], out: Path | None, n_resamples: int = 2000) -> dict[str, Any]:
     """Train a depth-d encoder on the `keys` parts of the training text, stopped on `dev`; save it to `out`."""
     texts, pools = _train_pools(prep, keys)
-    targets = np.ascontiguousarray(pools[-1])
-    top_docs = prep.index.topk(targets, config.kl_top_k)[1] if config.kl else np.zeros((len(texts), 0), np.int64)
-    encoder = ShallowQueryEncoder.from_original(model, depth)
-    if config.head_init == "ridge":
-        encoder.set_head(*fit_ridge(pools[depth - 1], targets, config.ridge))
-    history = train(encoder, TrainingSet(texts, targets, top_docs), prep.index, dev[0], dev[1], config)
+    encoder, history = train_at_depth(model, depth, texts, pools, prep.index, dev, config)
     row = _row(prep, encoder.encode(prep.texts["test"]), encoder.encode(prep.texts["dev"]), n_resamples)
     row.update(train_texts=len(texts), steps=config.steps, best_step=history["best_step"],
                stop_dev_agreement10=history["best_dev_agreement10"], train_seconds=history["seconds"],
@@ -169,7 +167,7 @@ def judge_set(model: str, plan: SetPlan, config: QueryEncoderConfig, cache_dir: 
     for depth in plan.depths:
         result["depths"][str(depth)] = untrained_rows(prep, depth, n_resamples)
         _notify(on_update, result)
-    for depth in plan.depths:
+    for depth in plan.depths if plan.trained_depths is None else plan.trained_depths:
         depth_config = replace(config, steps=plan.steps.get(depth, config.steps))
         out = out_dir / f"{prep.name}-depth{depth}" if out_dir else None
         row = trained_row(model, prep, depth, depth_config, ("real", "pseudo"), (prep.texts["dev"], prep.dev_top),
