@@ -213,7 +213,7 @@ def test_saved_folder_round_trips_and_refuses_another_document_model(tmp_path, o
 
 
 def test_depth_outside_the_original_is_refused():
-    with pytest.raises(ValueError, match="depth must be in 1..2"):
+    with pytest.raises(ValueError, match="depth must be in 0..2"):
         ShallowQueryEncoder.from_original(DOC_MODEL, 3)
     with pytest.raises(ValueError, match="head_init"):
         QueryEncoderConfig(head_init="zeros")
@@ -299,7 +299,7 @@ def test_fit_refuses_too_few_queries_and_bad_recipes(beir, tmp_path, capsys):
     assert _leap("query-encoder", DOC_MODEL, "--queries", few, "--corpus", beir, "--recipe", "stepz=3") == 2
     assert "--recipe stepz=3: expected KEY=VALUE" in capsys.readouterr().err
     assert _leap("query-encoder", DOC_MODEL, "--queries", few, "--corpus", beir, "--depth", "2") == 2
-    assert "--depth 2: a query encoder has 1..1 of" in capsys.readouterr().err
+    assert "--depth 2: a query encoder has 0..1 of" in capsys.readouterr().err
     assert _leap("query-encoder", DOC_MODEL, "--corpus", beir) == 2
     assert "--queries is required with --corpus" in capsys.readouterr().err
 
@@ -315,3 +315,28 @@ def test_judge_any_beir_folder_with_one_command(beir, tmp_path, one_thread):
                                                                              "ridge_fit_texts"}
     assert entry["chosen"]["depth"] == 1 and beir.name in entry["chosen"]["ndcg10_rel"]
     assert "| 1 | recipe |" in report.with_suffix(".md").read_text()
+
+
+def test_depth_zero_is_a_static_encoder_that_trains_its_token_table(beir, query_file, tmp_path, one_thread):
+    out, report = tmp_path / "static", tmp_path / "fit.json"
+    before = ShallowQueryEncoder.from_original(DOC_MODEL, 0)
+    assert before.is_static and before.depth == 0
+    code = _leap("query-encoder", DOC_MODEL, "--queries", query_file, "--corpus", beir, "--out", out, "--floor", "0",
+                 "--depth", "0", "--pseudo", "0", "--dev-size", "10", "--report", report,
+                 "--cache-dir", tmp_path / "cache", "--recipe", "steps=4", "--recipe", "batch_size=8",
+                 "--recipe", "eval_every=2", "--recipe", "kl_top_k=10", "--recipe", "lr=0.05")
+    assert code == 0 and json.loads(report.read_text())["chosen"] == 0
+    assert load_query_encoder(out, document_model=DOC_MODEL).depth == 0
+
+
+def test_only_the_static_encoder_trains_the_token_table(beir, index, one_thread):
+    from leap_core.query_encoder.fit import train_at_depth
+
+    texts = [f"what about {TOPICS[i % 8]} in group {i}" for i in range(16)]
+    pools = np.stack([ShallowQueryEncoder.from_original(DOC_MODEL, d).encode(texts) for d in (1, 2)])
+    dev_top = index.topk(pools[-1][:4], 10)[1]
+    config = QueryEncoderConfig(steps=2, batch_size=8, eval_every=2, kl_top_k=10)
+    for depth, trains_table in ((0, True), (1, False)):
+        encoder, history = train_at_depth(DOC_MODEL, depth, texts, pools, index, (texts[:4], dev_top), config)
+        assert encoder.model.embeddings.word_embeddings.weight.requires_grad is trains_table
+        assert [e["step"] for e in history["evals"]] == [0, 2]

@@ -45,7 +45,7 @@ def add_query_encoder_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--beir", help="judge: a BEIR folder (corpus, queries, qrels/test.tsv)")
     parser.add_argument("--queries", help="query text: .txt/.jsonl/.parquet file, BEIR folder (its test queries "
                         "left out) or traffic-log folder (fit: required; judge: default the folder's non-test queries)")
-    parser.add_argument("--depth", type=int, action="append", help="layers to try, repeatable (default: 1..L-1)")
+    parser.add_argument("--depth", type=int, action="append", help="layers to try, repeatable; 0 is a static encoder (default: 1..L-1)")
     parser.add_argument("--out", help="fit: folder to save the chosen encoder in; judge: folder for every trained one")
     parser.add_argument("--report", help="where the JSON goes (judge: also FILE.md; default: printed)")
     parser.add_argument("--pseudo", type=int, default=10000, help="pseudo-queries from the documents (0: none)")
@@ -63,9 +63,10 @@ def _depths(model: str, given: list[int] | None) -> list[int]:
 
     layers = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
     depths = given or list(range(1, layers))
-    wrong = [d for d in depths if not 1 <= d < layers]
+    wrong = [d for d in depths if not 0 <= d < layers]
     if wrong:
-        raise ValueError(f"--depth {wrong[0]}: a query encoder has 1..{layers - 1} of {model}'s {layers} layers")
+        raise ValueError(f"--depth {wrong[0]}: a query encoder has 0..{layers - 1} of {model}'s {layers} layers "
+                         "(0: static, token embeddings only)")
     return depths
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
 from leap_core.query_encoder.index import DocumentIndex, build_index
-from leap_core.query_encoder.fit import train_at_depth
+from leap_core.query_encoder.fit import layer_pools, train_at_depth
 from leap_core.query_encoder.model import apply_head, fit_ridge, save_query_encoder
 from leap_core.query_encoder.train import QueryEncoderConfig
 
@@ -127,13 +127,15 @@ def _row(prep: Prepared, test_embs: np.ndarray, dev_embs: np.ndarray, n_resample
     return row
 
 
-def untrained_rows(prep: Prepared, depth: int, n_resamples: int = 2000) -> dict[str, Any]:
-    """The raw cut (layer-d pool as it is) and the ridge head alone (fitted on every training text's pool)."""
+def untrained_rows(model: str, prep: Prepared, depth: int, n_resamples: int = 2000) -> dict[str, Any]:
+    """The raw cut (layer-d pool as it is; depth 0: the embedding output) and the ridge head alone (fitted on
+    every training text's pool)."""
     texts, pools = _train_pools(prep, ("real", "pseudo"))
-    weight, bias = fit_ridge(pools[depth - 1], pools[-1])
-    raw = _row(prep, prep.test_pools[depth - 1], prep.train["dev"][depth - 1], n_resamples)
-    ridge = _row(prep, apply_head(prep.test_pools[depth - 1], weight, bias),
-                 apply_head(prep.train["dev"][depth - 1], weight, bias), n_resamples)
+    weight, bias = fit_ridge(layer_pools(model, depth, texts, pools), pools[-1])
+    test = layer_pools(model, depth, prep.texts["test"], prep.test_pools)
+    dev = layer_pools(model, depth, prep.texts["dev"], prep.train["dev"])
+    raw = _row(prep, test, dev, n_resamples)
+    ridge = _row(prep, apply_head(test, weight, bias), apply_head(dev, weight, bias), n_resamples)
     return {"raw_cut": raw, "ridge_head": ridge, "ridge_fit_texts": len(texts)}
 
 
@@ -165,7 +167,7 @@ def judge_set(model: str, plan: SetPlan, config: QueryEncoderConfig, cache_dir: 
         "original": {"ndcg10": prep.original["ndcg@10"], "recall100": prep.original["recall@100"]},
         "plan": asdict(plan), "config": asdict(config), "depths": {}, "zero_shot": {}}
     for depth in plan.depths:
-        result["depths"][str(depth)] = untrained_rows(prep, depth, n_resamples)
+        result["depths"][str(depth)] = untrained_rows(model, prep, depth, n_resamples)
         _notify(on_update, result)
     for depth in plan.depths if plan.trained_depths is None else plan.trained_depths:
         depth_config = replace(config, steps=plan.steps.get(depth, config.steps))

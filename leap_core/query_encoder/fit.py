@@ -10,7 +10,7 @@ relevance label is read anywhere.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,20 @@ class FitPlan:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.depths or min(self.depths) < 1:
-            raise ValueError(f"depths must be one or more layer counts >= 1, got {self.depths}")
+        if not self.depths or min(self.depths) < 0:
+            raise ValueError(f"depths must be one or more layer counts >= 0 (0: static), got {self.depths}")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"floor is a top-10 agreement in [0, 1], got {self.floor}")
         if self.n_pseudo < 0 or self.dev_size < 1:
             raise ValueError(f"n_pseudo must be >= 0 and dev_size >= 1, got {self.n_pseudo} and {self.dev_size}")
+
+
+def layer_pools(model: str, depth: int, texts: list[str], pools: np.ndarray) -> np.ndarray:
+    """(n, d) normalised mean pools of texts after `depth` layers: the original's cached ones, or for depth 0
+    (which the cache does not hold: it starts at layer 1) the embedding output, computed here in seconds."""
+    if depth > 0:
+        return pools[depth - 1]
+    return ShallowQueryEncoder.from_original(model, 0).encode(texts)  # identity head: the normalised pool
 
 
 def train_at_depth(model: str, depth: int, texts: list[str], pools: np.ndarray, index: DocumentIndex,
@@ -51,8 +59,10 @@ def train_at_depth(model: str, depth: int, texts: list[str], pools: np.ndarray, 
     targets = np.ascontiguousarray(pools[-1])
     top_docs = index.topk(targets, config.kl_top_k)[1] if config.kl else np.zeros((len(texts), 0), np.int64)
     encoder = ShallowQueryEncoder.from_original(model, depth)
+    if depth == 0:  # the token embeddings are all a static encoder has to train
+        config = replace(config, freeze_embeddings=False)
     if config.head_init == "ridge":
-        encoder.set_head(*fit_ridge(pools[depth - 1], targets, config.ridge))
+        encoder.set_head(*fit_ridge(layer_pools(model, depth, texts, pools), targets, config.ridge))
     history = train(encoder, TrainingSet(texts, targets, top_docs), index, dev[0], dev[1], config)
     return encoder, history
 

@@ -57,9 +57,17 @@ class ShallowQueryEncoder(nn.Module):
     def depth(self) -> int:
         return len(self.model.encoder.layer)
 
+    @property
+    def is_static(self) -> bool:
+        """Depth 0: token (+ position) embeddings, LayerNorm, mean pool and head; no attention, no layer."""
+        return self.depth == 0
+
     @classmethod
     def from_original(cls, original: str, depth: int, max_length: int | None = None) -> "ShallowQueryEncoder":
-        """The original's embeddings and first `depth` layers (models.build_student), identity head, no dropout."""
+        """The original's embeddings and first `depth` layers (models.build_student), identity head, no dropout.
+
+        Depth 0 is the static point: the embedding output alone, mean-pooled, so a query costs a table lookup.
+        """
         from transformers import AutoConfig
 
         from leap_core.encoder import _read_max_seq_length
@@ -67,8 +75,8 @@ class ShallowQueryEncoder(nn.Module):
 
         folder = resolve_model(original)
         layers = AutoConfig.from_pretrained(folder).num_hidden_layers
-        if not 1 <= depth <= layers:
-            raise ValueError(f"query encoder depth must be in 1..{layers} (the original's layers), got {depth}")
+        if not 0 <= depth <= layers:
+            raise ValueError(f"query encoder depth must be in 0..{layers} (the original's layers), got {depth}")
         model, tokenizer = build_student(str(folder), depth)
         for module in model.modules():
             if isinstance(module, nn.Dropout):
