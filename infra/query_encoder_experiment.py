@@ -19,7 +19,7 @@ from pathlib import Path
 from leap_core.io import cache_root, write_report_files
 from leap_core.query_encoder.command import recipe_config
 from leap_core.query_encoder.experiment import SetPlan, judge_set
-from leap_core.query_encoder.report import chosen_entry, render_markdown
+from leap_core.query_encoder.report import chosen_entry, merge_set, render_markdown
 
 TRAIN_SOURCES = {"scifact": "queries_train.jsonl.gz"}  # sets whose training queries are not their own non-test ones
 
@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     cache = Path(args.cache_dir) if args.cache_dir else cache_root() / "query_encoder"
     depths = [int(d) for d in args.depths.split(",")]
 
+    before = dict(entry["sets"])  # rows of earlier runs (other depths) are kept
+
     def write(result: dict) -> None:
-        entry["sets"][result["set"]] = result
-        entry["chosen"] = chosen_entry(entry["sets"], args.floor)
+        entry["sets"][result["set"]] = merge_set(before.get(result["set"]), result)
+        entry["chosen"] = chosen_entry(entry["sets"], args.floor, entry.get("speed"))
         write_report_files(report, out, out.with_suffix(".md"), render_markdown)  # no folder of this machine
 
     for name in args.sets.split(","):

@@ -340,3 +340,30 @@ def test_only_the_static_encoder_trains_the_token_table(beir, index, one_thread)
         encoder, history = train_at_depth(DOC_MODEL, depth, texts, pools, index, (texts[:4], dev_top), config)
         assert encoder.model.embeddings.word_embeddings.weight.requires_grad is trains_table
         assert [e["step"] for e in history["evals"]] == [0, 2]
+
+
+# ------------------------------------------------------------------ speed and int8 quality (infra/query_encoder_bench.py)
+
+
+def test_query_bench_times_every_path_against_the_peer_and_judges_int8(beir, tmp_path, one_thread):
+    pytest.importorskip("onnxruntime")
+    from leap_core.query_encoder.bench import PEER, SHIPPED, run_query_bench
+    from leap_core.query_encoder.report import render_speed
+
+    folder = save_query_encoder(ShallowQueryEncoder.from_original(DOC_MODEL, 1), tmp_path / "tiny-depth1", DOC_MODEL)
+    result = run_query_bench(DOC_MODEL, {"tiny": {1: folder}}, {"tiny": str(beir)}, tmp_path / "work",
+                             tmp_path / "cache", threads=1, batch_sizes=(1, 8), warmup=1, iterations=3,
+                             per_channel=False, n_resamples=50)
+    names = [p["name"] for p in result["paths"]]
+    assert names == [SHIPPED, "original · ONNX Runtime · fp32", PEER, "depth 1 · ONNX Runtime · fp32",
+                     "depth 1 · ONNX Runtime · int8"]
+    assert result["queries_timed"] == 6 and set(result["timing"]["batch_sizes"]) == {"1", "8"}
+    assert result["timing"]["batch_sizes"]["1"][PEER]["speedup"] == 1.0
+    speedup = result["speedup_vs_peer_int8"]["1"]["bs1"]
+    assert speedup == result["timing"]["batch_sizes"]["1"]["depth 1 · ONNX Runtime · int8"]["speedup"] > 0
+    quality = result["quality"]
+    assert abs(quality[SHIPPED]["tiny"]["ndcg10_rel"]) < 1e-6  # the shipped model IS original/original
+    assert quality["original · ONNX Runtime · fp32"]["tiny"]["agreement10"] > 0.99
+    assert set(quality) == set(names) and all(0 <= quality[n]["tiny"]["ndcg10"] <= 1 for n in names)
+    table = "\n".join(render_speed(result))
+    assert "| depth 1 · ONNX Runtime · int8 |" in table and "x |" in table

@@ -21,16 +21,30 @@ def choose_depth(sets: dict[str, dict[str, Any]], floor: float) -> int | None:
     return None
 
 
-def chosen_entry(sets: dict[str, dict[str, Any]], floor: float) -> dict[str, Any]:
-    """The report's `chosen` keys: depth, chosen_on, and each set's test ndcg10_rel at that depth (with CI)."""
+def chosen_entry(sets: dict[str, dict[str, Any]], floor: float, speed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's `chosen` keys: depth, chosen_on, each set's test ndcg10_rel at that depth (with CI) and,
+    once the speed bench has run (`speed`), its ORT int8 speedup over the original's ORT int8 at batch 1."""
     depth = choose_depth(sets, floor)
+    speedup = (speed or {}).get("speedup_vs_peer_int8", {}).get(str(depth), {}).get("bs1")
     entry: dict[str, Any] = {"depth": depth, "chosen_on": f"dev top-10 agreement >= {floor} on every set",
-                             "speedup_vs_peer_int8_bs1": None}
+                             "speedup_vs_peer_int8_bs1": speedup}
     if depth is not None:
         rows = {name: result["depths"][str(depth)]["recipe"] for name, result in sets.items()}
         entry["ndcg10_rel"] = {name: row["ndcg10_rel"] for name, row in rows.items()}
         entry["ndcg10_rel_ci"] = {name: row["ndcg10_rel_ci"] for name, row in rows.items()}
     return entry
+
+
+def merge_set(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A set's result after another run on it: new rows replace rows of the same depth, other rows are kept,
+    and every run's plan is listed (runs may train different depths with different steps)."""
+    if not old:
+        return {**new, "plans": [new["plan"]]}
+    plans = old.get("plans", [old["plan"]])
+    merged = {**old, **new, "depths": {**old["depths"], **new["depths"]},
+              "zero_shot": {**old.get("zero_shot", {}), **new.get("zero_shot", {})}}
+    merged["plans"] = plans + ([new["plan"]] if new["plan"] not in plans else [])
+    return merged
 
 
 def _cells(row: dict[str, Any]) -> str:
@@ -53,9 +67,38 @@ def render_set(result: dict[str, Any]) -> list[str]:
         for key, label in ROWS:
             if key in rows:
                 lines.append(f"| {depth} | {label} | {_cells(rows[key])} |")
-    for depth, row in sorted(result.get("zero_shot", {}).items()):
+    for depth, row in sorted(result.get("zero_shot", {}).items(), key=lambda item: int(item[0])):
         lines.append(f"| {depth} | zero-shot (pseudo-queries only) | {_cells(row)} |")
     return lines + [""]
+
+
+def render_speed(speed: dict[str, Any]) -> list[str]:
+    """Latency of every path at each batch size (median and IQR, speedup over the peer) and its NDCG@10 change."""
+    sizes = list(speed["timing"]["batch_sizes"])
+    sets = sorted({name for rows in speed["quality"].values() for name in rows})
+    lines = ["### Query latency and int8 quality", "",
+             f"{speed['queries_timed']} real test queries, {speed['threads']} thread(s), paths interleaved "
+             f"({speed['timing']['iterations']} rotations after {speed['timing']['warmup']} warm-up; timed with "
+             f"{speed['timed_with']}); speedup = median(original, ONNX Runtime int8) / median(path). NDCG@10: "
+             "each set's test queries against the original's fp32 index, with that set's own encoders.", "",
+             "| path | " + " | ".join(f"bs{n} median ms [IQR] | bs{n} speedup" for n in sizes) + " | "
+             + " | ".join(f"{name} NDCG@10 vs original [95% CI]" for name in sets) + " |",
+             "|---|" + "---|---|" * len(sizes) + "---|" * len(sets)]
+    for path in speed["paths"]:
+        cells = []
+        for size in sizes:
+            row = speed["timing"]["batch_sizes"][size][path["name"]]
+            cells.append(f"{row['median']:.2f} [{row['q25']:.2f}, {row['q75']:.2f}] | {row['speedup']:.2f}x")
+        for name in sets:
+            row = speed["quality"].get(path["name"], {}).get(name)
+            cells.append(_relative(row) if row else "")
+        lines.append(f"| {path['name']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _relative(row: dict[str, Any]) -> str:
+    low, high = row["ndcg10_rel_ci"]
+    return f"{100 * row['ndcg10_rel']:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -76,4 +119,6 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [f"Chosen: no depth reached {chosen.get('chosen_on', 'the dev floor')}.", ""]
         for result in entry["sets"].values():
             lines += render_set(result)
+        if entry.get("speed"):
+            lines += render_speed(entry["speed"])
     return "\n".join(lines).rstrip() + "\n"

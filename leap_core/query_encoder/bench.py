@@ -1,0 +1,170 @@
+"""Query latency and int8 quality: the original against shallow query encoders, in one process, interleaved.
+
+Paths, timed on the sets' real test queries at batch 1 and 8 (bench.compare_calls: the same batches, paths
+rotated, warm-up, medians and IQR):
+    original · sentence-transformers · fp32    the model as shipped
+    original · ONNX Runtime · fp32 / int8      int8 is the peer: what a CPU user has without leap
+    depth N  · ONNX Runtime · fp32 / int8      each query encoder (leap export of its folder)
+int8 is onnxruntime's dynamic quantisation per tensor and, with per_channel, per channel too. Quality: every
+path's test-query NDCG@10 against the ORIGINAL's fp32 index of each set (documents are never re-embedded), as
+a paired-bootstrap change from original/original; each set is judged with the query encoders trained on its text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+SHIPPED = "original · sentence-transformers · fp32"
+PEER = "original · ONNX Runtime · int8"
+PRECISIONS = ("fp32", "int8", "int8 per-channel")
+
+
+@dataclass
+class QueryPath:
+    """One row: its name, depth (None: the original), precision and how it embeds (texts, batch size)."""
+
+    name: str
+    depth: int | None
+    precision: str
+    encode: Callable[[list[str], int], np.ndarray]
+
+
+def export_paths(label: str, depth: int | None, source: Path, out: Path, threads: int,
+                 per_channel: bool) -> list[QueryPath]:
+    """ORT fp32 and int8 (and int8 per channel) of `source`, exported under `out` once (reused when there)."""
+    from leap_core.export import OnnxEncoder, export_onnx
+
+    exports = {"": {}, "-per-channel": {"per_channel": True}} if per_channel else {"": {}}
+    paths = []
+    for suffix, options in exports.items():
+        folder = out.with_name(out.name + suffix)
+        if not folder.exists():
+            export_onnx(source, folder, int8=True, **options)
+        for precision in ("fp32", "int8") if not suffix else ("int8",):
+            shown = precision + (" per-channel" if suffix else "")
+            encoder = OnnxEncoder(folder, precision=precision, threads=threads)
+            paths.append(QueryPath(f"{label} · ONNX Runtime · {shown}", depth, shown, encoder.encode))
+    return paths
+
+
+def original_paths(original: str, workdir: Path, threads: int, per_channel: bool) -> list[QueryPath]:
+    """The original as shipped (sentence-transformers fp32) and exported (ORT fp32, int8)."""
+    from leap_core.encoder import _read_max_seq_length
+    from leap_core.models import resolve_model
+    from leap_core.st_module import plain_sentence_transformer
+
+    folder = resolve_model(original)
+    shipped = plain_sentence_transformer(folder, device="cpu")
+    shipped.max_seq_length = _read_max_seq_length(folder) or shipped.max_seq_length
+
+    def encode_shipped(texts: list[str], size: int) -> np.ndarray:
+        return shipped.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=False)
+
+    return [QueryPath(SHIPPED, None, "fp32", encode_shipped),
+            *export_paths("original", None, folder, workdir / "original-onnx", threads, per_channel)]
+
+
+def encoder_paths(encoders: dict[int, Path], workdir: Path, tag: str, threads: int,
+                  per_channel: bool) -> list[QueryPath]:
+    """Each depth's query encoder in ORT fp32 and int8, exported under workdir/<tag>-depth<N>-onnx."""
+    return [path for depth, folder in sorted(encoders.items())
+            for path in export_paths(f"depth {depth}", depth, Path(folder), workdir / f"{tag}-depth{depth}-onnx",
+                                     threads, per_channel)]
+
+
+@dataclass
+class JudgedSet:
+    """One BEIR folder's test queries, the original's fp32 index of it and original/original's row."""
+
+    name: str
+    index: Any
+    query_ids: list[str]
+    texts: list[str]
+    qrels: dict
+    original: dict[str, Any]
+
+
+def judged_set(original: str, folder: str, cache_dir: Path) -> JudgedSet:
+    """The set as reports/query_encoder.json judged it: the same cached index and original query pools."""
+    from leap_core.data.beir import load_beir
+    from leap_core.query_encoder.evaluate import retrieval_row
+    from leap_core.query_encoder.experiment import original_pools
+    from leap_core.query_encoder.index import build_index
+
+    name = Path(folder).name
+    index = build_index(original, folder, cache_dir)
+    _, queries, qrels = load_beir(folder, "test", cache_dir=cache_dir)
+    ids = [q for q in queries if q in qrels]
+    texts = [queries[q] for q in ids]
+    pools = original_pools(original, cache_dir).layers(f"{name}/test", texts)
+    return JudgedSet(name, index, ids, texts, qrels, retrieval_row(index, pools[-1], ids, qrels))
+
+
+def path_quality(paths: Sequence[QueryPath], judged: JudgedSet, n_resamples: int = 2000) -> dict[str, Any]:
+    """{path name: compare_row} of each path's test queries against the set's original index."""
+    from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
+
+    original_top = judged.index.topk(_original_embeddings(paths, judged), 10)[1]
+    out = {}
+    for path in paths:
+        embeddings = path.encode(judged.texts, 32)
+        row = compare_row(retrieval_row(judged.index, embeddings, judged.query_ids, judged.qrels), judged.original,
+                          n_resamples)
+        row["agreement10"] = float(topk_overlap(judged.index.topk(embeddings, 10)[1], original_top).mean())
+        out[path.name] = row
+    return out
+
+
+def _original_embeddings(paths: Sequence[QueryPath], judged: JudgedSet) -> np.ndarray:
+    return next(p for p in paths if p.name == SHIPPED).encode(judged.texts, 32)
+
+
+def time_paths(paths: Sequence[QueryPath], queries: Sequence[str], batch_sizes: Sequence[int], warmup: int,
+               iterations: int) -> dict[str, Any]:
+    """bench.compare_calls over the paths on real queries, the peer (original, ORT int8) as the baseline."""
+    from leap_core.bench import compare_calls
+
+    return compare_calls({p.name: p.encode for p in paths}, PEER, list(queries), batch_sizes, warmup, iterations)
+
+
+def speedups(timing: dict[str, Any], paths: Sequence[QueryPath]) -> dict[str, dict[str, float]]:
+    """{depth: {"bs<N>": median(peer) / median(depth's ORT int8)}} for every timed batch size."""
+    out: dict[str, dict[str, float]] = {}
+    for path in paths:
+        if path.depth is not None and path.precision == "int8":
+            out[str(path.depth)] = {f"bs{size}": rows[path.name]["speedup"]
+                                    for size, rows in timing["batch_sizes"].items()}
+    return out
+
+
+def run_query_bench(original: str, encoders: dict[str, dict[int, Path]], folders: dict[str, str], workdir: Path,
+                    cache_dir: Path, threads: int = 1, batch_sizes: Sequence[int] = (1, 8), warmup: int = 10,
+                    iterations: int = 100, per_channel: bool = True, n_resamples: int = 2000) -> dict[str, Any]:
+    """Quality of every path on each set (its own encoders), then timing on every set's test queries together
+    (the first set's encoders: one architecture per depth, so the same cost), interleaved in one process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    base = original_paths(original, workdir, threads, per_channel)
+    quality: dict[str, dict[str, Any]] = {}
+    queries: list[str] = []
+    for name, folder in folders.items():
+        judged = judged_set(original, folder, cache_dir)
+        queries += judged.texts
+        own = encoder_paths(encoders[name], workdir, name, threads, per_channel)
+        for path_name, row in path_quality(base + own, judged, n_resamples).items():
+            quality.setdefault(path_name, {})[name] = row
+        log.info("quality on %s: %d paths", name, len(base) + len(own))
+    timed = base + encoder_paths(encoders[next(iter(folders))], workdir, next(iter(folders)), threads, per_channel)
+    timing = time_paths(timed, queries, batch_sizes, warmup, iterations)
+    return {"original": original, "threads": threads, "queries_timed": len(queries),
+            "timed_with": f"{next(iter(folders))}'s encoders",
+            "paths": [{"name": p.name, "depth": p.depth, "precision": p.precision} for p in timed],
+            "quality": quality, "timing": timing, "speedup_vs_peer_int8": speedups(timing, timed)}
