@@ -19,7 +19,7 @@ from pathlib import Path
 
 from leap_core.io import cache_root, write_report_files
 from leap_core.query_encoder.bench import run_query_bench
-from leap_core.query_encoder.report import render_markdown
+from leap_core.query_encoder.report import attach_other_cuts, render_markdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--no-per-channel", action="store_true", help="skip the per-channel int8 rows")
     parser.add_argument("--out", default="reports/query_encoder.json")
+    parser.add_argument("--retrofit", default="reports/retrofit.json",
+                        help="leap retrofit --peer's report: its cuts are shown as query encoders too (if there)")
     return parser.parse_args(argv)
 
 
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = entry.setdefault("chosen", {"depth": None})
     if chosen.get("depth") is not None:
         chosen["speedup_vs_peer_int8_bs1"] = speed["speedup_vs_peer_int8"].get(str(chosen["depth"]), {}).get("bs1")
+    attach_other_cuts(entry, args.model, Path(args.retrofit))
     write_report_files(report, out, out.with_suffix(".md"), render_markdown)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from leap_core.io import cache_root, write_report_files
 from leap_core.query_encoder.command import recipe_config
 from leap_core.query_encoder.experiment import SetPlan, judge_set
-from leap_core.query_encoder.report import chosen_entry, merge_set, render_markdown
+from leap_core.query_encoder.report import attach_other_cuts, chosen_entry, merge_set, render_markdown
 
 TRAIN_SOURCES = {"scifact": "queries_train.jsonl.gz"}  # sets whose training queries are not their own non-test ones
 
@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zero-shot-steps", type=int, default=None)
     parser.add_argument("--floor", type=float, default=0.75, help="dev top-10 agreement the chosen depth keeps")
     parser.add_argument("--out", default="reports/query_encoder.json")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: fold these runs' rows (their "
+                        "--out files) into --out, newer rows replacing the same depth's, and rewrite the markdown")
+    parser.add_argument("--retrofit", default="reports/retrofit.json",
+                        help="leap retrofit --peer's report: its cuts are shown as query encoders too (if there)")
     parser.add_argument("--models-out", default=None, help="folder to save each trained encoder in")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -69,8 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     def write(result: dict) -> None:
         entry["sets"][result["set"]] = merge_set(before.get(result["set"]), result)
         entry["chosen"] = chosen_entry(entry["sets"], args.floor, entry.get("speed"))
+        attach_other_cuts(entry, args.model, Path(args.retrofit))
         write_report_files(report, out, out.with_suffix(".md"), render_markdown)  # no folder of this machine
 
+    if args.merge:
+        for other in args.merge:
+            for result in json.loads(Path(other).read_text())[args.model]["sets"].values():
+                before = dict(entry["sets"])
+                write(result)
+        return
     for name in args.sets.split(","):
         folder = Path(args.data_dir) / name
         source = str(folder / TRAIN_SOURCES[name]) if name in TRAIN_SOURCES else None

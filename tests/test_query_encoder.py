@@ -367,3 +367,28 @@ def test_query_bench_times_every_path_against_the_peer_and_judges_int8(beir, tmp
     assert set(quality) == set(names) and all(0 <= quality[n]["tiny"]["ndcg10"] <= 1 for n in names)
     table = "\n".join(render_speed(result))
     assert "| depth 1 · ONNX Runtime · int8 |" in table and "x |" in table
+
+
+def test_report_merges_runs_and_shows_a_retrofits_cuts_as_query_encoders(tmp_path):
+    from leap_core.query_encoder.report import attach_other_cuts, merge_set, render_markdown
+
+    row = {"ndcg10": 0.2, "recall100": 0.3, "ndcg10_rel": -0.1, "ndcg10_rel_ci": [-0.2, 0.0], "agreement10": 0.5,
+           "dev_agreement10": 0.5}
+    first = {"set": "tiny", "plan": {"depths": [1]}, "depths": {"1": {"recipe": row}}, "n_test_queries": 6,
+             "n_docs": 24, "train_queries": 9, "pseudo_queries": 0, "dev_queries": 3, "train_source": "x",
+             "original": {"ndcg10": 0.5, "recall100": 0.6}}
+    second = {**first, "plan": {"depths": [0]}, "depths": {"0": {"recipe": {**row, "ndcg10": 0.1}}}}
+    merged = merge_set(merge_set(None, first), second)
+    assert set(merged["depths"]) == {"0", "1"} and merged["plans"] == [{"depths": [1]}, {"depths": [0]}]
+    cut = {"index_compat_ndcg10": 0.25, "index_compat_minus_original": {"diff": -0.25, "ci_low": -0.3, "ci_high": -0.2}}
+    retrofit = {"org/tiny-model": {"beir": {"tiny": {"original_ndcg10": 0.5}},
+                                   "evaluation": {"beir": {"tiny": {"cuts": {"3": cut}}}},
+                                   "peer": {"evaluation": {"beir": {"tiny": {"cuts": {"4": cut}}}}}}}
+    (tmp_path / "retrofit.json").write_text(json.dumps(retrofit))
+    entry = {"sets": {"tiny": merged}, "chosen": {"depth": None}}
+    attach_other_cuts(entry, "tiny-model", tmp_path / "retrofit.json")
+    assert entry["other_cuts"]["exit branch (generic text)"]["tiny"]["3"]["ndcg10_rel"] == pytest.approx(-0.5)
+    assert entry["other_cuts"]["AdaptiveLayerLoss peer"]["tiny"]["4"]["ndcg10_rel_ci"] == pytest.approx([-0.6, -0.4])
+    markdown = render_markdown({"tiny-model": entry})
+    assert "| AdaptiveLayerLoss peer | 4 | -50.0% [-60.0, -40.0] |" in markdown
+    assert markdown.index("| 0 | recipe |") < markdown.index("| 1 | recipe |")

@@ -145,7 +145,7 @@ def trained_row(model: str, prep: Prepared, depth: int, config: QueryEncoderConf
     texts, pools = _train_pools(prep, keys)
     encoder, history = train_at_depth(model, depth, texts, pools, prep.index, dev, config)
     row = _row(prep, encoder.encode(prep.texts["test"]), encoder.encode(prep.texts["dev"]), n_resamples)
-    row.update(train_texts=len(texts), steps=config.steps, best_step=history["best_step"],
+    row.update(config=asdict(config), train_texts=len(texts), steps=config.steps, best_step=history["best_step"],
                stop_dev_agreement10=history["best_dev_agreement10"], train_seconds=history["seconds"],
                evals=history["evals"], losses=history["losses"])
     if out is not None:

@@ -6,6 +6,8 @@ original's top-10 on every set's dev slice of query text. Its test NDCG@10 chang
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 ROWS = (("raw_cut", "raw cut (no training)"), ("ridge_head", "ridge head only"), ("recipe", "recipe"))
@@ -45,6 +47,60 @@ def merge_set(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]
               "zero_shot": {**old.get("zero_shot", {}), **new.get("zero_shot", {})}}
     merged["plans"] = plans + ([new["plan"]] if new["plan"] not in plans else [])
     return merged
+
+
+OTHER_CUTS = (("exit branch (generic text)", ()), ("exit branch (the set's own documents)", ("in_domain", "{set}")),
+              ("AdaptiveLayerLoss peer", ("peer",)))
+
+
+def other_cuts(retrofit: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{label: {set: {depth: row}}}: a retrofit's cuts used as query encoders against the original's index.
+
+    `retrofit` is one model's entry of reports/retrofit.json (leap retrofit --peer): its exit branch's and
+    AdaptiveLayerLoss peer's N-layer cuts embedded the queries, the original the documents ("index compat").
+    The relative change and its CI are the paired difference over the original's NDCG@10 on that set.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, path in OTHER_CUTS:
+        for name, scores in retrofit.get("beir", {}).items():
+            run: Any = retrofit
+            for key in path:
+                run = (run or {}).get(key.format(set=name))
+            cuts = ((run or {}).get("evaluation", {}).get("beir", {}).get(name, {}) or {}).get("cuts", {})
+            for depth, cut in cuts.items():
+                diff, base = cut["index_compat_minus_original"], scores["original_ndcg10"]
+                out.setdefault(label, {}).setdefault(name, {})[depth] = {
+                    "ndcg10": cut["index_compat_ndcg10"], "ndcg10_rel": diff["diff"] / base,
+                    "ndcg10_rel_ci": [diff["ci_low"] / base, diff["ci_high"] / base]}
+    return out
+
+
+def attach_other_cuts(entry: dict[str, Any], model: str, retrofit_file: Path) -> None:
+    """entry["other_cuts"] from retrofit_file's entry for `model` (a bare name matches its hub id's last part)."""
+    if not retrofit_file.is_file():
+        return
+    retrofit = json.loads(retrofit_file.read_text(encoding="utf-8"))
+    found = next((value for key, value in retrofit.items() if key == model or key.split("/")[-1] == model), None)
+    if found is not None:
+        entry["other_cuts"] = other_cuts(found)
+
+
+def render_other_cuts(cuts: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Rows of other_cuts beside the recipe's: NDCG@10 change from original/original per set and depth."""
+    if not cuts:
+        return []
+    sets = sorted({name for by_set in cuts.values() for name in by_set})
+    lines = ["### Other cuts used as the query encoder (from reports/retrofit.json)", "",
+             "The same model's symmetric cuts, trained by `leap retrofit --peer` (exit branch; sentence-transformers' "
+             "AdaptiveLayerLoss), embedding the test queries against the original's index; the retrofit reported "
+             "depths 3 to 5.", "",
+             "| query encoder | depth | " + " | ".join(f"{name} NDCG@10 vs original [95% CI]" for name in sets) + " |",
+             "|---|---|" + "---|" * len(sets)]
+    for label, by_set in cuts.items():
+        for depth in sorted({d for rows in by_set.values() for d in rows}, key=int):
+            cells = [_relative(by_set[name][depth]) if depth in by_set.get(name, {}) else "" for name in sets]
+            lines.append(f"| {label} | {depth} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _cells(row: dict[str, Any]) -> str:
@@ -119,6 +175,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [f"Chosen: no depth reached {chosen.get('chosen_on', 'the dev floor')}.", ""]
         for result in entry["sets"].values():
             lines += render_set(result)
+        lines += render_other_cuts(entry.get("other_cuts", {}))
         if entry.get("speed"):
             lines += render_speed(entry["speed"])
     return "\n".join(lines).rstrip() + "\n"
