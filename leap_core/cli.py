@@ -536,6 +536,7 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
     parser.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
     parser.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
+    parser.add_argument("--per-channel", action="store_true", help="int8 weights scaled per output channel")
 
 
 @command("export", "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder", add_export_args)
@@ -543,7 +544,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder."""
     from leap_core.export import export_onnx
 
-    print(export_onnx(args.model, args.out, args.depth, args.int8))
+    print(export_onnx(args.model, args.out, args.depth, args.int8, args.per_channel))
 
 
 # ---- timing and stressing what we ship ----

@@ -4,7 +4,11 @@ The operating point is what `leap calibrate` saved (full depth or `fixed:N`; an 
 or a depth given. For an exit branch, full depth is its original model and `fixed:N` its standalone N-layer cut
 (exit_branch.save_cut, exit head included). The graph is the model's first N layers, its mean pooling, any Dense
 head and L2 normalisation, exported by torch.onnx.export (TorchScript exporter: the dynamo one needs onnxscript)
-with dynamic batch and length; int8 is onnxruntime.quantization.quantize_dynamic of that graph.
+with dynamic batch and length; int8 is onnxruntime.quantization.quantize_dynamic of that graph, its weights per
+tensor or (per_channel) per output channel, as leap_onnx.json's "quantization" records.
+
+A shallow query encoder (its folder or a Router package, leap_core.query_encoder) exports its query route instead:
+leap_core.query_encoder.onnx_route writes the graph, with role "query" and the document model it pairs with.
 
 The folder holds the graphs, the tokenizer and `leap_onnx.json` (policy, depth, max length, pooling, the source's
 weights hash, and the sha256 of every graph and tokenizer file), so OnnxEncoder loads it with one call and refuses
@@ -41,11 +45,22 @@ def require_onnx() -> Any:
     return onnxruntime
 
 
-def _export_graphs(point: OperatingPoint, tokenizer: Any, out: Path, int8: bool) -> tuple[list[str], tuple[str, ...]]:
+def quantization(int8: bool, per_channel: bool) -> dict[str, Any] | None:
+    """What leap_onnx.json records about the int8 graph (None: no int8 graph); per_channel without int8 is refused."""
+    if per_channel and not int8:
+        raise ValueError("per_channel quantizes the int8 graph: ask for int8 too (--int8 --per-channel)")
+    if not int8:
+        return None
+    return {"method": "onnxruntime dynamic", "weight_type": "QInt8", "per_channel": per_channel}
+
+
+def write_graphs(module: Any, example: tuple[Any, ...], names: tuple[str, ...], out: Path, int8: bool,
+                 per_channel: bool = False) -> list[str]:
+    """`module` traced on `example` as out/model.onnx (dynamic batch and length) and, with int8, its dynamic int8
+    quantisation as out/model_int8.onnx (weights per tensor, or per output channel); the graph file names."""
     import torch
 
-    module, names = cut_module(point.folder, point.depth)
-    torch.onnx.export(module, trace_inputs(tokenizer, names), str(out / GRAPHS["fp32"]), input_names=list(names),
+    torch.onnx.export(module, example, str(out / GRAPHS["fp32"]), input_names=list(names),
                       output_names=["embedding"], dynamo=False, opset_version=17,
                       dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in names}, "embedding": {0: "batch"}})
     graphs = [GRAPHS["fp32"]]
@@ -56,32 +71,50 @@ def _export_graphs(point: OperatingPoint, tokenizer: Any, out: Path, int8: bool)
         level = root.level
         root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor on the root logger
         try:
-            quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
         finally:
             root.setLevel(level)
         graphs.append(GRAPHS["int8"])
-    return graphs, names
+    return graphs
 
 
-def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | None = None, int8: bool = False) -> Path:
+def write_settings(folder: Path, graphs: list[str], tokenizer_files: list[str], settings: dict[str, Any]) -> None:
+    """leap_onnx.json: `settings` plus the graphs by precision and the sha256 of every graph and tokenizer file."""
+    from leap_core.io import sha256_file, write_json_atomic
+
+    write_json_atomic(folder / EXPORT_FILE, {
+        **settings, "graph": graphs[-1],
+        "graphs": {precision: name for precision, name in GRAPHS.items() if name in graphs},
+        "sha256": {name: sha256_file(folder / name) for name in graphs},
+        "tokenizer_sha256": {name: sha256_file(folder / name) for name in sorted(set(tokenizer_files))
+                             if (folder / name).is_file()}})
+
+
+def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | None = None, int8: bool = False,
+                per_channel: bool = False) -> Path:
     """Export MODEL at `depth` (default: its calibrated full or fixed:N) to the new folder `out`; returns it.
 
+    A shallow query encoder folder or Router package exports its query route (onnx_route.write_query_export).
+    per_channel: the int8 graph's weights get a scale per output channel instead of one per tensor.
     `out` may not exist yet, be empty, or be an earlier leap export whose manifest lists every file in it
     (replaced whole, atomically: io.replace_folder); anything else is refused and left untouched.
     """
     from leap_core.io import replace_folder
+    from leap_core.query_encoder.onnx_route import is_query_route, write_query_export
 
     require_onnx()
+    quantization(int8, per_channel)  # a bad combination is refused before anything is built
     out = Path(out)
-    return replace_folder(out, lambda folder: _write_export(model, folder, depth, int8), EXPORT_KIND)
+    write = write_query_export if is_query_route(model) else _write_export
+    return replace_folder(out, lambda folder: write(model, folder, depth, int8, per_channel), EXPORT_KIND)
 
 
-def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int8: bool) -> None:
+def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int8: bool, per_channel: bool) -> None:
     """The graphs, tokenizer and leap_onnx.json of MODEL at its point, written into the new `folder`."""
     from transformers import AutoTokenizer
 
     from leap_core.encoder import _read_max_seq_length
-    from leap_core.io import sha256_file, write_json_atomic
     from leap_core.models import model_fingerprint, resolve_model
 
     scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=folder.parent))  # a branch's cut: not exported
@@ -89,18 +122,15 @@ def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int
         point = operating_point(model, depth, scratch)
         folder.mkdir()
         tokenizer = AutoTokenizer.from_pretrained(str(point.folder))
-        graphs, names = _export_graphs(point, tokenizer, folder, int8)
+        module, names = cut_module(point.folder, point.depth)
+        graphs = write_graphs(module, trace_inputs(tokenizer, names), names, folder, int8, per_channel)
         tokenizer_files = [Path(name).name for name in tokenizer.save_pretrained(str(folder))]
-        max_length = _read_max_seq_length(point.folder) or 128
-        write_json_atomic(folder / EXPORT_FILE, {
+        write_settings(folder, graphs, tokenizer_files, {
             "source": str(model), "source_fingerprint": model_fingerprint(resolve_model(str(model))),
             "served_folder_fingerprint": model_fingerprint(point.folder), "policy": point.policy,
-            "depth": point.depth, "n_layers": point.model_layers, "max_length": max_length, "pooling": "mean",
-            "normalized": True, "inputs": list(names), "graph": graphs[-1],
-            "graphs": {precision: name for precision, name in GRAPHS.items() if name in graphs},
-            "sha256": {name: sha256_file(folder / name) for name in graphs},
-            "tokenizer_sha256": {name: sha256_file(folder / name) for name in sorted(set(tokenizer_files))
-                                 if (folder / name).is_file()}})
+            "depth": point.depth, "n_layers": point.model_layers,
+            "max_length": _read_max_seq_length(point.folder) or 128, "pooling": "mean", "normalized": True,
+            "inputs": list(names), "quantization": quantization(int8, per_channel)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -149,6 +179,18 @@ class OnnxEncoder(BatchedEncoder):
         self.max_length = int(self.settings["max_length"])
         self.inputs = tuple(self.settings["inputs"])
         self.precision = next((key for key, value in self.settings.get("graphs", {}).items() if value == name), None)
+
+    @property
+    def role(self) -> str | None:
+        """"query" for a query route (pair it only with its document model), None for a symmetric model."""
+        return self.settings.get("role")
+
+    def check_document_model(self, document_model: str) -> None:
+        """Refuse (one-line ValueError naming both weights hashes) a document model this query route was not
+        trained for; see onnx_route.check_onnx_pair."""
+        from leap_core.query_encoder.onnx_route import check_onnx_pair
+
+        check_onnx_pair(self.folder, document_model)
 
     def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, feed)[0]

@@ -1,5 +1,8 @@
 """The model registry: the early-exit encoder as an MLflow pyfunc model, the deployment gate, promotion by alias.
 
+A query/document Router package (leap_core.query_encoder.package) registers as QueryRouteModel instead: a request
+picks its route with params {"role": "query" | "document"} (default "document", the original model).
+
 A registered version carries the metrics the gate needs as a tag (`leap.gate_metrics`, JSON), so a
 promotion reads only the registry. Promotion gives the alias `champion` to a version that passes the
 deployment checklist (the paper's: exit rate > 0.5, similarity to final >= 0.94 at the target exit
@@ -39,8 +42,14 @@ POLICY_TAG = "leap.policy"  # what the version serves and its measured speed, fo
 TEXT_COLUMN = "text"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = PACKAGE_DIR / "serving_model.py"  # models-from-code: what MLflow runs to build the served model
+ROUTER_CODE = PACKAGE_DIR / "serving_router.py"  # the same for a query/document Router package
 INPUT_EXAMPLE = ["A man is playing a guitar.", "Two children play in the snow."]
 SERVING_DISTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scipy", "pyyaml", "pydantic")
+ROUTER_DISTS = ("sentence-transformers",)  # a Router package is served by sentence-transformers itself
+ROLES = ("query", "document")
+# A request without a role gets the original: a caller unaware of roles who embeds documents through the endpoint
+# keeps the index in the original's space (a wrong default then costs only speed on queries, never quality).
+DEFAULT_ROLE = "document"
 
 
 # ---------------------------------------------------------------- the gate (pure)
@@ -207,10 +216,44 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
                 for row, layer in zip(embeddings, layers)]
 
 
-def pip_requirements() -> list[str]:
+def check_role(role: Any) -> str:
+    """`role` if it names a route of a Router package ("query" or "document"), else a one-line ValueError."""
+    if role not in ROLES:
+        raise ValueError(f"params.role {role!r} is not a route: expected one of {list(ROLES)}")
+    return role
+
+
+class QueryRouteModel(mlflow.pyfunc.PythonModel):
+    """Serves a Router package (leap_core.query_encoder.package) from the model's `encoder` artifact folder.
+
+    params {"role": "query" | "document"} picks the route: "query" the shallow query encoder, "document" (the
+    default, DEFAULT_ROLE) the original model. Input: a list of strings, as EarlyExitModel takes. Output: one
+    {embedding, exit_layer} per row, exit_layer None: a route runs all its layers. Registered as code
+    (serving_router.py), never pickled.
+    """
+
+    def load_context(self, context) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(context.artifacts["encoder"], device="cpu")
+
+    def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Embedded]:
+        from mlflow.exceptions import MlflowException
+
+        texts = texts_from(model_input)
+        try:
+            role = check_role((params or {}).get("role", DEFAULT_ROLE))
+        except ValueError as err:  # the caller's error (HTTP 400), as a bad mode is for EarlyExitModel
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        encode = self.model.encode_query if role == "query" else self.model.encode_document
+        embeddings = encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        return [Embedded(embedding=row.tolist()) for row in embeddings]
+
+
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     """What serving needs, pinned to the versions this model was made with (local tags like +cpu dropped)."""
     pins = []
-    for dist in SERVING_DISTS:
+    for dist in SERVING_DISTS + extra:
         try:
             pins.append(f"{dist}=={dist_version(dist).split('+')[0]}")
         except PackageNotFoundError:
@@ -223,9 +266,24 @@ def gate_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in GATE_KEYS if metrics.get(key) is not None}
 
 
+def served_as(model_dir: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """How `model_dir` is served: its models-from-code file, request params example and pip requirements.
+
+    A Router package (query and document routes) takes {"role"}; any other leap folder EarlyExitModel's params.
+    """
+    from leap_core.query_encoder.package import is_router_package
+
+    if is_router_package(model_dir):
+        return ROUTER_CODE, {"role": DEFAULT_ROLE}, pip_requirements(ROUTER_DISTS)
+    return MODEL_CODE, params_example(model_dir), pip_requirements()
+
+
 def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, model_name: str,
              uri: str | None = None) -> str:
     """Log `model_dir` as a pyfunc model in run `run_id`, register it as a version of `model_name`; returns the version.
+
+    A Router package (leap_core.query_encoder.package) is served by QueryRouteModel (params {"role"}), any other
+    folder by EarlyExitModel (served_as).
 
     The leap_core package travels with the model (code_paths), so serving needs only the pinned
     pip requirements; the version is tagged with gate_metrics(metrics). Re-running it for the same
@@ -241,11 +299,12 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
         return version
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    code, params, requirements = served_as(model_dir)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(MODEL_CODE), artifacts={"encoder": str(model_dir)},
-            code_paths=[str(PACKAGE_DIR)], pip_requirements=pip_requirements(),
-            input_example=(INPUT_EXAMPLE, params_example(model_dir)), registered_model_name=model_name,
+            name="model", python_model=str(code), artifacts={"encoder": str(model_dir)},
+            code_paths=[str(PACKAGE_DIR)], pip_requirements=requirements,
+            input_example=(INPUT_EXAMPLE, params), registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
     from leap_core.io import sha256_folder
