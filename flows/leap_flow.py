@@ -198,7 +198,7 @@ class LeapFlow(FlowSpec):
         self.metrics = None
         if self.train_failure is None:
             self.metrics = experiment.evaluate(self.profile_here(), local_path(self.model), analysis=True, remember=True)
-            write_card(local_path(self.model), self.metrics,
+            write_card(local_path(self.model), self.metrics["served"],
                        recipe_facts(self.profile_here(), self.spec["arm"], self.spec["seed"]))
             tracking.tag(self.arm_run_id, {"metaflow.evaluate_pathspec": current.pathspec})
             tracking.log_evaluation(self.arm_run_id, self.metrics)
@@ -333,13 +333,16 @@ class LeapFlow(FlowSpec):
             log.warning("no successful %r arm: nothing to register", LEAP_ARM)
         else:
             from leap_core.evaluation.pareto import policy_metrics
+            from leap_core.experiment import served_numbers
             from leap_core.model_card import recipe_facts, write_card
 
             name = self.settings.registry.model_name
             folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy
             metrics = {**best["metrics"], **policy_metrics(self.profile_here(), str(folder),
                                                            self.settings.registry.policy_max_sts_drop)}
-            write_card(folder, best["metrics"], recipe_facts(self.profile_here(), best["arm"], best["seed"]))
+            # The card states the calibrated policy's numbers, read off the evaluation of every layer.
+            write_card(folder, served_numbers(self.profile_here(), folder, best["metrics"]),
+                       recipe_facts(self.profile_here(), best["arm"], best["seed"]))
             version = registry.register(folder, metrics, best["mlflow_run_id"], name)
             self.promotion = {"model_name": name, "arm": best["arm"], "seed": best["seed"],
                               **registry.promote(name, version, self.settings.registry)}

@@ -8,8 +8,9 @@ start -> extract -> retrofit -> gate -> promote -> end (leap_core.retrain has th
 the registry's `champion` of retrain.model_name, or the original model as shipped when there is none yet. A
 candidate that loses is registered as `challenger`, with the reasons on the version and in the MLflow run; the
 champion is left alone. A monitor alert starts it: `leap monitor --publish-event` with Argo Events (on_monitor_alert),
-or `leap monitor ... || python flows/retrain_flow.py run ...` from cron.
-MLflow: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db.
+or `leap monitor ...; [ $? -eq 3 ] && python flows/retrain_flow.py run ...` from cron (3: the alert's status).
+MLflow: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db. The shallow query encoder's own loop (issue 30) is
+flows/query_retrain_flow.py.
 """
 
 import os

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="leap-qe-bench-") as work:
         speed = run_query_bench(args.model, encoders, folders, Path(work), cache_root() / "query_encoder",
                                 args.threads, (1, 8), args.warmup, args.iterations, not args.no_per_channel)
-    speed["encoders"] = {name: {str(d): str(folder) for d, folder in found.items()} for name, found in encoders.items()}
+    # names only: --encoders is a scratch folder of this machine, not a path a reader of the report can open
+    speed["encoders"] = {name: {str(d): Path(folder).name for d, folder in found.items()}
+                         for name, found in encoders.items()}
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     entry = report.setdefault(args.model, {"sets": {}})

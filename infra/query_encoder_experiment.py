@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     before = dict(entry["sets"])  # rows of earlier runs (other depths) are kept
 
     def write(result: dict) -> None:
+        for rows in result["depths"].values():  # saved encoders by name: --models-out is this machine's folder
+            if "folder" in rows.get("recipe", {}):
+                rows["recipe"]["folder"] = Path(rows["recipe"]["folder"]).name
         entry["sets"][result["set"]] = merge_set(before.get(result["set"]), result)
         entry["chosen"] = chosen_entry(entry["sets"], args.floor, entry.get("speed"))
         attach_other_cuts(entry, args.model, Path(args.retrofit))

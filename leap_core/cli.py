@@ -307,7 +307,10 @@ def add_mteb_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or hub id: run as a SentenceTransformer that exits early")
     parser.add_argument("--tasks", nargs="+", default=["STSBenchmark"], help="MTEB task names (default: %(default)s)")
     parser.add_argument("--hub", action="store_true", help="load every task's data from the hub as MTEB does "
-                        "(default: the tasks the data dir holds, STSBenchmark, read from there; works offline)")
+                        "(default: the tasks the data dir holds, STSBenchmark, SciFact and NFCorpus, read from there; "
+                        "works offline)")
+    parser.add_argument("--results", help="MTEB's own results folder, written by MTEB with the model's metadata and "
+                        "read back by mteb.ResultCache(FOLDER).load_results (default: <output_dir>/mteb)")
     parser.add_argument("--mode", help="exit mode (default: the model's calibrated policy; full, compact, fixed:N)")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default: %(default)s)")
     _add_json_args(parser, "write the JSON (scores and exit statistics per task) here too")
@@ -318,8 +321,10 @@ def add_mteb_args(parser: argparse.ArgumentParser) -> None:
 def cmd_mteb(args: argparse.Namespace) -> None:
     from leap_core.evaluation.mteb_run import mteb_table, run_mteb
 
-    result = run_mteb(args.model, args.tasks, _profile(args).data.data_dir, local=not args.hub, exit_mode=args.mode,
-                      batch_size=args.batch_size, **_exit_overrides(args))
+    profile = _profile(args)
+    result = run_mteb(args.model, args.tasks, profile.data.data_dir, local=not args.hub, exit_mode=args.mode,
+                      batch_size=args.batch_size, results_dir=args.results or Path(profile.output_dir) / "mteb",
+                      **_exit_overrides(args))
     _json_or_table(result, args, lambda: mteb_table(result))
 
 
@@ -337,12 +342,12 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
     _add_json_args(parser, "write the JSON here too (the markdown summary goes beside it, .md)")
 
 
-@command("monitor", "the traffic log against the model's reference: depth shift, PSI, NN@10; exit 1 on an alert",
-         add_monitor_args)
+@command("monitor", "the traffic log against the model's reference: depth shift, PSI, NN@10. Exit status: 0 no "
+         "alert, 3 an alert, 2 an error (a bad model, reference or log: one line naming the file)", add_monitor_args)
 def cmd_monitor(args: argparse.Namespace) -> None:
     from leap_core.data.documents import read_user_corpus
     from leap_core.io import write_report_files
-    from leap_core.monitor import monitor, monitor_markdown, prometheus, publish_alert
+    from leap_core.monitor import ALERT_EXIT_CODE, monitor, monitor_markdown, prometheus, publish_alert
 
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
     result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
@@ -353,7 +358,7 @@ def cmd_monitor(args: argparse.Namespace) -> None:
     if result["alert"]:
         if args.publish_event:
             log.info("published Argo Event %s", publish_alert(result))
-        raise SystemExit(1)
+        raise SystemExit(ALERT_EXIT_CODE)
 
 
 def add_loop_report_args(parser: argparse.ArgumentParser) -> None:
@@ -438,6 +443,13 @@ def cmd_sample_texts(args: argparse.Namespace) -> None:
 
 # ---- choosing and shipping a model's operating point ----
 
+def _add_query_encoders_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--query-encoders", nargs="+", metavar="FOLDER",
+                        help="also the asymmetric points: each query encoder (leap query-encoder) x fp32/int8 against "
+                             "the model's untouched full-depth index, chosen under --max-ndcg-drop on the BEIR dev "
+                             "halves, apart from the policy")
+
+
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder, exit branch folder, hub id or random-bert: spec")
     parser.add_argument("--max-sts-drop", type=float,
@@ -446,8 +458,10 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ndcg-drop", type=float,
                         help="floor: largest relative NDCG@10 drop vs full depth on each BEIR set's dev queries")
     parser.add_argument("--save", action="store_true",
-                        help="write the chosen policy to the model's leap_exit.json (the encoder then serves it)")
+                        help="write the chosen policy to the model's leap_exit.json (the encoder then serves it); "
+                             "with --query-encoders, the chosen query route too (calibration.query_route)")
     parser.add_argument("--out", help="write the JSON here")
+    _add_query_encoders_arg(parser)
 
 
 @command("calibrate", "the fastest policy within quality floors on dev", add_calibrate_args)
@@ -457,7 +471,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     profile = _profile(args)
     result = calibrate_policy(profile, args.model, _or(args.max_sts_drop, profile.registry.policy_max_sts_drop),
-                              args.max_ndcg_drop, save=args.save)
+                              args.max_ndcg_drop, save=args.save, query_encoders=args.query_encoders)
     _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "dev_full"})
 
 
@@ -468,6 +482,7 @@ def add_pareto_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sts-drop", type=float, help="calibration floor (see calibrate)")
     parser.add_argument("--max-ndcg-drop", type=float, default=0.03, help="calibration floor (see calibrate)")
     parser.add_argument("--no-timing", action="store_true", help="skip timing the chosen policy")
+    _add_query_encoders_arg(parser)
 
 
 @command("pareto", "quality vs depth of every deployable point -> reports/pareto/NAME.*", add_pareto_args)
@@ -480,16 +495,21 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     profile = _profile(args)
     result = write_pareto(profile, args.model, args.name, args.out_dir,
                           _or(args.max_sts_drop, profile.registry.policy_max_sts_drop), args.max_ndcg_drop,
-                          timing=not args.no_timing)
+                          timing=not args.no_timing, query_encoders=args.query_encoders)
     print(f"{result['chosen']['name']}: STS-B test {result['chosen']['test_stsb']:.3f}, "
           f"{result['chosen']['layer_reduction']:.2f}x fewer layers -> {args.out_dir}/{args.name}.md")
+    if "asymmetric" in result:
+        chosen = result["asymmetric"]["chosen"]
+        print(f"queries: {chosen['name'] if chosen else 'the original (no query path met the floor)'} against "
+              f"{result['asymmetric']['document_model']}'s full-depth index")
 
 
 def add_retrofit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", help="hub ids or folders, e.g. sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--seed", type=int, default=0, help="seed of the branch's initialisation and data order")
-    parser.add_argument("--out", default="reports/retrofit.json", help="the report, one entry per model "
-                        "(default: %(default)s; the markdown goes beside it)")
+    parser.add_argument("--out", help="the report, one entry per model, merged only with runs of the same profile "
+                        "(default: reports/retrofit.json for the committed cpu_long, else "
+                        "reports/<profile>/retrofit.json; the markdown goes beside it)")
     parser.add_argument("--max-drop", type=float, default=0.01,
                         help="the cheapest cut is the smallest depth within this of the original on STS-B dev")
     parser.add_argument("--max-ndcg-drop", type=float, default=0.03,
@@ -503,13 +523,15 @@ def add_retrofit_args(parser: argparse.ArgumentParser) -> None:
                         "AdaptiveLayerLoss on the same texts and budget")
 
 
-@command("retrofit", "make existing models exit-compatible -> reports/retrofit.json", add_retrofit_args)
+@command("retrofit", "make existing models exit-compatible -> reports/[<profile>/]retrofit.json", add_retrofit_args)
 def cmd_retrofit(args: argparse.Namespace) -> None:
     """Retrofit each MODEL against itself; its entry in --out gains this run (runs can be separate)."""
-    from leap_core.retrofit import retrofit_into_report
+    from leap_core.retrofit import default_report, retrofit_into_report
     from leap_core.retrofit_report import summary_rows
 
-    for model, entry in retrofit_into_report(_profile(args), args.models, Path(args.out), args.seed, args.design,
+    profile = _profile(args)
+    out = Path(args.out) if args.out else default_report(profile.name)
+    for model, entry in retrofit_into_report(profile, args.models, out, args.seed, args.design,
                                              args.corpus, args.peer, args.max_drop, args.max_ndcg_drop):
         print("\n".join(summary_rows({model: entry})))
 
@@ -636,6 +658,22 @@ command("query-encoder", "a shallow query encoder for the original's index: fit 
         "(--corpus) or judge on a BEIR folder (--beir)", add_query_encoder_args)(run_query_encoder)
 
 
+def add_package_query_encoder_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query_encoder", help="a query encoder folder (leap query-encoder --out)")
+    parser.add_argument("--out", required=True, help="the new package folder (absent, empty or an earlier package)")
+    parser.add_argument("--document-model", help="where to load the document model from (default: the one its "
+                        "leap_query_encoder.json names; either way its weights hash must match)")
+
+
+@command("package-query-encoder", "a query encoder and its document model as one sentence-transformers Router "
+         "folder (encode_query / encode_document)", add_package_query_encoder_args)
+def cmd_package_query_encoder(args: argparse.Namespace) -> None:
+    from leap_core.query_encoder.package import package_router
+
+    folder = package_router(args.query_encoder, args.out, args.document_model)
+    print(f"{args.query_encoder} (query route) + its document model (document route) -> {folder}")
+
+
 def add_reliability_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/reliability.json",
                         help="JSON (default: %(default)s); the markdown goes beside it")
@@ -710,19 +748,38 @@ def _configure_logging(verbose: bool) -> None:
         transformers.logging.disable_progress_bar()
 
 
+ERROR_EXIT_CODE = 2  # what argparse returns for a bad command line: every error leap reports shares it
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error is one line `leap: error: <Type>: <message>` and exit status 2 (--debug: the
+    traceback). A command's own status (monitor's alert, 3) passes through as SystemExit."""
     args = build_parser(argv).parse_args(argv)
     _configure_logging(args.verbose)
-    from leap_core.models import ModelNotFoundError
-
     try:
         args.func(args)
-    except (ValueError, TypeError, OSError, ModelNotFoundError) as err:  # bad input: one line naming what is wrong
+    except SystemExit as stop:
+        if args.debug or not isinstance(stop.code, str):
+            raise  # a command's own status: monitor's alert, a check that found problems
+        print(f"leap: error: {stop.code}", file=sys.stderr)  # a bad option value (--set x): Python would exit 1
+        return ERROR_EXIT_CODE
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"leap: error: {err}", file=sys.stderr)
-        return 2
+        print("leap: interrupted", file=sys.stderr)
+        return 130  # the shell's status for SIGINT
+    except Exception as err:  # noqa: BLE001 - any error, bad input or a bug, is one line unless --debug
+        if args.debug:
+            raise
+        print(f"leap: error: {error_line(err)}", file=sys.stderr)
+        return ERROR_EXIT_CODE
     return 0
+
+
+def error_line(err: BaseException) -> str:
+    """`<Type>: <message>` on one line: a multi-line message (a library's) has its lines joined."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 if __name__ == "__main__":

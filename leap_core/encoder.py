@@ -32,7 +32,6 @@ from leap_core.policy import ALWAYS, ExitPolicy, check_rule
 logger = logging.getLogger(__name__)
 
 EXIT_SETTINGS_FILE = "leap_exit.json"
-EXIT_SETTINGS_KEYS = ("theta", "k", "l_min", "policy", "calibration")
 MODES = ("full", "monitored", "batch", "compact")  # plus "fixed:N"
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call: a large corpus never sits in Python lists at once
 
@@ -59,31 +58,17 @@ def read_exit_settings(path: str | os.PathLike) -> dict[str, Any]:
 
     theta, k, l_min: the exit rule; policy (optional): {"kind": full|fixed|rule|thresholds, "depth", "thresholds"}
     (leap_core.policy), the policy the encoder serves by default; calibration (optional): what chose it.
+    Checked against schemas.ExitSettingsFile (types, ranges, no NaN), then as a rule and policy together.
     """
+    from leap_core.schemas import ExitSettingsFile, read_schema_file
+
     file = Path(path) / EXIT_SETTINGS_FILE
     if not file.is_file():
         return {}
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: line {err.lineno}: not valid JSON: {err.msg}") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"{file}: expected a JSON object with keys {list(EXIT_SETTINGS_KEYS)}")
-    unknown = sorted(set(values) - set(EXIT_SETTINGS_KEYS))
-    if unknown:
-        raise ValueError(f"{file}: unknown key(s) {unknown}; known: {list(EXIT_SETTINGS_KEYS)}")
+    values = read_schema_file(file, ExitSettingsFile)
     if "policy" in values:
         rule = {key: values[key] for key in ("theta", "k", "l_min") if key in values}
-        ExitPolicy.from_dict({**rule, **values["policy"]} if isinstance(values["policy"], dict) else values["policy"],
-                             where=f"{file}: policy")
-    if "calibration" in values and not isinstance(values["calibration"], dict):
-        raise ValueError(f"{file}: calibration must be a JSON object")
-    for key, value in values.items():
-        if key in ("policy", "calibration"):
-            continue
-        wanted = (int, float) if key == "theta" else int
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            raise ValueError(f"{file}: {key} must be {'a number' if key == 'theta' else 'an integer'}, got {value!r}")
+        ExitPolicy.from_dict({**rule, **values["policy"]}, where=f"{file}: policy")
     defaults = {"theta": 0.95, "k": 1, "l_min": 1}
     check_rule(*(values.get(key, default) for key, default in defaults.items()), where=str(file))
     return values
@@ -129,15 +114,31 @@ def _read_max_seq_length(path: str | os.PathLike) -> int | None:
     return None
 
 
-def _check_sentences(sentences: Any) -> list[str]:
-    """Validate before any compute: every item must be a str (empty strings are allowed)."""
+def check_sentences(sentences: Any) -> list[str]:
+    """The sentences as a list, checked before any compute: every item a str (empty allowed) of valid Unicode."""
     if isinstance(sentences, (bytes, bytearray)) or not hasattr(sentences, "__iter__"):
         raise TypeError(f"sentences must be a str or a sequence of str, got {type(sentences).__name__}")
     items = list(sentences)
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(f"sentences[{index}] is {type(item).__name__}, expected str")
+    check_encodable(items)
     return items
+
+
+def check_encodable(items: Sequence[str]) -> None:
+    """A one-line ValueError naming the row when a text holds a lone surrogate ("\\ud800", what a bad decode leaves):
+    the tokenizer would fail with a TypeError naming no row. One join and encode in C: cheap beside the model."""
+    try:
+        "".join(items).encode("utf-8")
+    except UnicodeEncodeError:
+        for row, item in enumerate(items):  # the rare path: find the row
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"sentences[{row}]: not valid Unicode text ({item[err.start]!r} at character "
+                                 f"{err.start}, a lone surrogate); decode its source with errors='replace' or drop "
+                                 "the row") from None
 
 
 def _store(out: torch.Tensor, pooled: torch.Tensor, source: np.ndarray, target: np.ndarray) -> torch.Tensor:
@@ -188,6 +189,9 @@ class EarlyExitEncoder:
             raise ValueError(f"l_min must be an integer >= 1, got {l_min!r}")
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+        from leap_core.models import check_max_length
+
+        check_max_length(max_length, model)
         self.theta = float(theta)
         self.k = k
         self.l_min = l_min
@@ -235,7 +239,7 @@ class EarlyExitEncoder:
         Exit settings come from `<path>/leap_exit.json` when present, max_length from
         `sentence_bert_config.json` ("max_seq_length"); keyword overrides win over both.
         """
-        from leap_core.models import load_weights, resolve_model
+        from leap_core.models import check_max_length, load_weights, resolve_model
 
         path = Path(path) if Path(path).is_dir() else resolve_model(str(path))  # a hub id: its cached or fetched folder
         pooling = path / "1_Pooling" / "config.json"
@@ -253,6 +257,8 @@ class EarlyExitEncoder:
                            "`leap calibrate`, or pass theta, k, l_min)", path, EXIT_SETTINGS_FILE)
         settings.update(overrides)
         model = load_weights(path)
+        if max_seq_length is not None and "max_length" not in overrides:  # refused naming the folder, at load
+            check_max_length(max_seq_length, model, f"{path}: max_seq_length")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if {"theta", "k", "l_min"} & set(settings):
             where = f"{path / EXIT_SETTINGS_FILE}" if not overrides else f"{path}: exit settings (with {sorted(overrides)})"
@@ -308,7 +314,7 @@ class EarlyExitEncoder:
         (np.int64 array; a scalar for a str input): L in "full" and "monitored", N in "fixed:N".
         """
         single = isinstance(sentences, str)
-        items = [sentences] if single else _check_sentences(sentences)
+        items = check_sentences([sentences] if single else sentences)
         kind, depth = parse_mode(self.policy.mode() if mode in (None, "policy") else mode, self.num_layers)
         _check_batch_size(batch_size)
 
@@ -354,7 +360,7 @@ class EarlyExitEncoder:
     @torch.no_grad()
     def layer_embeddings(self, sentences: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Normalised mean pools of every layer at full depth: (L, N, d) float32, index l-1 = layer l."""
-        items = _check_sentences(sentences)
+        items = check_sentences(sentences)
         _check_batch_size(batch_size)
         if not items:
             return np.zeros((self.num_layers, 0, self.dim), dtype=np.float32)

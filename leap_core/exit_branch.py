@@ -14,7 +14,6 @@ user's own unlabelled documents and the sentences split from them instead (repor
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from leap_core import experiment, identity
 from leap_core.config import BranchConfig, Profile
-from leap_core.io import sha256_file, sha256_strings, write_json_atomic, writer_lock
+from leap_core.io import note_in_manifest, sha256_file, sha256_strings, write_json_atomic, writer_lock
 
 log = logging.getLogger(__name__)
 BRANCH_FILE = "leap_branch.json"
@@ -123,6 +122,7 @@ def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path
             "exit_layers": layers, "texts": "corpus" if corpus else "generic",
             "corpus_sha256": sha256_file(corpus) if corpus else None, "train_texts": len(texts),
             "train_steps": result.steps, "train_seconds": round(result.train_seconds, 1)})
+        note_in_manifest(result.model_dir, BRANCH_FILE)
     return result
 
 
@@ -188,11 +188,13 @@ def load_heads(folder: str | Path) -> dict[int, tuple[Any, Any]]:
 
 
 def read_branch(folder: str | Path) -> dict[str, Any]:
-    """The branch's record: its original (by name and weight hash) and exit layers."""
+    """The branch's record: its original (by name and weight hash) and exit layers (schemas.BranchFile)."""
+    from leap_core.schemas import BranchFile, read_schema_file
+
     file = Path(folder) / BRANCH_FILE
     if not file.is_file():
         raise ValueError(f"{folder}: not an exit branch (no {BRANCH_FILE})")
-    return json.loads(file.read_text(encoding="utf-8"))
+    return read_schema_file(file, BranchFile)
 
 
 def original_of(folder: str | Path) -> Path:
@@ -240,6 +242,7 @@ def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
 def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: Path) -> None:
     """The cut's model, exit head and leap_branch.json, written into the new `folder`."""
     from leap_core.encoder import _read_max_seq_length
+    from leap_core.model_card import write_card
     from leap_core.models import build_student, save_sentence_transformer
 
     model, tokenizer = build_student(str(branch), depth)
@@ -248,6 +251,8 @@ def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: P
     if depth in heads:
         _append_head(folder, *heads[depth])
     write_json_atomic(folder / BRANCH_FILE, {**record, "cut_depth": depth})
+    write_card(folder, facts={"kind": f"exit branch cut to {depth} layers (queries for the original's index)",
+                              "original": record["original"]})
 
 
 def _append_head(folder: str | Path, weight, bias) -> None:
@@ -259,4 +264,5 @@ def _append_head(folder: str | Path, weight, bias) -> None:
     model = SentenceTransformer(str(folder), device="cpu")
     dense = st_modules.Dense(weight.shape[1], weight.shape[0], activation_function=None,
                              init_weight=torch.from_numpy(weight), init_bias=torch.from_numpy(bias))
-    SentenceTransformer(modules=[*model, dense, st_modules.Normalize()], device="cpu").save(str(folder))
+    SentenceTransformer(modules=[*model, dense, st_modules.Normalize()], device="cpu").save(
+        str(folder), create_model_card=False)  # leap's card stays

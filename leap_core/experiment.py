@@ -114,7 +114,19 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
                           out_dir or arm_dir(profile, arm, seed), seed=seed, max_length=profile.models.max_length,
                           exit_settings=profile.exit, run_fingerprint=fingerprint, on_step=on_step,
                           checkpoint_store=checkpoint_store)
-    return trainer.train(wait=wait)
+    result = trainer.train(wait=wait)
+    write_trained_card(profile, arm, seed, result.model_dir)
+    return result
+
+
+def write_trained_card(profile: Profile, arm: str, seed: int, folder: str | Path) -> Path:
+    """The student folder's README.md (leap's card): its recipe and, when the STS eval file is there, the STS-B
+    numbers of the policy it serves (one encoding pass)."""
+    from leap_core.model_card import recipe_facts, write_card
+
+    measurable = data_path(profile, profile.data.sts_eval).is_file()
+    return write_card(folder, served_numbers(profile, folder) if measurable else None,
+                      recipe_facts(profile, arm, seed))
 
 
 def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> dict:
@@ -127,7 +139,10 @@ def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> 
 
     model_dir = Path(model_dir)
     sts_file = data_path(profile, profile.data.sts_eval)
-    rule = {key: value for key, value in read_exit_settings(model_dir).items() if key in ("theta", "k", "l_min")}
+    settings = read_exit_settings(model_dir)
+    rule = {key: value for key, value in settings.items() if key in ("theta", "k", "l_min")}
+    # The policy too (None included, so results saved before they held the served point are measured again).
+    rule["policy"] = settings.get("policy")
     key = sha256_strings([model_fingerprint(model_dir), str(profile.exit), json.dumps(rule, sort_keys=True),
                           sha256_file(sts_file)])
     saved = model_dir.parent / f"{kind}-{sts_file.stem}.json"
@@ -234,7 +249,42 @@ def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_o
     else:
         metrics = evaluate_sts(encoder, pairs, batch_size=batch_size)
     metrics["exit_settings"] = {**encoder.rule, "source": source}
-    return metrics
+    return {**metrics, **served_section(encoder, metrics, folder)}
+
+
+def served_numbers(profile: Profile, model: str | Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """STS-B numbers of the policy the folder serves now (a model card's): read off `metrics` (an evaluate result
+    of the same weights) when they tell, else one pass of the encoder at the served mode."""
+    from leap_core.data import read_sts
+    from leap_core.evaluation.served_point import measure_served, served_from_metrics
+    from leap_core.model_card import served_policy
+    from leap_core.models import resolve_model
+
+    folder = resolve_model(str(model))
+    served = served_from_metrics(metrics, served_policy(folder)) if metrics else None
+    if served is None:
+        pairs = read_sts(data_path(profile, profile.data.sts_eval))
+        log.info("%s: measuring the served policy on %d STS pairs", folder, len(pairs.scores))
+        served = measure_served(load_encoder(profile, folder), pairs)
+    return served
+
+
+def served_section(encoder: Any, metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What `leap eval` leads with: the point the folder serves (its leap_exit.json policy) read off `metrics`,
+    and the policy the compact-mode numbers were measured at (the rule, or the folder's thresholds)."""
+    from leap_core.encoder import EXIT_SETTINGS_FILE, read_exit_settings
+    from leap_core.evaluation.served_point import served_from_metrics
+    from leap_core.policy import ALWAYS, ExitPolicy
+
+    policy = encoder.policy
+    # "compact" tests the thresholds of a thresholds policy, else the rule (EarlyExitEncoder.exit_thresholds).
+    measured = policy if policy.kind == "thresholds" else ExitPolicy(
+        "rule", theta=min(max(encoder.theta, ALWAYS), 1.0), k=encoder.k, l_min=encoder.l_min)
+    with_measured = {**metrics, "measured_policy": measured.to_dict()}
+    served = served_from_metrics(with_measured, policy)
+    source = (f"{EXIT_SETTINGS_FILE} policy" if "policy" in read_exit_settings(folder)
+              else f"the exit rule ({EXIT_SETTINGS_FILE} names no other policy)")
+    return {"measured_policy": measured.to_dict(), "served": {**served, "source": source}}
 
 
 def foundation(profile: Profile, baseline_arm: str = "baseline", leap_arm: str = "leap") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from leap_core.schemas import OnnxExportFile, read_schema_file
 from leap_core.served import BatchedEncoder, OperatingPoint, cut_module, operating_point, trace_inputs
 
 EXPORT_FILE = "leap_onnx.json"
@@ -115,7 +116,7 @@ def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int
     from transformers import AutoTokenizer
 
     from leap_core.encoder import _read_max_seq_length
-    from leap_core.models import model_fingerprint, resolve_model
+    from leap_core.models import folder_positions, model_fingerprint, resolve_model
 
     scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=folder.parent))  # a branch's cut: not exported
     try:
@@ -129,8 +130,9 @@ def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int
             "source": str(model), "source_fingerprint": model_fingerprint(resolve_model(str(model))),
             "served_folder_fingerprint": model_fingerprint(point.folder), "policy": point.policy,
             "depth": point.depth, "n_layers": point.model_layers,
-            "max_length": _read_max_seq_length(point.folder) or 128, "pooling": "mean", "normalized": True,
-            "inputs": list(names), "quantization": quantization(int8, per_channel)})
+            "max_length": _read_max_seq_length(point.folder) or 128, "max_positions": folder_positions(point.folder),
+            "pooling": "mean", "normalized": True, "inputs": list(names),
+            "quantization": quantization(int8, per_channel)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -160,7 +162,7 @@ class OnnxEncoder(BatchedEncoder):
         settings_file = self.folder / EXPORT_FILE
         if not settings_file.is_file():
             raise ValueError(f"{self.folder}: not a leap ONNX export (no {EXPORT_FILE})")
-        self.settings = json.loads(settings_file.read_text(encoding="utf-8"))
+        self.settings = read_schema_file(settings_file, OnnxExportFile)  # ranges, names inside the folder
         if precision is not None and precision not in self.settings.get("graphs", {}):
             raise ValueError(f"{settings_file}: no {precision} graph (has {sorted(self.settings.get('graphs', {}))})")
         name = graph or (self.settings["graphs"][precision] if precision else self.settings["graph"])

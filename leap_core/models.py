@@ -14,7 +14,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -124,6 +124,34 @@ def load_weights(folder: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
     return model
 
 
+def usable_positions(model: PreTrainedModel) -> int | None:
+    """Tokens one text may take through the model's position table: max_position_embeddings, less the offset that
+    RoBERTa-style embeddings (MPNet's too) start counting at (padding_idx + 1); None without such a table."""
+    size = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(size, bool) or not isinstance(size, int):
+        return None
+    offset = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return size - (offset + 1 if isinstance(offset, int) and not isinstance(offset, bool) else 0)
+
+
+def folder_positions(folder: str | os.PathLike) -> int | None:
+    """usable_positions of a model folder from its config alone (built on the meta device: no weights read)."""
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return usable_positions(model)
+
+
+def check_max_length(max_length: int, model: PreTrainedModel, where: str = "max_length") -> None:
+    """A one-line ValueError naming both numbers when `max_length` tokens would index past the position table
+    (PyTorch would fail mid-encode on the first long text, with an index error naming neither)."""
+    positions = usable_positions(model)
+    if positions is not None and max_length > positions:
+        raise ValueError(f"{where} {max_length} exceeds the model's {positions} token positions "
+                         f"(max_position_embeddings {model.config.max_position_embeddings}); set it to {positions} "
+                         "or less")
+
+
 def load_model(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     folder = resolve_model(name)
     return load_weights(folder), AutoTokenizer.from_pretrained(folder)
@@ -156,7 +184,7 @@ def build_random_bert(spec: str) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(values["seed"])
         model = AutoModel.from_config(config)
-    save_sentence_transformer(model, tokenizer, folder, max_seq_length=128)
+    save_sentence_transformer(model, tokenizer, folder, max_seq_length=128, wait=True)  # tests build it in parallel
     return folder
 
 
@@ -199,34 +227,37 @@ def freeze_lower_layers(model: PreTrainedModel, n_layers: int) -> None:
         module.requires_grad_(False)
 
 
+MODEL_KIND = "sentence-transformers model"  # the kind in a saved model folder's manifest (io.replace_folder)
+
+
 def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike,
-                              max_seq_length: int = 256, input_modules: list[Any] | None = None) -> Path:
-    """Save as a sentence-transformers folder, atomically: Transformer, mean Pooling (or the given input_modules,
-    e.g. st_module's LeapEarlyExit that also pools), then Normalize."""
+                              max_seq_length: int = 256, input_modules: list[Any] | None = None,
+                              wait: bool = False, finish: Callable[[Path], None] | None = None) -> Path:
+    """Save as a sentence-transformers folder: Transformer, mean Pooling (or the given input_modules, e.g.
+    st_module's LeapEarlyExit that also pools), then Normalize.
+
+    Written beside `folder` and swapped in whole (io.replace_folder), with a manifest: `folder` may be absent, empty
+    or a model folder leap saved whose manifest lists every file in it; anything else is refused, untouched, and
+    nothing beside it (a `FOLDER.old` included) is ever deleted. wait: for another writer of the folder.
+    finish: called on the written folder before its manifest (st_module: the shipped code and leap's card).
+    """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_models
 
-    from leap_core.io import temp_dir_beside
+    from leap_core.io import replace_folder
 
-    folder = Path(folder)
-    tmp = temp_dir_beside(folder)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        first = input_modules or [st_models.Transformer(str(tmp), max_seq_length=max_seq_length),
+    def build(staged: Path) -> None:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        first = input_modules or [st_models.Transformer(str(staged), max_seq_length=max_seq_length),
                                   st_models.Pooling(model.config.hidden_size, pooling_mode="mean")]
-        SentenceTransformer(modules=[*first, st_models.Normalize()], device="cpu").save(str(tmp))
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        # No sentence-transformers card: leap's (model_card) is written from the folder's own numbers.
+        SentenceTransformer(modules=[*first, st_models.Normalize()], device="cpu").save(str(staged),
+                                                                                       create_model_card=False)
+        if finish is not None:
+            finish(staged)
+
+    return replace_folder(folder, build, MODEL_KIND, wait=wait)
 
 
 def model_fingerprint(folder: str | os.PathLike) -> str:

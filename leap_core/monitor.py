@@ -9,6 +9,7 @@ model folder, or measured on the texts given).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,12 @@ PSI_MAJOR = 0.25  # the usual mark of a major population shift; reported, not an
 NN_SAMPLE = 1000  # texts re-encoded at full depth to measure NN@10 (k = 10 needs at least 11)
 REFERENCE_FILE = "leap_reference.json"
 ALERT_EVENT = "leap_monitor_alert"  # the Argo Event an alert publishes; RetrainFlow is triggered by it (@trigger)
+ALERT_EXIT_CODE = 3  # `leap monitor`'s exit status on an alert: apart from errors (2), so cron retrains on alerts only
+# Fewer logged rows than this get a warning beside the verdict: the mean exit layer's standard error is up to
+# (L - 1) / (2 sqrt(n)), 0.39 layers for L = 12 at n = 200, already 40% of the MAX_DEPTH_SHIFT it is judged by.
+MIN_ROWS = 200
+
+log = logging.getLogger(__name__)
 
 
 def depth_profile(exit_layers: Sequence[int], n_layers: int) -> dict[str, Any]:
@@ -63,7 +70,8 @@ def reference_profile(encoder: Any, texts: Sequence[str], source: str) -> dict[s
 
 def compare(reference: Mapping[str, Any], exit_layers: Sequence[int], sample_texts: Sequence[str],
             encoder: Any) -> dict[str, Any]:
-    """The traffic against the reference: depth shift, PSI, NN@10 on the sampled texts, and which alerts fire."""
+    """The traffic against the reference: depth shift, PSI, NN@10 on the sampled texts, which alerts fire, and
+    warnings on a sample too small to judge by."""
     traffic = depth_profile(exit_layers, int(reference["n_layers"]))
     shift = traffic["mean_exit_layer"] - reference["mean_exit_layer"]
     nn10 = served_nn10(encoder, sample_texts)
@@ -77,39 +85,79 @@ def compare(reference: Mapping[str, Any], exit_layers: Sequence[int], sample_tex
     return {"reference": dict(reference), "traffic": {**traffic, "nn10": nn10, "nn10_sample": min(len(sample_texts),
                                                                                                   NN_SAMPLE)},
             "depth_shift": shift, "psi": psi(reference["exit_distribution"], traffic["exit_distribution"]),
-            "rules": {"max_depth_shift": MAX_DEPTH_SHIFT, "max_nn10_drop": MAX_NN10_DROP, "psi_major": PSI_MAJOR},
-            "alerts": alerts, "alert": bool(alerts)}
+            "rules": {"max_depth_shift": MAX_DEPTH_SHIFT, "max_nn10_drop": MAX_NN10_DROP, "psi_major": PSI_MAJOR,
+                      "min_rows": MIN_ROWS},
+            "alerts": alerts, "alert": bool(alerts), "warnings": sample_warnings(traffic["n"], len(sample_texts))}
+
+
+def sample_warnings(rows: int, texts: int) -> list[str]:
+    """What the verdict cannot see: too few rows for the depth rule, too few sampled texts for NN@10."""
+    warnings = []
+    if rows < MIN_ROWS:
+        warnings.append(f"only {rows} logged rows (fewer than {MIN_ROWS}): the mean exit layer is too noisy to "
+                        "judge a shift by; collect more traffic before trusting the verdict")
+    if texts <= 10:
+        warnings.append(f"only {texts} logged texts: NN@10 needs 11 or more (raise LEAP_TRAFFIC_SAMPLE); not measured")
+    return warnings
+
+
+def read_reference(folder: Path, n_layers: int) -> dict[str, Any]:
+    """The folder's saved reference, checked (schemas.ReferenceFile) and for a model of `n_layers` layers."""
+    from leap_core.schemas import ReferenceFile, read_schema_file
+
+    saved = folder / REFERENCE_FILE
+    if not saved.is_file():
+        raise ValueError(f"{folder}: no {REFERENCE_FILE}; give --reference-texts (texts like those the model was "
+                         "calibrated on) and --save-reference once")
+    return read_schema_file(saved, ReferenceFile, n_layers=n_layers)
+
+
+def save_reference(folder: Path, reference: Mapping[str, Any]) -> Path:
+    """Write the reference into the model folder under its writer lock, listed in its manifest if leap made it."""
+    from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
+
+    with writer_lock(folder, what="writer of the model folder"):  # refused while calibrate --save etc. hold it
+        write_json_atomic(folder / REFERENCE_FILE, dict(reference))
+        note_in_manifest(folder, REFERENCE_FILE)
+    return folder / REFERENCE_FILE
+
+
+def traffic_exit_layers(table: Any, traffic: str, n_layers: int) -> list[int]:
+    """The log's exit layers, for a model of `n_layers` layers; a log it cannot judge is named."""
+    if table.num_rows == 0:
+        raise ValueError(f"{traffic}: the traffic log holds 0 rows: nothing to compare with the reference")
+    logged = set(table.column("n_layers").to_pylist())
+    if logged != {n_layers}:
+        raise ValueError(f"{traffic}: logged by a model of {sorted(logged)} layers; the model has {n_layers}")
+    layers = table.column("exit_layer").to_pylist()
+    outside = sorted({layer for layer in layers if not 1 <= layer <= n_layers})
+    if outside:
+        raise ValueError(f"{traffic}: exit layers {outside[:5]} outside 1..{n_layers}")
+    return layers
 
 
 def monitor(model: str | Path, traffic: str, reference_texts: Sequence[str] | None = None,
-            reference_source: str = "", save_reference: bool = False) -> dict[str, Any]:
+            reference_source: str = "", save_reference_file: bool = False) -> dict[str, Any]:
     """`leap monitor`: the traffic log at `traffic` against the model's reference (saved, or measured now)."""
     from leap_core.encoder import EarlyExitEncoder
-    from leap_core.io import write_json_atomic
     from leap_core.models import resolve_model
     from leap_core.traffic import read_traffic
 
     folder = resolve_model(str(model))
     encoder = EarlyExitEncoder.from_pretrained(folder)
-    saved = folder / REFERENCE_FILE
     if reference_texts is not None:
         reference = reference_profile(encoder, reference_texts, reference_source)
-        if save_reference:
-            write_json_atomic(saved, reference)
-    elif saved.is_file():
-        import json
-
-        reference = json.loads(saved.read_text(encoding="utf-8"))
+        if save_reference_file:
+            save_reference(folder, reference)
     else:
-        raise ValueError(f"{folder}: no {REFERENCE_FILE}; give --reference-texts (texts like those the model was "
-                         "calibrated on) and --save-reference once")
+        reference = read_reference(folder, encoder.num_layers)
     table = read_traffic(traffic)
-    if set(table.column("n_layers").to_pylist()) != {encoder.num_layers}:
-        raise ValueError(f"{traffic}: logged by a model of {sorted(set(table.column('n_layers').to_pylist()))} "
-                         f"layers; {folder} has {encoder.num_layers}")
+    layers = traffic_exit_layers(table, traffic, encoder.num_layers)
     texts = [text for text in table.column("text").to_pylist() if text is not None]
-    return {"model": str(model), "traffic_log": traffic,
-            **compare(reference, table.column("exit_layer").to_pylist(), texts, encoder)}
+    result = {"model": str(model), "traffic_log": traffic, **compare(reference, layers, texts, encoder)}
+    for warning in result["warnings"]:
+        log.warning("%s: %s", traffic, warning)
+    return result
 
 
 def monitor_markdown(result: Mapping[str, Any]) -> str:
@@ -119,6 +167,8 @@ def monitor_markdown(result: Mapping[str, Any]) -> str:
     ref, now = result["reference"], result["traffic"]
     verdict = "ALERT: " + "; ".join(result["alerts"]) if result["alert"] else "no alert"
     lines = [f"# Monitoring {result['model']}", "", f"Traffic `{result['traffic_log']}`: **{verdict}**.", ""]
+    warnings = result.get("warnings", [])  # reports written before warnings existed have none
+    lines += [f"Warning: {warning}." for warning in warnings] + ([""] if warnings else [])
     rows = [["rows", ref["n"], now["n"]], ["mean exit layer", fmt(ref["mean_exit_layer"], ".2f"),
                                              fmt(now["mean_exit_layer"], ".2f")],
             ["NN@10 vs full depth", fmt(ref.get("nn10")), fmt(now["nn10"])]]

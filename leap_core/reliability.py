@@ -247,7 +247,7 @@ def _cli(main: Callable, argv: list[str]) -> tuple[int, str]:
     import io
 
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):  # the command's report: not ours
         try:
             code = main(argv)
         except SystemExit as refused:
@@ -391,14 +391,233 @@ def _replaced_with_metadata(cache: Path, bucket: str, work: Path) -> list[dict[s
     return out
 
 
+def _tiny_copy(folder: Path, settings: dict[str, Any] | None = None) -> Path:
+    """A copy of the tiny model, with `settings` as its leap_exit.json when given."""
+    from leap_core.models import resolve_model
+
+    shutil.copytree(resolve_model(TINY), folder)
+    if settings is not None:
+        (folder / "leap_exit.json").write_text(json.dumps(settings))
+    return folder
+
+
+def _onnx_record(folder: Path) -> dict[str, Any]:
+    """A well-formed leap_onnx.json for a stand-in export folder (a graph file and a tokenizer file)."""
+    from leap_core.io import sha256_file
+
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"a stand-in graph")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    digest = {name: sha256_file(folder / name) for name in ("model.onnx", "vocab.txt")}
+    return {"source": TINY, "source_fingerprint": "0" * 64, "served_folder_fingerprint": "0" * 64,
+            "policy": "fixed:2", "depth": 2, "n_layers": 4, "max_length": 128, "max_positions": 512,
+            "pooling": "mean", "normalized": True, "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+            "graph": "model.onnx", "graphs": {"fp32": "model.onnx"}, "sha256": {"model.onnx": digest["model.onnx"]},
+            "tokenizer_sha256": {"vocab.txt": digest["vocab.txt"]}}
+
+
+def probe_schemas(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """NaN, wrong types, missing keys and out-of-range values in leap_exit.json, leap_branch.json, leap_onnx.json."""
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.exit_branch import BRANCH_FILE, read_branch
+    from leap_core.export import OnnxEncoder
+
+    folder = _tiny_copy(work / "model", {"theta": float("nan"), "k": 1, "l_min": 2})  # json.dumps writes NaN
+    said = _error(lambda: EarlyExitEncoder.from_pretrained(folder))
+    out = [{"probe": "leap_exit.json with theta NaN", "tried": "a NaN theta in the model's exit settings",
+            "outcome": said, "held": "leap_exit.json: theta" in said and "finite" in said}]
+    record = {"original": TINY, "original_fingerprint": "0" * 64, "original_layers": 4, "exit_layers": [2, 3]}
+    said = []
+    for bad in ({**record, "exit_layers": "2"}, {k: v for k, v in record.items() if k != "original_layers"}):
+        (folder / BRANCH_FILE).write_text(json.dumps(bad))
+        said.append(_error(lambda: read_branch(folder)))
+    out.append({"probe": "leap_branch.json with a wrong type or a missing key", "tried": "exit_layers \"2\"; "
+                "original_layers deleted", "outcome": " / ".join(said),
+                "held": "leap_branch.json: exit_layers" in said[0] and "leap_branch.json: original_layers" in said[1]})
+    export = work / "export"
+    good = _onnx_record(export)
+    cases = {"missing max_length, sha256 or graph": [{k: v for k, v in good.items() if k != key}
+                                                      for key in ("max_length", "sha256", "graph")],
+             "max_length 1e6 or -1": [{**good, "max_length": 10 ** 6}, {**good, "max_length": -1}],
+             "tokenizer_sha256 deleted": [{k: v for k, v in good.items() if k != "tokenizer_sha256"}],
+             "graph an absolute path outside the folder": [{**good, "graph": "/model.onnx"}]}
+    for what, records in cases.items():
+        said = []
+        for bad in records:
+            (export / "leap_onnx.json").write_text(json.dumps(bad))
+            said.append(_error(lambda: OnnxEncoder(export)))
+        out.append({"probe": f"leap_onnx.json: {what}", "tried": f"{what} in an export's leap_onnx.json, loaded "
+                    "by export.OnnxEncoder", "outcome": " / ".join(said),
+                    "held": all(line.startswith("ValueError: ") and "leap_onnx.json: " in line for line in said)})
+    return out
+
+
+def _monitor_setup(work: Path, rows: int = 300) -> tuple[Path, Path, dict[str, Any]]:
+    """A tiny model serving fixed:2, a log of `rows` texts it served, and a valid reference of depth 4."""
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.traffic import TrafficLog, replay
+
+    folder = _tiny_copy(work / "model", {"theta": 0.9, "k": 1, "l_min": 2, "policy": {"kind": "fixed", "depth": 2}})
+    texts = [f"text {i} about {'rivers ' * (i % 4)}and the hills near town {i % 7}" for i in range(rows)]
+    replay(EarlyExitEncoder.from_pretrained(folder), texts, TrafficLog(str(work / "log"), sample_text=1.0))
+    reference = {"exit_distribution": [0.0, 0.0, 0.0, 1.0], "mean_exit_layer": 4.0, "n": rows, "n_layers": 4,
+                 "nn10": None, "source": "probe"}
+    return folder, work / "log", reference
+
+
+def probe_reference(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """leap monitor's exit codes, and a reference with NaN, a missing key or another model's depth."""
+    from leap_core.cli import main
+
+    folder, log, reference = _monitor_setup(work)
+    file = folder / "leap_reference.json"
+    file.write_text(json.dumps(reference))
+    alert, _ = _cli(main, ["monitor", str(folder), "--traffic", str(log)])
+    code, said = _cli(main, ["monitor", str(folder), "--traffic", str(work / "no-log")])
+    out = [{"probe": "monitor's alert has its own exit code", "tried": "leap monitor on traffic 2 layers shallower "
+            "than its reference; then on a traffic log that is not there", "outcome": f"alert: exit {alert}; "
+            f"error: exit {code}: {said}", "held": alert == 3 and code == 2}]
+    cases = (("mean_exit_layer NaN", {**reference, "mean_exit_layer": float("nan")}, "mean_exit_layer"),
+             ("a missing key", {k: v for k, v in reference.items() if k != "exit_distribution"}, "exit_distribution"),
+             ("12 layers on a 4-layer model", {**reference, "exit_distribution": [0.0] * 11 + [1.0],
+                                               "mean_exit_layer": 12.0, "n_layers": 12}, "n_layers"))
+    for what, bad, field in cases:
+        file.write_text(json.dumps(bad))
+        code, said = _cli(main, ["monitor", str(folder), "--traffic", str(log)])
+        out.append({"probe": f"leap_reference.json with {what}", "tried": f"leap monitor, its reference with {what}",
+                    "outcome": f"exit {code}: {said}", "held": code == 2 and f"leap_reference.json: {field}" in said})
+    return out
+
+
+def _log_file(log: Path, columns: dict[str, Any]) -> None:
+    """One Parquet file in the traffic log's naming, with these columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    log.mkdir(parents=True)
+    pq.write_table(pa.table(columns), log / "traffic-00000000000000000001-1.parquet")
+
+
+def probe_monitor_log(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """leap monitor on a one-row log, and on logs with a missing column, a null exit layer or no rows."""
+    import pyarrow as pa
+
+    from leap_core.cli import main
+
+    folder, _, reference = _monitor_setup(work, rows=1)
+    (folder / "leap_reference.json").write_text(json.dumps(reference))
+    code, _ = _cli(main, ["monitor", str(folder), "--traffic", str(work / "log"), "--out", str(work / "one.json")])
+    warned = json.loads((work / "one.json").read_text())["warnings"]
+    out = [{"probe": "monitor on a one-row log", "tried": "leap monitor on a log of one row",
+            "outcome": f"exit {code}; warnings: {warned}",
+            "held": any("only 1 logged rows" in line for line in warned) and "Warning:" in
+            (work / "one.md").read_text()}]
+    int16 = lambda values: pa.array(values, type=pa.int16())  # noqa: E731
+    logs = {"a missing column": {"time": [1.0], "n_layers": int16([4]), "text_chars": pa.array([3], pa.int32()),
+                                 "text": ["abc"]},
+            "a null exit_layer": {"time": [1.0], "exit_layer": int16([None]), "n_layers": int16([4]),
+                                  "text_chars": pa.array([3], pa.int32()), "text": ["abc"]},
+            "0 rows": {"time": pa.array([], pa.float64()), "exit_layer": int16([]), "n_layers": int16([]),
+                       "text_chars": pa.array([], pa.int32()), "text": pa.array([], pa.string())}}
+    for index, (what, columns) in enumerate(logs.items()):
+        log = work / f"log{index}"
+        _log_file(log, columns)
+        code, said = _cli(main, ["monitor", str(folder), "--traffic", str(log)])
+        out.append({"probe": f"traffic log with {what}", "tried": f"leap monitor on a log with {what}",
+                    "outcome": f"exit {code}: {said}", "held": code == 2 and str(log) in said})
+    return out
+
+
+def probe_cli_errors(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """An exception no command expects (a bug) is one line naming its type; --debug shows the traceback."""
+    import contextlib
+    import io
+
+    from leap_core import monitor
+    from leap_core.cli import main
+
+    def bug(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug\nover two lines")
+
+    real, monitor.monitor = monitor.monitor, bug
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["monitor", "anything", "--traffic", str(work)])
+        debug = _error(lambda: main(["--debug", "monitor", "anything", "--traffic", str(work)]))
+    finally:
+        monitor.monitor = real
+    lines = err.getvalue().strip().splitlines()
+    return [{"probe": "uncaught exception in a command", "tried": "a RuntimeError (two lines) raised inside leap "
+             "monitor; again with --debug", "outcome": f"exit {code}: {' / '.join(lines)}; with --debug: {debug}",
+             "held": code == 2 and lines == ["leap: error: RuntimeError: a bug over two lines"]
+             and debug.startswith("RuntimeError")}]
+
+
+def probe_writers(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """A model saved over a user's folder or beside FOLDER.old; leap_reference.json written while a writer holds."""
+    from leap_core.cli import main
+    from leap_core.models import load_model, save_sentence_transformer
+
+    model, tokenizer = load_model(TINY)
+    existing, old = _user_folder(work / "existing"), _user_folder(work / "existing.old")
+    said = _error(lambda: save_sentence_transformer(model, tokenizer, existing))
+    fresh, fresh_old = work / "fresh", _user_folder(work / "fresh.old")
+    save_sentence_transformer(model, tokenizer, fresh)
+    again = _error(lambda: save_sentence_transformer(model, tokenizer, fresh))  # its own folder: replaced
+    out = [{"probe": "model saved over a user's folder or beside FOLDER.old", "tried": "save_sentence_transformer "
+            "into EXISTING (a user's files, beside EXISTING.old); into a new folder beside FRESH.old, twice",
+            "outcome": f"{said}; re-save of its own folder: {again}; user files kept: "
+            f"{_untouched(existing, old, fresh_old)}",
+            "held": "not overwriting it" in said and again == "no error" and _untouched(existing, old, fresh_old)}]
+    folder, log, _ = _monitor_setup(work / "monitor")
+    (work / "reference.txt").write_text("\n".join(f"reference text {i} on hills" for i in range(30)) + "\n")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom leap_core.io import writer_lock\n"
+        f"with writer_lock({str(folder)!r}, what='calibrate --save'):\n    print('held', flush=True)\n"
+        "    time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        code, said = _cli(main, ["monitor", str(folder), "--traffic", str(log), "--reference-texts",
+                                 str(work / "reference.txt"), "--save-reference"])
+    finally:
+        holder.kill()
+        holder.wait()
+    written = (folder / "leap_reference.json").exists()
+    out.append({"probe": "leap_reference.json while another writer holds the folder", "tried": "leap monitor "
+                "--save-reference while a calibrate --save holds the model folder",
+                "outcome": f"exit {code}: {said}; leap_reference.json written: {written}",
+                "held": code == 2 and f"pid {holder.pid}" in said and not written})
+    return out
+
+
+def probe_encode_inputs(work: Path, data_dir: Path) -> list[dict[str, Any]]:
+    """A lone surrogate among the texts; a max_seq_length beyond the model's position table."""
+    from leap_core.encoder import EarlyExitEncoder
+
+    folder = _tiny_copy(work / "model", {"theta": 0.9, "k": 1, "l_min": 2})
+    said = _error(lambda: EarlyExitEncoder.from_pretrained(folder).encode(["a sentence", "ok", "bad \ud800 text"]))
+    out = [{"probe": "lone surrogate to encode", "tried": 'encode(["a sentence", "ok", "bad \\ud800 text"])',
+            "outcome": said, "held": said.startswith("ValueError: sentences[2]")}]
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 100000}))
+    said = _error(lambda: EarlyExitEncoder.from_pretrained(folder))
+    out.append({"probe": "max_seq_length beyond the model's positions", "tried": "max_seq_length 100000 on a model "
+                "of 512 positions", "outcome": said,
+                "held": said.startswith("ValueError: ") and "100000" in said and "512" in said and str(folder) in said})
+    return out
+
+
 PROBES = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_folders, probe_chunks, probe_served_model,
-          probe_s3)
+          probe_s3, probe_schemas, probe_reference, probe_monitor_log, probe_cli_errors, probe_writers,
+          probe_encode_inputs)
+SCHEMA_AND_EXIT_PROBES = PROBES[-6:]  # issue 31's second part: no model, data or S3 server needed, seconds to run
 
 
-def run_probes(data_dir: str | Path, work: str | Path) -> list[dict[str, Any]]:
-    """Every probe, each group in its own subfolder of `work`."""
+def run_probes(data_dir: str | Path, work: str | Path, probes: tuple[Callable, ...] = PROBES) -> list[dict[str, Any]]:
+    """Every probe (or those given), each group in its own subfolder of `work`."""
     results = []
-    for probe in PROBES:
+    for probe in probes:
         folder = Path(work) / probe.__name__
         folder.mkdir(parents=True, exist_ok=True)
         results += probe(folder, Path(data_dir))

@@ -342,6 +342,40 @@ def retrofit_finetune_against_original(profile: Profile, model: str, seed: int =
             "model_dir": summary["model_dir"], "train_seconds": summary["train_seconds"], "evaluation": evaluation}
 
 
+COMMITTED_PROFILE = "cpu_long"  # the profile whose runs the committed reports/retrofit.json holds
+
+
+def default_report(profile_name: str, reports_dir: str | Path = "reports") -> Path:
+    """Where `leap retrofit` writes by default: reports/retrofit.json for the committed profile, else
+    reports/<profile>/retrofit.json, so a smoke or cpu run never merges into the committed table."""
+    folder = Path(reports_dir) if profile_name == COMMITTED_PROFILE else Path(reports_dir) / profile_name
+    return folder / "retrofit.json"
+
+
+def entry_profile(entry: dict[str, Any]) -> str | None:
+    """The profile an entry was measured with: its own record, else (entries written before they held one) the
+    <profile> folder of its run, <output_dir>/<profile>/<run>/model."""
+    if entry.get("profile"):
+        return entry["profile"]
+    return Path(entry["model_dir"]).parent.parent.name if entry.get("model_dir") else None
+
+
+def check_same_profile(report: dict[str, Any], profile_name: str, out: Path) -> None:
+    """A ValueError when the report `out` holds rows of another profile: their numbers would not add up."""
+    others = sorted({found for entry in report.values() if (found := entry_profile(entry)) not in (None, profile_name)})
+    if others:
+        raise ValueError(f"{out} holds rows of profile {', '.join(others)}; this run is profile {profile_name}: not "
+                         f"merging them (the default --out for it is {default_report(profile_name)})")
+
+
+def branch_facts(profile: Profile, entry: dict[str, Any]) -> dict[str, Any]:
+    """What made an exit branch, for its card: the original it sits beside, its exits and training texts."""
+    return {"kind": "LEAP exit branch (retrofit beside the untouched original)", "original": entry["model"],
+            "profile": profile.name, "exit layers": ", ".join(map(str, entry["exit_layers"])),
+            "data": f"{entry['train_texts']} {entry['texts']} texts, {entry['train_steps']} steps",
+            "corpus": profile.data.corpus if entry["texts"] == "generic" else None}
+
+
 def corpus_name(corpus: str | Path) -> str:
     """What an in-domain run is reported under: a BEIR folder's name for its corpus.jsonl[.gz], else the file's stem."""
     path = Path(corpus)
@@ -355,9 +389,11 @@ def retrofit_into_report(profile: Profile, models: list[str], out: Path, seed: i
     (model, entry) as each is written, so runs of several models or designs can be separate."""
     from leap_core.evaluation.pareto import calibrate_policy
     from leap_core.io import write_text_atomic
+    from leap_core.model_card import write_card
     from leap_core.retrofit_report import render_markdown
 
     report = json.loads(out.read_text()) if out.is_file() else {}
+    check_same_profile(report, profile.name, out)
     stale = [model for model, entry in report.items() if "evaluation" not in entry]
     if stale:  # written by an earlier release, measured another way: not mixed into this table
         log.info("dropping %s from %s: measured before the against-the-original evaluation", stale, out)
@@ -377,8 +413,9 @@ def retrofit_into_report(profile: Profile, models: list[str], out: Path, seed: i
                 entry["peer"] = retrofit_peer(profile, model, entry["model_dir"], seed, max_drop)
             # The branch serves what calibration chose on dev; `leap cut` and `leap pareto` read it from there.
             entry["policy"] = calibrate_policy(profile, entry["model_dir"], max_drop, max_ndcg_drop, save=True)
-        report[model] = entry
+            write_card(entry["model_dir"], facts=branch_facts(profile, entry), base_model=model)
+        report[model] = {**entry, "profile": profile.name}
         # Not write_report_files: the next `leap retrofit` merges into this JSON and reads the folders it names.
         write_json_atomic(out, report)
-        write_text_atomic(out.with_suffix(".md"), render_markdown(report))
+        write_text_atomic(out.with_suffix(".md"), render_markdown(report, out.as_posix()))
         yield model, entry

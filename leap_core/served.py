@@ -160,8 +160,10 @@ class BatchedEncoder:
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(N, d) normalised float32 embeddings ((d,) for one str)."""
+        from leap_core.encoder import check_sentences
+
         single = isinstance(sentences, str)
-        items = [sentences] if single else list(sentences)
+        items = check_sentences([sentences] if single else sentences)  # str rows, each valid Unicode
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         order = np.argsort([-len(text) for text in items], kind="stable")
@@ -198,6 +200,7 @@ class TorchCutEncoder(BatchedEncoder):
         from transformers import AutoTokenizer
 
         from leap_core.encoder import _read_max_seq_length
+        from leap_core.models import check_max_length
 
         scratch = Path(tempfile.mkdtemp(prefix="leap-cut-"))
         try:
@@ -205,6 +208,7 @@ class TorchCutEncoder(BatchedEncoder):
             module, self.inputs = cut_module(self.point.folder, self.point.depth, attention="sdpa")
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.point.folder))
             self.max_length = _read_max_seq_length(self.point.folder) or 128
+            check_max_length(self.max_length, module.model, f"{self.point.folder}: max_seq_length")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         module = quantize_int8(module) if int8 else module

@@ -2,7 +2,9 @@
 
 LeapEarlyExit replaces Transformer + Pooling as the first module of a model; its engine is the EarlyExitEncoder
 (one implementation: the same layer loop, exit test and mean pool). Its settings are the folder's leap_exit.json
-(theta, k, l_min, the calibrated policy), so save and push_to_hub carry them. Use it as:
+(theta, k, l_min, the calibrated policy) and its exit_mode (sentence_bert_config.json), so save and push_to_hub
+carry them. Every folder also ships leap_early_exit.py, which modules.json names: with trust_remote_code=True,
+sentence-transformers loads the folder from that file alone, leap installed or not. Use it as:
 
     model = SentenceTransformer(folder, trust_remote_code=True)   # sentence-transformers >= 6 asks for the flag
     model = load_sentence_transformer(folder)                     # the same, also for folders saved before
@@ -18,11 +20,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
 
 from leap_core.encoder import EarlyExitEncoder, parse_mode
 
-MODULE_TYPE = "leap_core.st_module.LeapEarlyExit"
+MODULE_TYPE = "leap_early_exit.LeapEarlyExit"  # modules.json's name: the file shipped in the folder
+LEGACY_TYPE = "leap_core.st_module.LeapEarlyExit"  # folders saved before the file shipped (they need leap)
+EXIT_TYPES = (MODULE_TYPE, LEGACY_TYPE)
 _PLAIN_INPUT = ("sentence_transformers.base.modules.transformer.Transformer",
                 "sentence_transformers.sentence_transformer.modules.Transformer",
                 "sentence_transformers.models.Transformer")
@@ -36,7 +41,7 @@ class LeapEarlyExit(InputModule):
     """
 
     config_file_name = "sentence_bert_config.json"
-    config_keys = ["max_seq_length"]
+    config_keys = ["max_seq_length", "exit_mode"]  # exit_mode survives save and load
     forward_kwargs = {"exit_mode"}
     save_in_root = True
 
@@ -82,19 +87,55 @@ class LeapEarlyExit(InputModule):
         return features
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-        """Weights, tokenizer and max length as a Transformer module writes them, plus leap_exit.json."""
+        """Weights, tokenizer, max length and exit mode as a Transformer module writes them, leap_exit.json, and
+        leap_early_exit.py (the code a trust_remote_code load runs)."""
+        from leap_core.leap_early_exit import ship_code
+
         self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
         self.engine.save_exit_settings(output_path)
+        ship_code(output_path)
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", exit_mode: str | None = None,
+             model_kwargs: dict[str, Any] | None = None, backend: str | None = None,
              **kwargs: Any) -> "LeapEarlyExit":
-        """From a folder or hub id (its leap_exit.json gives the rule and policy); keyword overrides win."""
+        """From a folder or hub id (its leap_exit.json gives the rule and policy); keyword overrides win.
+
+        exit_mode: the keyword, else model_kwargs["exit_mode"], else the one saved with the folder. Any other
+        model_kwargs key, and any backend but torch (ONNX: `leap export`), is a ValueError, not silently ignored.
+        """
+        from leap_core.leap_early_exit import check_load_options
+
+        exit_mode = check_load_options(model_kwargs, backend, exit_mode)
         overrides = {key: kwargs[key] for key in ("theta", "k", "l_min", "policy", "device") if key in kwargs}
         folder = _local_folder(model_name_or_path, subfolder, kwargs)
-        return cls(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=exit_mode)
+        return cls(EarlyExitEncoder.from_pretrained(folder, **overrides),
+                   exit_mode=exit_mode if exit_mode is not None else saved_exit_mode(folder))
+
+
+def saved_exit_mode(folder: str | Path) -> str | None:
+    """The exit_mode saved with a folder (sentence_bert_config.json), None when it holds none."""
+    config = Path(folder) / LeapEarlyExit.config_file_name
+    return json.loads(config.read_text(encoding="utf-8")).get("exit_mode") if config.is_file() else None
+
+
+def ship_remote_code(folder: str | Path) -> None:
+    """Make a saved folder load without leap: leap_early_exit.py beside modules.json, which names it. A folder whose
+    first module is not LeapEarlyExit is left as it is."""
+    from leap_core.leap_early_exit import ship_code
+
+    file = Path(folder) / "modules.json"
+    if not file.is_file():
+        return
+    entries = json.loads(file.read_text(encoding="utf-8"))
+    if not entries or entries[0]["type"] not in EXIT_TYPES:
+        return
+    ship_code(str(folder))
+    if entries[0]["type"] != MODULE_TYPE:
+        entries[0]["type"] = MODULE_TYPE
+        file.write_text(json.dumps(entries, indent=2), encoding="utf-8")
 
 
 def save_exit_folder(model: Any, tokenizer: Any, folder: str | Path, max_seq_length: int,
@@ -104,7 +145,18 @@ def save_exit_folder(model: Any, tokenizer: Any, folder: str | Path, max_seq_len
     from leap_core.models import save_sentence_transformer
 
     engine = EarlyExitEncoder(model, tokenizer, max_length=max_seq_length, device="cpu", **rule)
-    return save_sentence_transformer(model, tokenizer, folder, max_seq_length, input_modules=[LeapEarlyExit(engine)])
+    return save_sentence_transformer(model, tokenizer, folder, max_seq_length, input_modules=[LeapEarlyExit(engine)],
+                                     finish=finish_exit_folder)
+
+
+def finish_exit_folder(folder: Path) -> None:
+    """What a saved LeapEarlyExit folder needs beyond sentence-transformers' files: the code a trust_remote_code
+    load runs (ship_remote_code) and leap's card, stating the policy it serves (numbers come once measured)."""
+    from leap_core.io import write_text_atomic
+    from leap_core.model_card import CARD_FILE, folder_card
+
+    ship_remote_code(folder)
+    write_text_atomic(folder / CARD_FILE, folder_card(folder))
 
 
 def _local_folder(name: str, subfolder: str, hub: dict[str, Any]) -> Path:
@@ -140,7 +192,7 @@ def tail_modules(folder: str | Path) -> list[Any]:
         return []  # a plain transformers folder: sentence-transformers mean-pools it, with nothing after
     entries = _entries(folder)
     first = entries[0]["type"]
-    if first == MODULE_TYPE:
+    if first in EXIT_TYPES:
         rest = entries[1:]
     elif first in _PLAIN_INPUT and len(entries) > 1 and entries[1]["type"].endswith(".Pooling"):
         pooling = json.loads((folder / entries[1]["path"] / "config.json").read_text(encoding="utf-8"))
@@ -161,28 +213,52 @@ def tail_modules(folder: str | Path) -> list[Any]:
 def load_sentence_transformer(path: str | Path, exit_mode: str | None = None, device: str | None = None,
                               **overrides: Any):
     """A SentenceTransformer that exits early, from a folder of either layout or a hub id, with no remote code:
-    LeapEarlyExit (settings from leap_exit.json, overrides win) followed by the folder's own tail modules."""
-    from sentence_transformers import SentenceTransformer
-
+    LeapEarlyExit (settings from leap_exit.json, overrides win; exit_mode, else the folder's saved one) followed
+    by the folder's own tail modules. Its save() ships the module's code and leap's card (LeapSentenceTransformer)."""
     folder = _local_folder(str(path), "", {})
-    first = LeapEarlyExit(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=exit_mode)
-    model = SentenceTransformer(modules=[first, *tail_modules(folder)], device=device or str(first.engine.device))
+    mode = exit_mode if exit_mode is not None else saved_exit_mode(folder)
+    first = LeapEarlyExit(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=mode)
+    model = LeapSentenceTransformer(modules=[first, *tail_modules(folder)],
+                                    device=device or str(first.engine.device))
     prompts = folder / "config_sentence_transformers.json"
     if prompts.is_file():  # prompts and the default prompt travel with the folder
         config = json.loads(prompts.read_text(encoding="utf-8"))
         model.prompts = config.get("prompts") or {}
         model.default_prompt_name = config.get("default_prompt_name")
+    card = folder / "README.md"
+    if card.is_file():
+        model.source_card = (first.engine.policy.name, first.exit_mode, card.read_text(encoding="utf-8"))
     return model
+
+
+class LeapSentenceTransformer(SentenceTransformer):
+    """A SentenceTransformer whose save() writes a folder that loads without leap (ship_remote_code) and leap's
+    card: the loaded folder's card while the policy and exit mode are those it was loaded with, else a fresh one
+    stating what the copy serves, with no numbers measured at another policy."""
+
+    source_card: tuple[str, str | None, str] | None = None  # (policy, exit_mode, README.md) of the loaded folder
+
+    def save(self, path: str, model_name: str | None = None, create_model_card: bool = True,
+             train_datasets: list[str] | None = None, safe_serialization: bool = True) -> None:
+        from leap_core.io import write_text_atomic
+        from leap_core.model_card import CARD_FILE, folder_card
+
+        super().save(path, model_name, False, train_datasets, safe_serialization)
+        ship_remote_code(path)
+        if create_model_card:
+            first = self[0]
+            now = (first.engine.policy.name, first.exit_mode)
+            kept = self.source_card is not None and self.source_card[:2] == now
+            write_text_atomic(Path(path) / CARD_FILE, self.source_card[2] if kept else folder_card(path))
 
 
 def plain_sentence_transformer(path: str | Path, device: str = "cpu"):
     """The folder as sentence-transformers serves a model that does not exit: Transformer + mean Pooling + its tail
     (what `leap bench` times as the peer of our encoder)."""
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_modules
 
     folder = _local_folder(str(path), "", {})
-    if not (folder / "modules.json").is_file() or _entries(folder)[0]["type"] != MODULE_TYPE:
+    if not (folder / "modules.json").is_file() or _entries(folder)[0]["type"] not in EXIT_TYPES:
         return SentenceTransformer(str(folder), device=device)  # a plain folder: as sentence-transformers loads it
     from leap_core.encoder import _read_max_seq_length
 

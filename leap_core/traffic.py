@@ -110,7 +110,7 @@ def log_files(location: str) -> list[str]:
 
 
 def read_traffic(location: str) -> pa.Table:
-    """Every finished file of the log as one table (SCHEMA)."""
+    """Every finished file of the log as one table (SCHEMA); a file that is not one the log wrote is named."""
     files = log_files(location)
     if not files:
         raise ValueError(f"{location}: no traffic log files ({PREFIX}*.parquet)")
@@ -118,8 +118,26 @@ def read_traffic(location: str) -> pa.Table:
     with tempfile.TemporaryDirectory() as scratch:
         for index, file in enumerate(files):
             local = storage.download(file, Path(scratch) / f"{index}.parquet") if storage.is_s3(file) else file
-            tables.append(pq.read_table(local, schema=SCHEMA))
+            tables.append(_read_log_file(local, file))
     return pa.concat_tables(tables)
+
+
+def _read_log_file(local: str | Path, shown: str) -> pa.Table:
+    """One log file, checked: every SCHEMA column present (read_table would fill a missing one with nulls) and no
+    null exit layer or depth (the log writes both for every row)."""
+    try:
+        missing = [name for name in SCHEMA.names if name not in pq.read_schema(local).names]
+        table = None if missing else pq.read_table(local, schema=SCHEMA)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ValueError(f"{shown}: not a readable traffic log file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if missing:
+        raise ValueError(f"{shown}: no column(s) {missing}: not a traffic log file (expected {SCHEMA.names})")
+    for name in ("exit_layer", "n_layers"):
+        if table.column(name).null_count:
+            raise ValueError(f"{shown}: {table.column(name).null_count} of {table.num_rows} rows have a null "
+                             f"{name} (the log writes one for every row)")
+    return table
 
 
 def replay(encoder: object, texts: Sequence[str], log: TrafficLog, batch_size: int = 32) -> None:

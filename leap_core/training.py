@@ -29,7 +29,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from leap_core import checkpoint_store as mirror
 from leap_core import identity
 from leap_core.config import ExitConfig, TrainConfig
-from leap_core.io import atomic_path, folder_lock, remove_stale_temps, sha256_file, write_json_atomic, write_text_atomic
+from leap_core.io import (atomic_path, folder_files, folder_lock, note_in_manifest, remove_stale_temps, sha256_file,
+                         write_json_atomic, write_text_atomic, writer_lock)
 from leap_core.losses import LeapObjective
 from leap_core.models import save_sentence_transformer
 from leap_core.pooling import pooled_layers
@@ -309,16 +310,21 @@ class LeapTrainer:
                                    "was saved. Lower training.lr")
 
     def save(self) -> Path:
+        """The model folder (replaced whole, io.replace_folder) with its exit rule and extras, under its writer lock."""
         model_dir = self.output_dir / "model"
         self.student.eval()
         rule = dataclasses.asdict(self.exit_settings)
-        if self.exit_module:
-            save_exit_folder(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length, rule)
-        else:
-            save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length)
-        write_json_atomic(model_dir / "leap_exit.json", rule)
-        if self.save_extra is not None:
-            self.save_extra(model_dir)
+        with writer_lock(model_dir, what="trainer's save"):
+            if self.exit_module:
+                save_exit_folder(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length, rule)
+            else:
+                save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length)
+            before = set(folder_files(model_dir))
+            write_json_atomic(model_dir / "leap_exit.json", rule)
+            if self.save_extra is not None:
+                self.save_extra(model_dir)
+            # In the manifest, so a re-save (a run killed before train_result.json) may still replace the folder.
+            note_in_manifest(model_dir, *sorted(set(folder_files(model_dir)) - before))
         with atomic_path(self.output_dir / "projection.pt") as tmp:
             torch.save(self.objective.state_dict(), tmp)
         return model_dir

@@ -55,7 +55,10 @@ def test_eval_prints_a_table_and_json_on_request(data_dir, tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "eval.json")]) == 0
     shown = capsys.readouterr().out
     written = json.loads((tmp_path / "eval.json").read_text())
-    assert shown.startswith(f"{TINY}: theta=0.9 k=1 l_min=2")
+    # The policy the model serves leads (here its rule: the folder names no other), then the rule's own table.
+    assert shown.startswith(f"{TINY} serves rule(theta=0.9,k=1,l_min=2) (the exit rule (leap_exit.json names no "
+                            "other policy)):")
+    assert "The exit rule: theta=0.9 k=1 l_min=2" in shown
     assert f"| STS-B Spearman, full depth | {written['stsb_full']:.3f} |" in shown
     assert f"| exit rate (rows leaving before the last layer) | {written['exit_rate']:.1%} |" in shown
     assert sum(line.startswith("| 4 |") for line in shown.splitlines()) == 1  # the per-layer table, 4 layers
@@ -82,3 +85,23 @@ def test_library_logs_are_quiet_unless_verbose():
         assert logging.getLogger("beir.retrieval.evaluation").isEnabledFor(logging.INFO)
     finally:
         root.setLevel(before)
+
+
+def test_any_error_in_a_command_is_one_line_naming_its_type_unless_debug(monkeypatch, capsys):
+    from leap_core import monitor
+
+    def bug(*args, **kwargs):
+        raise KeyError("theta")  # what a reference lacking a key raised before it had a schema
+
+    monkeypatch.setattr(monitor, "monitor", bug)
+    assert main(["monitor", TINY, "--traffic", "nowhere"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["leap: error: KeyError: 'theta'"]
+    with pytest.raises(KeyError):
+        main(["--debug", "monitor", TINY, "--traffic", "nowhere"])
+    assert main(["reliability", "--set", "no-equals-sign"]) == 2  # SystemExit("..."): Python would exit 1
+    assert capsys.readouterr().err.splitlines() == ["leap: error: --set 'no-equals-sign': expected dotted.key=value"]
+
+
+def test_monitors_help_names_its_exit_statuses():
+    help_text = _subparsers(build_parser([]))["monitor"].format_help()
+    assert "3 an alert" in " ".join(help_text.split()) and "2 an error" in " ".join(help_text.split())

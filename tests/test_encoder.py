@@ -250,9 +250,25 @@ def test_max_length_is_read_where_sentence_transformers_6_saves_it(tmp_path, tok
     assert EarlyExitEncoder.from_pretrained(tmp_path, device="cpu").max_length == 128
 
 
+def test_a_max_seq_length_past_the_position_table_is_refused_at_load_naming_both(tmp_path, tokenizer):
+    from leap_core.models import save_sentence_transformer
+
+    save_sentence_transformer(tiny_model("bert", tokenizer.vocab_size), tokenizer, tmp_path / "m", max_seq_length=24)
+    config = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 100000}))
+    with pytest.raises(ValueError, match=r"m: max_seq_length 100000 exceeds the model's 512 token positions "
+                                         r"\(max_position_embeddings 512\)") as err:
+        EarlyExitEncoder.from_pretrained(tmp_path / "m", device="cpu")
+    assert "\n" not in str(err.value)
+    assert EarlyExitEncoder.from_pretrained(tmp_path / "m", device="cpu", max_length=64).max_length == 64  # given: wins
+
+
 def test_from_pretrained_without_settings_uses_defaults(tmp_path, tokenizer):
     tiny_model("mpnet", tokenizer.vocab_size).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    # MPNetConfig's default 512 positions start at padding_idx + 1: 510 tokens fit, not the tokenizer's 512.
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 510}))
     loaded = EarlyExitEncoder.from_pretrained(tmp_path, device="cpu")
     assert (loaded.theta, loaded.k, loaded.l_min) == (0.95, 1, 6)
     assert isinstance(loaded.model, MPNetModel)
@@ -261,8 +277,9 @@ def test_from_pretrained_without_settings_uses_defaults(tmp_path, tokenizer):
 @pytest.mark.parametrize("content,message", [
     ('{"theta": 0.9, "patience": 2}', "unknown key"),
     ('{\n"theta": 0.9,\n}', "line 3"),
-    ('{"theta": "high"}', "theta must be a number"),
-    ('{"k": 1.5}', "k must be an integer"),
+    ('{"theta": "high"}', "theta: input should be a valid number"),
+    ('{"k": 1.5}', "k: input should be a valid integer"),
+    ('{"theta": NaN}', "theta: input should be a finite number"),
 ])
 def test_bad_exit_settings_name_the_file(tmp_path, content, message):
     (tmp_path / EXIT_SETTINGS_FILE).write_text(content)
@@ -300,6 +317,10 @@ def test_input_validation(model, tokenizer):
             encoder.layer_embeddings([None])
         with pytest.raises(TypeError, match="sequence of str"):
             encoder.encode(42)
+        with pytest.raises(ValueError, match=r"^sentences\[1\]: not valid Unicode text \('\\ud800' at character 4"):
+            encoder.encode(["fine", "bad \ud800 text", "never reached"])
+        with pytest.raises(ValueError, match=r"^sentences\[0\]: not valid Unicode"):
+            encoder.layer_embeddings(["\udfff"])
     finally:
         hook.remove()
     assert calls == []  # rejected before any compute
@@ -308,6 +329,10 @@ def test_input_validation(model, tokenizer):
     for bad in (dict(k=0), dict(l_min=0), dict(max_length=1)):
         with pytest.raises(ValueError):
             EarlyExitEncoder(model, tokenizer, device="cpu", **bad)
+    positions = model.config.max_position_embeddings - (2 if isinstance(model, MPNetModel) else 0)
+    with pytest.raises(ValueError, match=f"max_length {positions + 1} exceeds the model's {positions} token positions"):
+        EarlyExitEncoder(model, tokenizer, device="cpu", max_length=positions + 1)
+    assert EarlyExitEncoder(model, tokenizer, device="cpu", max_length=positions).max_length == positions
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode(SENTENCES, batch_size=0)
 

@@ -171,7 +171,8 @@ def test_a_branch_refuses_an_original_whose_weights_changed(tmp_path):
 
     folder = tmp_path / "branch"
     folder.mkdir()
-    (folder / BRANCH_FILE).write_text(json.dumps({"original": MODEL, "original_fingerprint": "0" * 64}))
+    (folder / BRANCH_FILE).write_text(json.dumps({"original": MODEL, "original_fingerprint": "0" * 64,
+                                                  "original_layers": 4, "exit_layers": [2]}))
     with pytest.raises(ValueError, match="weights hash differs"):
         original_of(folder)
     with pytest.raises(ValueError, match="not an exit branch"):
@@ -197,6 +198,8 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
     plain = EarlyExitEncoder.from_pretrained(str(branch)).encode(texts, mode="fixed:2")
     assert not np.allclose(standalone, plain, atol=1e-3)  # the head is part of the deployed cut
     assert read_branch(tmp_path / "cut2")["cut_depth"] == 2
+    card = (tmp_path / "cut2" / "README.md").read_text()  # leap's card, not the one sentence-transformers re-saves
+    assert "It serves the policy **full**" in card and "cut to 2 layers" in card and "SBERT.net" not in card
     # The deployable paths at that point: the same cut, head included, in ONNX Runtime and frozen PyTorch.
     pytest.importorskip("onnxruntime")
     from leap_core.export import OnnxEncoder, export_onnx

@@ -305,13 +305,20 @@ print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expe
     assert result["exit_layers"] == result["expected_layers"]
     assert all(1 <= layer <= 4 for layer in result["exit_layers"])  # the calibrated policy of a 4-layer student
     # The student folder is a SentenceTransformer that serves the same policy, and the registered model's card
-    # holds the numbers the run measured.
+    # states that policy (the calibrated one, not the exit rule) with its numbers, and no absolute path.
     assert result["st_max_diff"] < 1e-5
+    from leap_core.evaluation.served_point import served_from_metrics
+    from leap_core.model_card import served_policy
+
     report = json.loads((smoke_run["root"] / "reports" / "smoke" / "report.json").read_text())
     measured = next(a["metrics"] for a in report["arms"] if (a["arm"], a["group"]) == ("leap", "main"))
-    assert "LEAP student" in result["card"] and f"| STS-B Spearman, exited (served) | {measured['stsb_exited']:.3f} |" \
-        in result["card"] and f"| exit rate (rows leaving before the last layer) | {measured['exit_rate']:.1%} |" \
-        in result["card"]
+    policy, card = served_policy(model_dir), result["card"]
+    assert "LEAP student" in card and f"It serves the policy **{policy.name}**" in card
+    served = served_from_metrics(measured, policy) if "stsb_per_layer" in measured else None
+    if served is not None:
+        assert f"| STS-B Spearman at the served policy ({policy.name}) | {served['stsb']:.3f} |" in card
+    assert f"STS-B Spearman at the served policy ({policy.name})" in card
+    assert str(smoke_run["root"]) not in card and "/tmp/" not in card
     settings = json.loads((model_dir / "leap_exit.json").read_text())
     assert settings["calibration"]["name"] and settings.get("policy", {}).get("kind") in ("full", "fixed", None,
                                                                                           "thresholds")

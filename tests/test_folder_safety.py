@@ -152,3 +152,38 @@ def test_the_manifest_is_no_part_of_a_models_fingerprint(branch, tmp_path):
     before = model_fingerprint(cut)
     (cut / MANIFEST_FILE).write_text("{}")
     assert model_fingerprint(cut) == before
+
+
+def test_a_saved_model_replaces_only_its_own_folder_and_never_a_neighbour(tmp_path):
+    from leap_core.models import MODEL_KIND, load_model, save_sentence_transformer
+
+    model, tokenizer = load_model(MODEL)
+    existing, old = _user_folder(tmp_path / "existing"), _user_folder(tmp_path / "existing.old")
+    with pytest.raises(ValueError, match="not empty and not a leap sentence-transformers model"):
+        save_sentence_transformer(model, tokenizer, existing)
+    fresh, fresh_old = tmp_path / "fresh", _user_folder(tmp_path / "fresh.old")
+    save_sentence_transformer(model, tokenizer, fresh)
+    assert read_manifest(fresh)["kind"] == MODEL_KIND
+    save_sentence_transformer(model, tokenizer, fresh, max_seq_length=32)  # its own folder: replaced whole
+    assert json.loads((fresh / "tokenizer_config.json").read_text())["model_max_length"] == 32
+    for folder in (existing, old, fresh_old):
+        assert (folder / "thesis.tex").read_text() == "mine" and len(list(folder.iterdir())) == 1
+    (fresh / "notes.txt").write_text("mine")  # a user's file inside it: refused from now on
+    with pytest.raises(ValueError, match=r"holds files leap did not write \(notes.txt\)"):
+        save_sentence_transformer(model, tokenizer, fresh)
+
+
+def test_a_saved_reference_takes_the_model_folders_writer_lock(tmp_path):
+    from leap_core.monitor import REFERENCE_FILE, save_reference
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model(MODEL), folder)
+    holder = _holder(folder, "calibrate --save")
+    try:
+        with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+            save_reference(folder, {"n": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (folder / REFERENCE_FILE).exists()
+    assert save_reference(folder, {"n": 1}).is_file()

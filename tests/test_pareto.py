@@ -103,7 +103,8 @@ def test_a_bad_policy_in_leap_exit_json_names_the_file_and_field(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(resolve_model(MODEL), folder)
     (folder / "leap_exit.json").write_text(json.dumps({"theta": 0.9, "k": 1, "l_min": 2, "policy": {"kind": "magic"}}))
-    with pytest.raises(ValueError, match=r"leap_exit.json: policy: policy kind 'magic'"):
+    with pytest.raises(ValueError, match=r"leap_exit.json: policy.kind: input should be 'full', 'fixed', 'rule' or "
+                                         r"'thresholds', got 'magic'"):
         read_exit_settings(folder)
     (folder / "leap_exit.json").write_text(json.dumps({"policy": {"kind": "fixed", "depth": 9}}))
     with pytest.raises(ValueError, match="fixed:9: the model has 4 layers"):

@@ -88,3 +88,18 @@ def test_readme_serving_table_is_the_deployment_bench():
     assert set(result["vs_peer_int8"]) >= {"bs1", "bs32"}
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert table_after(readme, "## Serving on CPU") == readme_rows(result)
+
+
+QUERY_ENCODER = REPO / "reports" / "query_encoder.json"
+
+
+@pytest.mark.skipif(not QUERY_ENCODER.is_file(), reason="no committed query-encoder report yet")
+def test_readme_search_table_is_the_query_encoder_report():
+    import json
+
+    from leap_core.query_encoder.report import readme_rows, render_markdown
+
+    report = json.loads(QUERY_ENCODER.read_text(encoding="utf-8"))
+    assert QUERY_ENCODER.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(report)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert table_after(readme, "## Search: a shallow query encoder") == readme_rows(report)

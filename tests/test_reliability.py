@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from leap_core.reliability import render_markdown, run_probes
+from leap_core.reliability import SCHEMA_AND_EXIT_PROBES, render_markdown, run_probes
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "reliability.json"
 
@@ -16,8 +16,29 @@ def test_every_probe_holds(tmp_path, data_dir):
     assert {"cut into an existing user folder", "export over a user's folder", "--name that is a path",  # issue 31
             "concurrent calibrate --save", "NaN chunk planted", "S3 object replaced with matching metadata",
             "forged shared teacher cache"} <= {r["probe"] for r in results}
+    assert set(NEW_PROBES) <= {r["probe"] for r in results}
     assert [row["probe"] for row in results if not row["held"]] == []
     assert all("<work>" in row["outcome"] or str(tmp_path) not in row["outcome"] for row in results)
+
+
+# Issue 31, second part: a schema per JSON file, monitor's exit codes and log checks, one-line errors, writers.
+NEW_PROBES = ("leap_exit.json with theta NaN", "leap_branch.json with a wrong type or a missing key",
+              "leap_onnx.json: missing max_length, sha256 or graph", "leap_onnx.json: max_length 1e6 or -1",
+              "leap_onnx.json: tokenizer_sha256 deleted", "leap_onnx.json: graph an absolute path outside the folder",
+              "monitor's alert has its own exit code", "leap_reference.json with mean_exit_layer NaN",
+              "leap_reference.json with a missing key", "leap_reference.json with 12 layers on a 4-layer model",
+              "monitor on a one-row log", "traffic log with a missing column", "traffic log with a null exit_layer",
+              "traffic log with 0 rows", "uncaught exception in a command",
+              "model saved over a user's folder or beside FOLDER.old",
+              "leap_reference.json while another writer holds the folder", "lone surrogate to encode",
+              "max_seq_length beyond the model's positions")
+
+
+def test_the_schema_and_exit_code_probes_hold(tmp_path):
+    """The quick probes (tiny model, no data or S3): each case of issue 31's second part, held."""
+    results = run_probes(tmp_path / "data-unused", tmp_path, SCHEMA_AND_EXIT_PROBES)
+    assert [row["probe"] for row in results] == list(NEW_PROBES)
+    assert [(row["probe"], row["outcome"]) for row in results if not row["held"]] == []
 
 
 @pytest.mark.skipif(not REPORT.is_file(), reason="no committed reliability report yet")

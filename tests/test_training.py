@@ -155,6 +155,10 @@ def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
     a, b = _weights(result.model_dir), _weights(baseline.model_dir)
     assert any(not torch.equal(a[name], b[name]) for name in a)
     assert json.loads((result.model_dir / "leap_exit.json").read_text()) == {"theta": 0.95, "k": 1, "l_min": 2}
+    # `leap train` leaves leap's card: its recipe and the numbers of the policy it serves, not sentence-transformers'.
+    card = (result.model_dir / "README.md").read_text()
+    assert "It serves the policy **rule(theta=0.95,k=1,l_min=2)**" in card and "| arm | leap |" in card
+    assert "STS-B Spearman at the served policy" in card and "https://www.SBERT.net" not in card
     # The saved student is a SentenceTransformer that exits: LeapEarlyExit first, as the encoder on the folder.
     from leap_core.st_module import MODULE_TYPE, load_sentence_transformer
 

@@ -1,7 +1,10 @@
 """MTEB on a leap model run as a plain SentenceTransformer (st_module), with the exit statistics of that same run.
 
-Tasks load from the hub as MTEB does; the ones this repository's data holds (LOCAL_TASKS) can be fed from the data
-directory instead, so they run offline. Exit layers are recorded per task while MTEB encodes.
+Tasks load from the hub as MTEB does; the ones this repository's data holds (LOCAL_TASKS: STSBenchmark, SciFact,
+NFCorpus) are fed from the data directory instead, so they run offline. Exit layers are recorded per task while
+MTEB encodes. With a results folder, MTEB itself writes its results there in its own layout
+(results/<model>/<revision>/<Task>.json and model_meta.json), which mteb.ResultCache(folder).load_results reads
+and which can be compared with, or submitted beside, other models' results.
 """
 
 from __future__ import annotations
@@ -16,59 +19,125 @@ from leap_core.evaluation.layers import exit_statistics
 
 log = logging.getLogger(__name__)
 
-# MTEB task -> its data in the data directory (the same pairs and scores as the task's hub dataset split).
-LOCAL_TASKS = {"STSBenchmark": ("test", "stsb/test.tsv")}
+# MTEB task -> (split, its data in the data directory): the same pairs / corpus, queries and judgments as the
+# task's hub dataset split (STS-B test; BEIR SciFact and NFCorpus test, ../shared/data/SOURCES.md).
+LOCAL_TASKS = {"STSBenchmark": ("test", "stsb/test.tsv"), "SciFact": ("test", "beir/scifact"),
+               "NFCorpus": ("test", "beir/nfcorpus")}
 
 
 def local_task(name: str, data_dir: str | Path) -> Any:
     """MTEB's task `name` with its evaluation split read from the data directory (no hub access)."""
     import mteb
-    from datasets import Dataset
-
-    from leap_core.data import read_sts
 
     if name not in LOCAL_TASKS:
-        raise ValueError(f"MTEB task {name!r}: no local copy (local: {sorted(LOCAL_TASKS)}); drop --local to load "
-                         "it from the hub")
+        raise ValueError(f"MTEB task {name!r}: no local copy (local: {sorted(LOCAL_TASKS)}); pass --hub to load it "
+                         "from the hub")
     split, relative = LOCAL_TASKS[name]
-    pairs = read_sts(Path(data_dir) / relative)
     task = mteb.get_task(name)
-    rows = {"sentence1": list(pairs.sentences1), "sentence2": list(pairs.sentences2),
-            "score": [float(score) for score in pairs.scores]}
-    task.dataset = {"default": {split: Dataset.from_dict(rows)}}
+    source = Path(data_dir) / relative
+    data = _retrieval_split(source, split) if task.metadata.type == "Retrieval" else _sts_split(source)
+    task.dataset = {"default": {split: data}}
     task.data_loaded = True
     return task
 
 
+def _sts_split(file: Path) -> Any:
+    """An STS task's split: sentence1, sentence2, score."""
+    from datasets import Dataset
+
+    from leap_core.data import read_sts
+
+    pairs = read_sts(file)
+    return Dataset.from_dict({"sentence1": list(pairs.sentences1), "sentence2": list(pairs.sentences2),
+                              "score": [float(score) for score in pairs.scores]})
+
+
+def _retrieval_split(folder: Path, split: str) -> dict[str, Any]:
+    """A retrieval task's split from a BEIR folder (data.beir.load_beir), as MTEB's RetrievalSplitData."""
+    from datasets import Dataset
+
+    from leap_core.data.beir import load_beir
+
+    corpus, queries, qrels = load_beir(folder, split=split)
+    return {"corpus": Dataset.from_dict({"id": list(corpus), "title": [doc.get("title", "") for doc in corpus.values()],
+                                         "text": [doc["text"] for doc in corpus.values()]}),
+            "queries": Dataset.from_dict({"id": list(queries), "text": list(queries.values())}),
+            "relevant_docs": {qid: {doc: int(score) for doc, score in docs.items()} for qid, docs in qrels.items()},
+            "top_ranked": None}
+
+
+def model_meta(model: Any, folder: Path, name: str, experiment: dict[str, Any] | None) -> Any:
+    """MTEB's ModelMeta of the run: name, weights revision, base model, license and language from the folder's card,
+    and the exit settings as experiment_kwargs when they are not the folder's own (so results stay apart)."""
+    from mteb.models.model_meta import ModelMeta
+
+    from leap_core.model_card import CARD_FILE
+    from leap_core.models import model_fingerprint
+
+    card = {}
+    if (folder / CARD_FILE).is_file():
+        from huggingface_hub import metadata_load
+
+        card = metadata_load(folder / CARD_FILE) or {}
+    meta = ModelMeta.from_sentence_transformer_model(model, fill_missing=False)
+    update = {"name": name, "revision": model_fingerprint(folder)[:12], "languages": ["eng-Latn"],
+              "adapted_from": card.get("base_model"), "open_weights": True,
+              "n_parameters": sum(p.numel() for p in model.parameters()), "experiment_kwargs": experiment or None}
+    if card.get("license"):
+        update["license"] = card["license"]
+    return meta.model_copy(update=update)
+
+
 def run_mteb(model_path: str | Path, task_names: Sequence[str], data_dir: str | Path | None = None,
              local: bool = True, exit_mode: str | None = None, batch_size: int = 32,
-             **exit_overrides: Any) -> dict[str, Any]:
+             results_dir: str | Path | None = None, **exit_overrides: Any) -> dict[str, Any]:
     """Each task through mteb.evaluate with the model exiting as it serves; per task its scores (MTEB's own
-    result dict) and the exit statistics of every text MTEB encoded for it."""
+    result dict) and the exit statistics of every text MTEB encoded for it. results_dir: MTEB writes its results
+    folder there (ResultCache layout), each task run again rather than read back."""
     import mteb
+    from mteb.models import SentenceTransformerEncoderWrapper
 
-    from leap_core.st_module import load_sentence_transformer
+    from leap_core.st_module import _local_folder, load_sentence_transformer
 
+    folder = _local_folder(str(model_path), "", {})
     model = load_sentence_transformer(model_path, exit_mode=exit_mode, **exit_overrides)
     engine = model[0].engine
-    tasks = ([local_task(name, data_dir) for name in task_names] if local
+    name = _meta_name(str(model_path), folder)
+    wrapped = SentenceTransformerEncoderWrapper(model)
+    experiment = {key: value for key, value in {"exit_mode": exit_mode, **exit_overrides}.items() if value is not None}
+    wrapped.mteb_model_meta = model_meta(model, folder, name, experiment)
+    cache = mteb.ResultCache(results_dir) if results_dir is not None else None
+    tasks = ([local_task(task, data_dir) for task in task_names] if local
              else list(mteb.get_tasks(tasks=list(task_names))))
     results = {}
     for task in tasks:
         model[0].exit_log = []
-        outcome = mteb.evaluate(model, [task], cache=None, show_progress_bar=False,
+        outcome = mteb.evaluate(wrapped, [task], cache=cache, overwrite_strategy="always", show_progress_bar=False,
                                 encode_kwargs={"batch_size": batch_size})
-        task_result = outcome.task_results[0]
-        layers = np.concatenate(model[0].exit_log)
-        results[task.metadata.name] = {
-            "main_score": float(task_result.get_score()), "main_metric": task.metadata.main_score,
-            "scores": task_result.scores, "data": "local" if local else "hub",
-            "exit": {**exit_statistics(layers, engine.num_layers), "n_texts": int(layers.size)}}
-        log.info("%s: %s %.4f, exit rate %.3f", task.metadata.name, task.metadata.main_score,
-                 results[task.metadata.name]["main_score"], results[task.metadata.name]["exit"]["exit_rate"])
+        results[task.metadata.name] = _task_entry(task, outcome.task_results[0], model[0].exit_log,
+                                                  engine.num_layers, local)
     model[0].exit_log = None
-    return {"model": str(model_path), "mode": model[0]._mode(None), **engine.rule, "mteb_version": mteb.__version__,
+    return {"model": str(model_path), "mteb_name": name, "mode": model[0]._mode(None), **engine.rule,
+            "mteb_version": mteb.__version__, "results_dir": None if results_dir is None else str(results_dir),
             "tasks": results}
+
+
+def _meta_name(given: str, folder: Path) -> str:
+    """The model's name in MTEB's results: a hub id as it is; a local folder as leap/<its name>."""
+    if not Path(given).is_dir():
+        return given
+    return "leap/" + (folder.parent.name if folder.name == "model" else folder.name)
+
+
+def _task_entry(task: Any, task_result: Any, exit_log: list[np.ndarray], n_layers: int, local: bool) -> dict:
+    """One task's line of the JSON: MTEB's scores beside the exit statistics of the texts it encoded."""
+    layers = np.concatenate(exit_log)
+    entry = {"main_score": float(task_result.get_score()), "main_metric": task.metadata.main_score,
+             "scores": task_result.scores, "data": "local" if local else "hub",
+             "exit": {**exit_statistics(layers, n_layers), "n_texts": int(layers.size)}}
+    log.info("%s: %s %.4f, exit rate %.3f", task.metadata.name, task.metadata.main_score, entry["main_score"],
+             entry["exit"]["exit_rate"])
+    return entry
 
 
 def mteb_table(result: dict[str, Any]) -> str:
@@ -82,4 +151,7 @@ def mteb_table(result: dict[str, Any]) -> str:
              task["exit"]["n_texts"], task["data"]] for name, task in result["tasks"].items()]
     lines += table(["task", "metric", "score", "exit rate", "mean exit layer", "layer reduction", "texts", "data"],
                    rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---"])
+    if result.get("results_dir"):
+        lines += [f"MTEB results folder (mteb.ResultCache layout, as {result['mteb_name']}): {result['results_dir']}",
+                  ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -491,26 +491,33 @@ def pareto(profile: Any, model: str, n_resamples: int | None = None, max_sts_dro
 
 def calibrate_policy(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None = None,
                      save: bool = False, loaded: tuple[DepthModel, dict[str, Any]] | None = None,
-                     wait: bool = False) -> dict[str, Any]:
+                     wait: bool = False, query_encoders: list[str] | None = None) -> dict[str, Any]:
     """The fastest deployable policy within the floors on dev (STS-B dev; BEIR dev halves with max_ndcg_drop).
 
     save: write it to the model folder's leap_exit.json (with what chose it), so the encoder serves it by default;
     the folder's writer lock (io.writer_lock) is held from the first measurement to the write, so a second
     calibrate --save (or cut, export) on the folder is refused at once (wait=True: waits) instead of the last
     writer silently winning. loaded: depth_model(profile, model) when the caller already has it.
+    query_encoders: also their asymmetric points (query_encoder.points), chosen under max_ndcg_drop apart from the
+    policy; save records that choice as leap_exit.json's calibration.query_route and never lets it move the policy.
     """
+    if query_encoders:
+        from leap_core.query_encoder.points import preflight
+
+        preflight(model, query_encoders, max_ndcg_drop)  # a wrong pairing fails before the replay, not after
     if not save:
-        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, False, loaded)
+        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, False, loaded, query_encoders)
     from leap_core.io import writer_lock
     from leap_core.models import resolve_model
 
     folder = loaded[1]["model_path"] if loaded else resolve_model(str(model))
     with writer_lock(folder, wait=wait, what="calibrate --save"):
-        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, True, loaded)
+        return _calibrate(profile, model, max_sts_drop, max_ndcg_drop, True, loaded, query_encoders)
 
 
 def _calibrate(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None, save: bool,
-               loaded: tuple[DepthModel, dict[str, Any]] | None) -> dict[str, Any]:
+               loaded: tuple[DepthModel, dict[str, Any]] | None,
+               query_encoders: list[str] | None = None) -> dict[str, Any]:
     model_, described = loaded or depth_model(profile, model)
     sets = evaluation_sets(profile, dev_only=True, beir=max_ndcg_drop is not None)
     replay = Replay(model_, sets)
@@ -520,9 +527,14 @@ def _calibrate(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: flo
     result = {"model": str(model), **described, "policy": chosen["policy"], "name": chosen["name"],
               "floors": {"max_sts_drop": max_sts_drop, "max_ndcg_drop": max_ndcg_drop, "on": [s.name for s in sets]},
               "dev": chosen["sets"], "dev_full": full["sets"], "n_candidates": len(points)}
+    calibration = {key: result[key] for key in ("name", "floors", "dev")}
+    if query_encoders:  # chosen after, and apart from, the policy: only calibration.query_route records it
+        from leap_core.query_encoder.points import profile_section
+
+        result["asymmetric"] = profile_section(profile, model, query_encoders, max_ndcg_drop)
+        calibration["query_route"] = result["asymmetric"]["serve"]
     if save:
-        save_policy(described["model_path"], ExitPolicy.from_dict(chosen["policy"]),
-                    {key: result[key] for key in ("name", "floors", "dev")})
+        save_policy(described["model_path"], ExitPolicy.from_dict(chosen["policy"]), calibration)
     return result
 
 
@@ -583,25 +595,35 @@ def mark_dev_front(points: list[dict[str, Any]], set_name: str) -> None:
 
 
 def write_pareto(profile: Any, model: str, name: str, out_dir: Any = "reports/pareto", max_sts_drop: float = 0.01,
-                 max_ndcg_drop: float | None = 0.03, timing: bool = True) -> dict[str, Any]:
-    """pareto(), the chosen policy timed against full depth (chosen_speed), written as <out_dir>/<name>.json/.md/.png."""
+                 max_ndcg_drop: float | None = 0.03, timing: bool = True,
+                 query_encoders: list[str] | None = None) -> dict[str, Any]:
+    """pareto(), the chosen policy timed against full depth (chosen_speed), written as <out_dir>/<name>.json/.md/.png.
+
+    query_encoders: the result gains an "asymmetric" section (query_encoder.points) and the markdown its table.
+    """
     from pathlib import Path
 
     from leap_core.evaluation.diagnose import probe_sentences
     from leap_core.io import write_report_files
     from leap_core.pareto_report import plot, report_markdown
+    from leap_core.query_encoder.points import asymmetric_markdown, preflight, profile_section
 
     from leap_core.io import plain_name
 
     plain_name(name)  # a report name, not a path: "../../x" would write outside out_dir (checked before the work)
+    if query_encoders:
+        preflight(model, query_encoders, max_ndcg_drop)  # a wrong pairing fails before the replay, not after
     result, _, _ = pareto(profile, model, max_sts_drop=max_sts_drop, max_ndcg_drop=max_ndcg_drop)
+    if query_encoders:
+        result["asymmetric"] = profile_section(profile, model, query_encoders, max_ndcg_drop)
     if timing:
         policy = ExitPolicy.from_dict(result["chosen"]["policy"])
         described = {key: result[key] for key in ("design", "model_path", "original_path") if key in result}
         speed = chosen_speed(described, policy, probe_sentences(profile.data.data_dir))
         result["chosen"].update(speedup_bs1=speed["speedup_bs1"], speedup_bs32=speed["speedup_bs32"], timing=speed)
     out = Path(out_dir)
-    write_report_files(result, out / f"{name}.json", out / f"{name}.md", lambda data: report_markdown(data, name))
+    write_report_files(result, out / f"{name}.json", out / f"{name}.md",
+                       lambda data: report_markdown(data, name) + asymmetric_markdown(data.get("asymmetric")))
     plot(result, out / f"{name}.png")
     return result
 

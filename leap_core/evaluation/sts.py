@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import time
+from typing import Any, Iterator
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from leap_core.evaluation.layers import common_component, exit_statistics, similarity_to_final
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def progress(what: str) -> Iterator[None]:
+    """Log `what` as it starts and, with its seconds, as it ends: a long evaluation says what it is doing."""
+    log.info("%s ...", what)
+    started = time.perf_counter()
+    yield
+    log.info("%s: done in %.0f s", what, time.perf_counter() - started)
 
 
 def spearman(emb1: np.ndarray, emb2: np.ndarray, scores: Any) -> float:
@@ -52,10 +66,12 @@ def evaluate_sts(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, An
         )
     unique, idx1, idx2 = pair_rows(pairs)
 
-    layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
-    exited, exit_layers = encoder.encode(
-        unique, batch_size=batch_size, mode="compact", normalize_embeddings=True, return_exit_layers=True
-    )
+    with progress(f"STS: {len(unique)} distinct sentences through all {encoder.num_layers} layers"):
+        layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
+    with progress(f"STS: {len(unique)} sentences exiting (compact mode)"):
+        exited, exit_layers = encoder.encode(
+            unique, batch_size=batch_size, mode="compact", normalize_embeddings=True, return_exit_layers=True
+        )
     n_layers = layer_embs.shape[0]
     per_layer = [spearman(embs[idx1], embs[idx2], gold) for embs in layer_embs]
     return {

@@ -22,7 +22,7 @@ import numpy as np
 from leap_core.evaluation.calibrate import THETAS as CALIBRATION_THETAS
 from leap_core.evaluation.calibrate import calibration_points, choose_theta
 from leap_core.evaluation.diagnose import checklist, diagnostics, monitoring_overhead
-from leap_core.evaluation.sts import pair_rows
+from leap_core.evaluation.sts import pair_rows, progress
 from leap_core.evaluation.layers import (contraction_ratios, cumulative_exit_rate, exit_statistics,
                                          inter_layer_stability, similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
@@ -55,8 +55,10 @@ def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterabl
     """
     ci = dict(ci or {})
     unique, idx1, idx2, gold = _pair_index(pairs)
-    layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
-    exited, exit_layers = encoder.encode(unique, batch_size=batch_size, mode="compact", return_exit_layers=True)
+    with progress(f"STS: {len(unique)} distinct sentences through all {encoder.num_layers} layers"):
+        layer_embs = encoder.layer_embeddings(unique, batch_size=batch_size)
+    with progress(f"STS: {len(unique)} sentences exiting (compact mode)"):
+        exited, exit_layers = encoder.encode(unique, batch_size=batch_size, mode="compact", return_exit_layers=True)
     n_layers = layer_embs.shape[0]
     cos = {"full": _pair_cosines(layer_embs[-1], idx1, idx2), "exited": _pair_cosines(exited, idx1, idx2)}
     full_ci, exited_ci = spearman_ci(cos["full"], gold, **ci), spearman_ci(cos["exited"], gold, **ci)

@@ -22,16 +22,28 @@ def _exits(result: Mapping[str, Any]) -> list[list[str]]:
 
 
 def eval_table(metrics: Mapping[str, Any], model: str) -> str:
-    """`leap eval`: STS-B full and exited, the exit statistics, and per layer STS-B, cos to final and exits."""
-    rule = metrics["exit_settings"]
-    lines = [f"{model}: theta={rule['theta']} k={rule['k']} l_min={rule['l_min']} ({rule['source']})", ""]
+    """`leap eval`: the policy the model serves first (its STS-B and exits), then the exit rule's STS-B, full depth
+    and exit statistics, and per layer STS-B, cos to final and exits."""
+    rule, served = metrics["exit_settings"], metrics["served"]
+    lines = [f"{model} serves {served['policy']} ({served['source']}):", ""]
+    lines += table(["", "value"], [[f"STS-B Spearman at the served policy ({served['policy']})", fmt(served["stsb"])],
+                                   *_exits(served)], ["---", "---:"])
+    lines += [f"The exit rule: theta={rule['theta']} k={rule['k']} l_min={rule['l_min']} ({rule['source']})", ""]
     rows = [["STS-B Spearman, full depth", fmt(metrics["stsb_full"])],
-            ["STS-B Spearman, exited (compact mode)", fmt(metrics["stsb_exited"])],
+            [f"STS-B Spearman, exited at {_policy_name(metrics)} (compact mode)", fmt(metrics["stsb_exited"])],
             *_exits(metrics), ["pairs / distinct sentences", f"{metrics['n_pairs']} / {metrics['n_sentences']}"]]
     lines += table(["", "value"], rows, ["---", "---:"])
     lines += _per_layer(metrics, {"stsb_per_layer": "STS-B", "similarity_to_final": "cos to final",
                                   "exit_distribution": "exits here"}, {"exit_distribution": ".1%"})
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _policy_name(metrics: Mapping[str, Any]) -> str:
+    """The name of the policy compact mode measured: the rule, or the folder's per-layer thresholds."""
+    from leap_core.policy import ExitPolicy
+
+    measured = metrics.get("measured_policy")
+    return ExitPolicy.from_dict(measured).name if measured else "the rule"
 
 
 def diagnose_table(result: Mapping[str, Any]) -> str:

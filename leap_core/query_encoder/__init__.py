@@ -4,7 +4,9 @@ sources: unlabelled query text (text / JSONL / Parquet files, BEIR queries less 
 pseudo-queries from the corpus); index: the original's document embeddings, cached by weights and corpus hash;
 model: the encoder (the original's first N layers + mean pool + head), saved with its document model's hash;
 losses / train: matching the original's query embedding and its ranking of its own documents; evaluate /
-experiment / report: NDCG@10, Recall@100 and top-10 agreement against the original's index, with paired CIs.
+experiment / report: NDCG@10, Recall@100 and top-10 agreement against the original's index, with paired CIs;
+package: the encoder and its document model as one sentence-transformers Router folder; points: the asymmetric
+operating points (depth x precision) that `leap calibrate` and `leap pareto` choose among.
 """
 
 from leap_core.query_encoder.index import DocumentIndex, build_index
@@ -14,6 +16,8 @@ from leap_core.query_encoder.model import (
     load_query_encoder,
     save_query_encoder,
 )
+from leap_core.query_encoder.package import package_router
+from leap_core.query_encoder.points import asymmetric_points, choose_asymmetric
 from leap_core.query_encoder.sources import pseudo_queries, read_corpus, read_queries
 from leap_core.query_encoder.train import QueryEncoderConfig, TrainingSet, train
 
@@ -22,9 +26,12 @@ __all__ = [
     "QueryEncoderConfig",
     "ShallowQueryEncoder",
     "TrainingSet",
+    "asymmetric_points",
     "build_index",
     "check_pair",
+    "choose_asymmetric",
     "load_query_encoder",
+    "package_router",
     "pseudo_queries",
     "read_corpus",
     "read_queries",

@@ -117,7 +117,8 @@ def save_query_encoder(encoder: ShallowQueryEncoder, folder: str | Path, documen
                        extra: dict | None = None) -> Path:
     """Write the encoder as a sentence-transformers folder + RECORD_FILE naming the document model by weights hash."""
     from leap_core.exit_branch import _append_head
-    from leap_core.models import model_fingerprint, resolve_model, save_sentence_transformer
+    from leap_core.io import write_manifest
+    from leap_core.models import MODEL_KIND, model_fingerprint, resolve_model, save_sentence_transformer
 
     folder = save_sentence_transformer(encoder.model, encoder.tokenizer, folder, max_seq_length=encoder.max_length)
     _append_head(folder, encoder.head.weight.detach().cpu().numpy().copy(),
@@ -126,6 +127,7 @@ def save_query_encoder(encoder: ShallowQueryEncoder, folder: str | Path, documen
     write_json_atomic(Path(folder) / RECORD_FILE, {
         "document_model": document_model, "document_fingerprint": model_fingerprint(document),
         "depth": encoder.depth, "max_length": encoder.max_length, **(extra or {})})
+    write_manifest(folder, MODEL_KIND)  # the head and record are leap's too: a later save may replace the folder
     return Path(folder)
 
 

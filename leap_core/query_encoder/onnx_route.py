@@ -9,13 +9,13 @@ document model (name and weights sha256) whose index its queries search, so chec
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from leap_core.models import usable_positions
 from leap_core.query_encoder.model import RECORD_FILE, ShallowQueryEncoder, read_record
 
 ROLE = "query"
@@ -96,7 +96,8 @@ def write_query_export(source: str | os.PathLike, folder: Path, depth: int | Non
         "role": ROLE, "source": str(source), "source_fingerprint": model_fingerprint(source),
         "document_model": record["document_model"], "document_fingerprint": record["document_fingerprint"],
         "policy": f"query:{encoder.depth}", "depth": encoder.depth, "n_layers": encoder.depth,
-        "max_length": encoder.max_length, "pooling": "mean", "normalized": True, "head": "dense",
+        "max_length": encoder.max_length, "max_positions": usable_positions(encoder.model), "pooling": "mean",
+        "normalized": True, "head": "dense",
         "inputs": list(names), "quantization": quantization(int8, per_channel)})
 
 
@@ -104,12 +105,13 @@ def check_onnx_pair(folder: str | os.PathLike, document_model: str) -> None:
     """Refuse (one-line ValueError naming both weights hashes) pairing a query route export with a document model
     other than the one its leap_onnx.json names; an export that is not a query route is refused too."""
     from leap_core.export import EXPORT_FILE
+    from leap_core.schemas import OnnxExportFile, read_schema_file
     from leap_core.models import model_fingerprint, resolve_model
 
     settings_file = Path(folder) / EXPORT_FILE
     if not settings_file.is_file():
         raise ValueError(f"{folder}: not a leap ONNX export (no {EXPORT_FILE})")
-    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    settings = read_schema_file(settings_file, OnnxExportFile)
     if settings.get("role") != ROLE:
         raise ValueError(f"{folder}: not a query route export (role {settings.get('role')!r}): it names no "
                          "document model to pair with")

@@ -179,3 +179,35 @@ def render_markdown(report: dict[str, Any]) -> str:
         if entry.get("speed"):
             lines += render_speed(entry["speed"])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _int8_path(speed: dict[str, Any], depth: str) -> str | None:
+    """The depth's int8 path the README shows: per channel when it was measured (it keeps more quality)."""
+    names = [p["name"] for p in speed["paths"] if str(p["depth"]) == depth and p["precision"].startswith("int8")]
+    return next((n for n in names if "per-channel" in n), names[0] if names else None)
+
+
+def readme_rows(report: dict[str, Any]) -> list[str]:
+    """The README's table: per model and depth, the recipe's NDCG@10 change on each set (fp32), its worst dev
+    agreement, and its ORT int8 export's batch-1 speedup over the original's ORT int8 with that path's quality."""
+    sets = sorted({name for entry in report.values() for name in entry["sets"]})
+    lines = ["| model | query depth | " + " | ".join(f"{name} NDCG@10 vs original (fp32)" for name in sets)
+             + " | dev top-10 agreement (worst set) | ORT int8 vs the original's ORT int8, batch 1 | "
+             + " | ".join(f"{name} NDCG@10 (int8)" for name in sets) + " |",
+             "|---|---|" + "---|" * (2 * len(sets) + 2)]
+    for model, entry in report.items():
+        depths = sorted({d for result in entry["sets"].values() for d, rows in result["depths"].items()
+                         if "recipe" in rows}, key=int)
+        speed = entry.get("speed") or {}
+        for depth in depths:
+            rows = [entry["sets"][name]["depths"].get(depth, {}).get("recipe") if name in entry["sets"] else None
+                    for name in sets]
+            agreement = min(row["dev_agreement10"] for row in rows if row)
+            path = _int8_path(speed, depth) if speed else None
+            bs1 = speed["timing"]["batch_sizes"]["1"][path]["speedup"] if path else None
+            int8 = [_relative(speed["quality"][path][name]) if path and name in speed["quality"][path] else ""
+                    for name in sets]
+            shown = f"{bs1:.2f}x ({path.split(' · ')[-1]})" if path else "not measured"
+            lines.append(f"| {model} | {depth} | " + " | ".join(_relative(r) if r else "" for r in rows)
+                         + f" | {agreement:.3f} | {shown} | " + " | ".join(int8) + " |")
+    return lines
