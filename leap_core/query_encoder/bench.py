@@ -89,6 +89,7 @@ class JudgedSet:
     texts: list[str]
     qrels: dict
     original: dict[str, Any]
+    original_top10: np.ndarray  # the original's top-10 documents per query: what agreement is measured against
 
 
 def judged_set(original: str, folder: str, cache_dir: Path) -> JudgedSet:
@@ -104,26 +105,22 @@ def judged_set(original: str, folder: str, cache_dir: Path) -> JudgedSet:
     ids = [q for q in queries if q in qrels]
     texts = [queries[q] for q in ids]
     pools = original_pools(original, cache_dir).layers(f"{name}/test", texts)
-    return JudgedSet(name, index, ids, texts, qrels, retrieval_row(index, pools[-1], ids, qrels))
+    return JudgedSet(name, index, ids, texts, qrels, retrieval_row(index, pools[-1], ids, qrels),
+                     index.topk(pools[-1], 10)[1])
 
 
 def path_quality(paths: Sequence[QueryPath], judged: JudgedSet, n_resamples: int = 2000) -> dict[str, Any]:
     """{path name: compare_row} of each path's test queries against the set's original index."""
     from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
 
-    original_top = judged.index.topk(_original_embeddings(paths, judged), 10)[1]
     out = {}
     for path in paths:
         embeddings = path.encode(judged.texts, 32)
         row = compare_row(retrieval_row(judged.index, embeddings, judged.query_ids, judged.qrels), judged.original,
                           n_resamples)
-        row["agreement10"] = float(topk_overlap(judged.index.topk(embeddings, 10)[1], original_top).mean())
+        row["agreement10"] = float(topk_overlap(judged.index.topk(embeddings, 10)[1], judged.original_top10).mean())
         out[path.name] = row
     return out
-
-
-def _original_embeddings(paths: Sequence[QueryPath], judged: JudgedSet) -> np.ndarray:
-    return next(p for p in paths if p.name == SHIPPED).encode(judged.texts, 32)
 
 
 def time_paths(paths: Sequence[QueryPath], queries: Sequence[str], batch_sizes: Sequence[int], warmup: int,
