@@ -279,7 +279,8 @@ class LeapFlow(FlowSpec):
     def retrofit(self):
         """Retrofit each of the profile's retrofit_models (a LEAP fine-tune against itself), beside its original."""
         from leap_core import tracking
-        from leap_core.retrofit import RETROFIT_ARM, model_slug, retrofit
+        from leap_core.identity import model_slug
+        from leap_core.retrofit import RETROFIT_ARM, retrofit
 
         self.retrofit_results = {}
         seed = self.settings.seeds[0]

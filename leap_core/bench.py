@@ -14,23 +14,26 @@ Reported, per mode and batch size: median, p95 and the interquartile range of th
     overhead_monitored = median(monitored) / median(full) - 1         (headline: the worst batch size)
     full_vs_sentence_transformers = median(SentenceTransformer.encode) / median(full)   (the worst)
     layer_reduction = L / mean exit layer over every row "compact" returned
+The timing itself (batches, rotation, warm-up, clocks, percentiles) is leap_core.timing's; the markdown is
+bench_report's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
-import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from leap_core.encoder import EarlyExitEncoder, parse_mode
-from leap_core.report.markdown import fmt
+from leap_core.models import resolve_model
+from leap_core.stats import bootstrap_ci
+from leap_core.timing import (CLOCKS, TIMERS, compare_calls, draw_batches, environment, load_average, no_gc,
+                              percentiles, timed_rotation)
 
 PEER = "sentence_transformers"
 DEFAULT_MODES = ("full", "monitored", "batch", "compact")
@@ -38,21 +41,6 @@ DEFAULT_BATCH_SIZES = (1, 8, 32)
 # The paper's 50 + 200 on a GPU; a shared 2-core CPU gets fewer, with medians and interleaving for noise.
 DEFAULT_ITERATIONS = {"cuda": (50, 200), "cpu": (10, 60)}
 AGREEMENT_SENTENCES = 32  # rows checked against per-sentence batch-1 encoding, per batch size
-
-
-def draw_batches(sentences: Sequence[str], batch_size: int, n_batches: int, seed: int = 0) -> list[list[str]]:
-    """n_batches batches of batch_size sentences: consecutive chunks of one seeded permutation, wrapping."""
-    if not sentences:
-        raise ValueError("no sentences to benchmark")
-    order = np.random.default_rng(seed).permutation(len(sentences))
-    picks = np.resize(order, batch_size * n_batches)  # np.resize repeats the permutation when it runs out
-    return [[sentences[i] for i in picks[start : start + batch_size]] for start in range(0, len(picks), batch_size)]
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    q = np.percentile(np.asarray(values, dtype=np.float64), [5, 25, 50, 75, 95])
-    return {"p5": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]), "p95": float(q[4]),
-            "iqr": float(q[3] - q[1])}
 
 
 def batch_mode_bound(exit_layers: Sequence[int], batch_size: int) -> float | None:
@@ -73,8 +61,6 @@ def paired_overhead_ci(full: Sequence[float], monitored: Sequence[float], seed: 
 
     Each iteration times both modes on the same batch back to back, so the ratio cancels drift that both share.
     """
-    from leap_core.stats import bootstrap_ci
-
     if len(full) != len(monitored) or len(full) < 3 or min(full) <= 0:
         return None
     ratios = np.asarray(monitored, dtype=np.float64) / np.asarray(full, dtype=np.float64) - 1.0
@@ -137,7 +123,7 @@ def _timing_table(seconds: dict[str, dict[int, list[float]]], exit_layers: dict[
     table = []
     for mode, by_size in seconds.items():
         for batch_size, values in sorted(by_size.items()):
-            stats = {key: value * 1e3 for key, value in _percentiles(values).items()}
+            stats = {key: value * 1e3 for key, value in percentiles(values).items()}
             layers = exit_layers.get(mode, {}).get(batch_size)
             mean_exit = float(np.mean(layers)) if layers is not None and len(layers) else float(n_layers)
             table.append({
@@ -183,80 +169,10 @@ def _overheads(table: list[dict[str, Any]], seconds: dict[str, dict[int, list[fl
     }
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, threads and hardware the timings were taken on."""
-    import sentence_transformers
-    import transformers
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _load_average() -> list[float] | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return None
-
-
-CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
-
-
-def _timed(call: Callable[[], Any], device: torch.device, clock: str = "wall") -> tuple[float, Any]:
-    """(seconds, result) of one call; CUDA work is bracketed by events and waited for.
-
-    clock "process" counts this process's CPU seconds instead of wall seconds: with one torch thread
-    it is the latency an idle machine would show, and it ignores time the scheduler gives to others.
-    """
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = call()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1e3, result
-    now = CLOCKS[clock]
-    started = now()
-    result = call()
-    return now() - started, result
-
-
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[dtype])
-
-
-@contextlib.contextmanager
-def _no_gc() -> Any:
-    """No garbage-collector pauses inside timed calls (as timeit does); one collection before."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def check_agreement(encoder: EarlyExitEncoder, sentences: Sequence[str], modes: Sequence[str],
@@ -308,8 +224,6 @@ def run_benchmark(
     CPU shared with other jobs, with torch.set_num_threads(1); ignored on CUDA, timed by events).
     Returns summarize()'s dict plus settings, agreement and environment.
     """
-    from leap_core.models import resolve_model
-
     sentences = _checked_arguments(sentences, batch_sizes, clock, dtype)
     folder = resolve_model(str(model_path))
     encoder = EarlyExitEncoder.from_pretrained(folder, device=device, **encoder_overrides)
@@ -318,9 +232,9 @@ def run_benchmark(
     for mode in modes:
         parse_mode(encoder.policy.mode() if mode == "policy" else mode, encoder.num_layers)  # fails before timing
     calls = _calls(encoder, folder, modes, include_sentence_transformers)
-    load_before = _load_average()
+    load_before = load_average()
     started = time.perf_counter()
-    with _autocast(dev, dtype), torch.inference_mode(), _no_gc():
+    with _autocast(dev, dtype), torch.inference_mode(), no_gc():
         probe = draw_batches(sentences, AGREEMENT_SENTENCES, 1, seed)[0]
         agreement = check_agreement(encoder, probe, modes, batch_sizes, calls.get(PEER))
         seconds, exit_layers = _time_rotated(calls, modes, sentences, batch_sizes, warmup, iterations, seed, dev, clock)
@@ -330,15 +244,14 @@ def run_benchmark(
         "hidden_size": encoder.dim, **encoder.rule,
         "max_length": encoder.max_length, "modes": list(modes), "peer": PEER if include_sentence_transformers else None,
         "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations, "dtype": dtype,
-        "timer": "cuda events" if dev.type == "cuda" else {"wall": "time.perf_counter (wall)",
-                                                             "process": "time.process_time (CPU)"}[clock],
+        "timer": "cuda events" if dev.type == "cuda" else TIMERS[clock],
         "n_sentences_pool": len(sentences), "seed": seed,
         "order": "round-robin over modes each iteration, order rotated per iteration",
         "wall_seconds": time.perf_counter() - started,
     }
     result["agreement"] = agreement
     result["environment"] = environment(dev) | {"load_average_before": load_before,
-                                                "load_average_after": _load_average()}
+                                                "load_average_after": load_average()}
     return result
 
 
@@ -381,7 +294,7 @@ def _calls(encoder: EarlyExitEncoder, folder: Path, modes: Sequence[str],
         for mode in modes
     }
     if include_sentence_transformers:
-        from leap_core.st_module import plain_sentence_transformer
+        from leap_core.st_module import plain_sentence_transformer  # imports sentence_transformers: only with a peer
 
         peer = plain_sentence_transformer(folder, device=str(encoder.device))  # full depth, never exits
         peer.max_seq_length = encoder.max_length  # same truncation as ours
@@ -389,20 +302,6 @@ def _calls(encoder: EarlyExitEncoder, folder: Path, modes: Sequence[str],
         calls[PEER] = lambda batch, size: peer.encode(batch, batch_size=size, normalize_embeddings=True,
                                                       convert_to_numpy=True, show_progress_bar=False)
     return calls
-
-
-def timed_rotation(calls: dict[str, Callable[[list[str], int], Any]], sentences: Sequence[str], batch_size: int,
-                   warmup: int, iterations: int, seed: int = 0, dev: torch.device = torch.device("cpu"),
-                   clock: str = "wall") -> Iterator[tuple[str, float, Any]]:
-    """(name, seconds, result) of every timed call: all calls get the same batches, in an order rotated each
-    iteration so that no call always runs first; the warm-up iterations run and are dropped."""
-    names = list(calls)
-    for step, batch in enumerate(draw_batches(list(sentences), batch_size, warmup + iterations, seed)):
-        shift = step % len(names)
-        for name in names[shift:] + names[:shift]:
-            elapsed, result = _timed(lambda: calls[name](batch, batch_size), dev, clock)
-            if step >= warmup:
-                yield name, elapsed, result
 
 
 def _time_rotated(calls: dict[str, Callable[[list[str], int], Any]], modes: Sequence[str], sentences: list[str],
@@ -420,72 +319,6 @@ def _time_rotated(calls: dict[str, Callable[[list[str], int], Any]], modes: Sequ
     return seconds, exit_layers
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    """The headline numbers, the per-mode table and the setting, as markdown."""
-    settings, env = result["settings"], result["environment"]
-    lines = [
-        "# Early-exit latency benchmark",
-        "",
-        f"Model `{settings['model']}` ({settings['n_layers']} layers, d={settings['hidden_size']}), "
-        f"theta={settings['theta']}, k={settings['k']}, l_min={settings['l_min']}; "
-        f"{settings['warmup']} warm-up + {settings['iterations']} timed iterations per batch size, "
-        f"{settings['dtype']}, timer: {settings['timer']}; {settings['order']}.",
-        f"Device {env['device']} ({env.get('gpu') or env['cpu_model']}), torch {env['torch']}, "
-        f"{env['torch_threads']} thread(s), load average {env.get('load_average_before')} -> "
-        f"{env.get('load_average_after')}.",
-        "",
-        "| headline | value |",
-        "|---|---|",
-    ]
-    for key in ("layer_reduction", "overhead_monitored", "overhead_monitored_paired", "speedup_bs1", "speedup_bs1_vs_theoretical",
-                "speedup_bs32_compact", "speedup_bs32_compact_vs_theoretical", "speedup_bs32_batch",
-                "compact_vs_batch_bs32", "compact_vs_batch_bs32_bound", "full_vs_sentence_transformers"):
-        spec = "+.1%" if key.startswith("overhead") else ".3f"
-        value = fmt(result.get(key), spec)
-        if key == "overhead_monitored_paired" and result.get("overhead_monitored_paired_ci"):
-            low, high = result["overhead_monitored_paired_ci"]
-            value += f" (95% CI {low:+.1%} to {high:+.1%})"
-        lines.append(f"| {key} | {value} |")
-    lines += [
-        "",
-        "| mode | batch | median ms | p95 ms | IQR ms | ms/sentence | speedup | paired speedup | theoretical "
-        "| speedup/theor. |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in sorted(result["table"], key=lambda r: (r["batch_size"], r["mode"] == PEER)):
-        lines.append(
-            f"| {row['mode']} | {row['batch_size']} | {fmt(row['median_ms'], '.2f')} | {fmt(row['p95_ms'], '.2f')} | "
-            f"{fmt(row['iqr_ms'], '.2f')} | {fmt(row['median_ms_per_sentence'], '.3f')} | {fmt(row['speedup'], '.3f')} | "
-            f"{fmt(row.get('paired_speedup'), '.3f')} | "
-            f"{fmt(row['theoretical_reduction'], '.3f')} | {fmt(row['efficiency'], '.3f')} |"
-        )
-    agreement = result.get("agreement") or []
-    if agreement:
-        worst = min(row["min_cosine"] for row in agreement)
-        same = all(row["exit_layers_equal"] is not False for row in agreement)
-        lines += ["", f"Agreement with per-sentence batch-1 encoding (the peer: with our full): min cosine "
-                      f"{worst:.6f}, exit layers {'identical' if same else 'DIFFER'} for every mode and batch size."]
-    return "\n".join(lines) + "\n"
-
-
-def compare_calls(calls: dict[str, Callable[[list[str], int], Any]], baseline: str, sentences: Sequence[str],
-                  batch_sizes: Sequence[int] = (1, 32), warmup: int = 5, iterations: int = 40,
-                  seed: int = 0) -> dict[str, Any]:
-    """Time callables (batch, batch_size) on the same batches, interleaved and rotated, after warm-up.
-
-    Per batch size: each call's time percentiles (ms), speedup = median(baseline) / median(call), and paired =
-    median over iterations of baseline_i / call_i (drift-robust).
-    """
-    names, out = list(calls), {}
-    with torch.inference_mode(), _no_gc():
-        for size in batch_sizes:
-            seconds: dict[str, list[float]] = {name: [] for name in names}
-            for name, elapsed, _ in timed_rotation(calls, sentences, size, warmup, iterations, seed):
-                seconds[name].append(elapsed)
-            base = np.asarray(seconds[baseline])
-            out[str(size)] = {name: {**{k: v * 1e3 for k, v in _percentiles(times).items()},
-                                     "speedup": float(np.median(base) / np.median(times)),
-                                     "paired": float(np.median(base / np.asarray(times)))}
-                              for name, times in seconds.items()}
-    return {"batch_sizes": out, "baseline": baseline, "warmup": warmup, "iterations": iterations,
-            "timer": "time.perf_counter (wall)", "threads": torch.get_num_threads()}
+# CLOCKS, compare_calls and draw_batches are timing's, re-exported for callers of bench (tests/test_pareto.py).
+__all__ = ["CLOCKS", "DEFAULT_BATCH_SIZES", "DEFAULT_MODES", "PEER", "batch_mode_bound", "check_agreement",
+           "compare_calls", "draw_batches", "paired_overhead_ci", "run_benchmark", "summarize"]

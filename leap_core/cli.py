@@ -467,11 +467,11 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
 @command("calibrate", "the fastest policy within quality floors on dev", add_calibrate_args)
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """The fastest deployable policy (full, fixed:N, the exit rule, per-layer thresholds) within the floors on dev."""
-    from leap_core.evaluation.pareto import calibrate_policy
+    from leap_core.query_encoder.points import calibrate_with_queries
 
     profile = _profile(args)
-    result = calibrate_policy(profile, args.model, _or(args.max_sts_drop, profile.registry.policy_max_sts_drop),
-                              args.max_ndcg_drop, save=args.save, query_encoders=args.query_encoders)
+    result = calibrate_with_queries(profile, args.model, _or(args.max_sts_drop, profile.registry.policy_max_sts_drop),
+                                    args.max_ndcg_drop, save=args.save, query_encoders=args.query_encoders)
     _write_and_print(result, args.out, {key: value for key, value in result.items() if key != "dev_full"})
 
 
@@ -488,14 +488,14 @@ def add_pareto_args(parser: argparse.ArgumentParser) -> None:
 @command("pareto", "quality vs depth of every deployable point -> reports/pareto/NAME.*", add_pareto_args)
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Quality against depth for every deployable point -> reports/pareto/<name>.{json,md,png}."""
-    from leap_core.evaluation.pareto import write_pareto
     from leap_core.io import plain_name
+    from leap_core.query_encoder.points import pareto_with_queries
 
     plain_name(args.name)  # a report name, never a path out of --out-dir (ValueError: one line, exit 2)
     profile = _profile(args)
-    result = write_pareto(profile, args.model, args.name, args.out_dir,
-                          _or(args.max_sts_drop, profile.registry.policy_max_sts_drop), args.max_ndcg_drop,
-                          timing=not args.no_timing, query_encoders=args.query_encoders)
+    result = pareto_with_queries(profile, args.model, args.name, args.out_dir,
+                                 _or(args.max_sts_drop, profile.registry.policy_max_sts_drop), args.max_ndcg_drop,
+                                 timing=not args.no_timing, query_encoders=args.query_encoders)
     print(f"{result['chosen']['name']}: STS-B test {result['chosen']['test_stsb']:.3f}, "
           f"{result['chosen']['layer_reduction']:.2f}x fewer layers -> {args.out_dir}/{args.name}.md")
     if "asymmetric" in result:
@@ -558,15 +558,27 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the new folder (graph, tokenizer, leap_onnx.json)")
     parser.add_argument("--depth", type=int, help="layers to export (default: the calibrated full or fixed:N)")
     parser.add_argument("--int8", action="store_true", help="also a dynamic int8 graph (onnxruntime quantize_dynamic)")
-    parser.add_argument("--per-channel", action="store_true", help="int8 weights scaled per output channel")
+    parser.add_argument("--quantization", choices=["auto", "per-tensor", "per-channel"],
+                        help="the int8 graph's weight scales: auto (default with --int8) measures both on "
+                             "--check-texts and keeps the one closer to fp32; per-tensor or per-channel is measured "
+                             "too; leap_onnx.json records each cosine to fp32")
+    parser.add_argument("--per-channel", action="store_true", help="the same as --quantization per-channel")
+    parser.add_argument("--check-texts", metavar="FILE",
+                        help="texts to measure int8 against fp32 on (.txt one a line, or .jsonl with \"text\"; .gz "
+                             "ok; the first 1000; default: STS-B dev in the data dir, LEAP_DATA_DIR)")
+    parser.add_argument("--threads", type=positive_int, help="ONNX Runtime threads for that measurement "
+                                                             "(default: its own)")
 
 
 @command("export", "the model at its calibrated fixed depth as ONNX (fp32, --int8) -> a folder", add_export_args)
 def cmd_export(args: argparse.Namespace) -> None:
-    """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder."""
+    """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder; with --int8, the int8 graph
+    chosen by measured cosine to fp32 unless --quantization / --per-channel names one."""
     from leap_core.export import export_onnx
 
-    print(export_onnx(args.model, args.out, args.depth, args.int8, args.per_channel))
+    scheme = args.quantization or ("auto" if args.int8 and not args.per_channel else None)
+    print(export_onnx(args.model, args.out, args.depth, args.int8, args.per_channel, scheme, args.check_texts,
+                      args.threads))
 
 
 # ---- timing and stressing what we ship ----
@@ -596,7 +608,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     """Latency of every encoder mode and of sentence-transformers on STS-B test -> JSON and markdown."""
     import torch
 
-    from leap_core.bench import render_markdown, run_benchmark
+    from leap_core.bench import run_benchmark
+    from leap_core.bench_report import render_markdown
     from leap_core.evaluation.diagnose import probe_sentences
     from leap_core.io import write_report_files
 
@@ -681,14 +694,15 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> None:
 
 @command("reliability", "try every fault and bad input on the smoke profile", add_reliability_args)
 def cmd_reliability(args: argparse.Namespace) -> None:
-    """Every fault and bad input of leap_core/reliability.py, tried on the smoke profile -> JSON and markdown."""
+    """Every fault and bad input of leap_core/reliability/, tried on the smoke profile -> JSON and markdown.
+    The probes that run a command get this module's `main` from here: the reliability package never imports the CLI."""
     import tempfile
 
     from leap_core.io import write_report_files
-    from leap_core.reliability import render_markdown, run_probes
+    from leap_core.reliability import render_markdown, run_probes  # loads torch and every probed module: on use only
 
     with tempfile.TemporaryDirectory(prefix="leap-reliability-") as work:
-        results = run_probes(_profile(args).data.data_dir, work)
+        results = run_probes(_profile(args).data.data_dir, work, main=main)
     _, markdown = write_report_files(results, args.out, Path(args.out).with_suffix(".md"), render_markdown)
     print(markdown)
     if not all(row["held"] for row in results):

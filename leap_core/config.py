@@ -1,6 +1,6 @@
 """Run profiles: dataclasses read from params/<name>.yaml (configuration is data, not code).
 
-Every field's type carries its range (pydantic constraints, checked when a profile or override is built by _build):
+Every field's type carries its range (pydantic constraints, checked when a profile or override is built by build_config):
 a profile, a `--set` or a reduced budget outside them is refused naming the file and field; NaN and inf never pass.
 """
 
@@ -241,13 +241,13 @@ class Profile:
 
     def training_for(self, arm: str) -> TrainConfig:
         if arm in self.ablation_arms or arm in self.sweep_arms:
-            return _build(TrainConfig, {**dataclasses.asdict(self.training), **self.reduced_budget}, "reduced_budget")
+            return build_config(TrainConfig, {**dataclasses.asdict(self.training), **self.reduced_budget}, "reduced_budget")
         return self.training
 
     def objective_for(self, arm: str) -> ObjectiveConfig:
         if arm not in self.arms:
             raise ValueError(f"profile {self.name!r} has no arm {arm!r}; arms: {sorted(self.arms)}")
-        return _build(ObjectiveConfig, {**dataclasses.asdict(self.objective), **self.arms[arm]}, f"arms.{arm}")
+        return build_config(ObjectiveConfig, {**dataclasses.asdict(self.objective), **self.arms[arm]}, f"arms.{arm}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,7 +257,7 @@ class ConfigError(ValueError):
     pass
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -268,7 +268,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"{_at(where, name)}: expected a mapping, got {value!r}")
-            value = _build(type(default), {**dataclasses.asdict(default), **value}, _at(where, name))
+            value = build_config(type(default), {**dataclasses.asdict(default), **value}, _at(where, name))
         elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
         elif default is not None and not isinstance(value, type(default)) and value is not None:
@@ -316,11 +316,11 @@ def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    values = _merge(values, overrides or {})
+    values = merge_values(values, overrides or {})
     if os.environ.get("LEAP_DATA_DIR"):
-        values = _merge(values, {"data": {"data_dir": os.environ["LEAP_DATA_DIR"]}})
+        values = merge_values(values, {"data": {"data_dir": os.environ["LEAP_DATA_DIR"]}})
     values.setdefault("name", path.stem)
-    profile = _build(Profile, values, f"{path}:")
+    profile = build_config(Profile, values, f"{path}:")
     from leap_core.policy import check_rule
 
     check_rule(profile.exit.theta, profile.exit.k, profile.exit.l_min, profile.models.student_layers,
@@ -333,15 +333,15 @@ def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | No
     for arm in profile.ablation_arms + profile.sweep_arms:
         if arm not in profile.arms:
             raise ConfigError(f"{path}: ablation/sweep arm {arm!r} is not defined under arms")
-    _build(TrainConfig, {**dataclasses.asdict(profile.training), **profile.reduced_budget}, f"{path}: reduced_budget")
+    build_config(TrainConfig, {**dataclasses.asdict(profile.training), **profile.reduced_budget}, f"{path}: reduced_budget")
     return profile
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_values(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_values(merged[key], value)
         else:
             merged[key] = value
     return merged

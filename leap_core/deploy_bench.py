@@ -8,8 +8,9 @@ Paths (model x runtime x precision):
     ours      leap EarlyExitEncoder at the point        the eager encoder (the path before the frozen one)
     ours      PyTorch frozen, fp32 and int8             served.TorchCutEncoder
     ours      ONNX Runtime, fp32 and int8               export.OnnxEncoder
-Timing: bench.compare_calls (the same batches, paths interleaved in a rotated order, warm-up; medians and IQR),
-torch and ONNX Runtime pinned to the same number of intra-op threads.
+Timing: timing.compare_calls (the same batches, paths interleaved in a rotated order, warm-up; medians and IQR),
+torch and ONNX Runtime pinned to the same number of intra-op threads; the batch-1 profile's wall times through
+timing.repeated_seconds. The markdown is deploy_report's.
 Quality: STS-B test Spearman and NDCG@10 on each BEIR set's test-half queries (pareto.query_half) over every
 document; rows that compute the same embeddings (one point's fp32 in any runtime) are evaluated once.
 Headlines:
@@ -20,12 +21,26 @@ Headlines:
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
 
+from leap_core.data import read_sts
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.evaluation.pareto_points import beir_sets, sts_sets
+from leap_core.export import OnnxEncoder, export_onnx, require_onnx
+from leap_core.model_folder import has_branch, max_seq_length, model_fingerprint, read_branch
+from leap_core.models import resolve_model
+from leap_core.served import TorchCutEncoder, head_modules
+from leap_core.timing import compare_calls, environment, repeated_seconds
+
+log = logging.getLogger(__name__)
 BATCH_SIZES = (1, 8, 32)
 SHIPPED = "original · sentence-transformers · fp32"
 PEER_INT8 = "original · ONNX Runtime · int8"
@@ -33,6 +48,7 @@ OURS_INT8 = "ours · ONNX Runtime · int8"
 OURS_ORT_FP32 = "ours · ONNX Runtime · fp32"
 OURS_TORCH = "ours · PyTorch frozen · fp32"
 OURS_EAGER = "ours · leap encoder (eager) · fp32"
+PROFILE_WARMUP = 10  # untimed batch-1 calls before profile_torch's wall times
 # Issue 17's bar: speed over the peer and the shipped model, and quality within the original fp32's.
 TARGETS = {"vs_peer_int8": 1.8, "vs_shipped_bs1": 10.0, "torch_vs_ort_fp32_bs1": 1.3, "max_sts_drop": 0.01,
            "max_ndcg_drop": 0.03}
@@ -56,19 +72,12 @@ class ServedPath:
 
 
 def _has_dense_head(folder: Path) -> bool:
-    from leap_core.served import head_modules
-
     return any(type(module).__name__ == "Dense" for module in head_modules(folder))
 
 
 def paths_at(label: str, model: str, depth: int | None, workdir: Path, threads: int,
              chosen: bool = True) -> list[ServedPath]:
     """`model` at one point (None: its saved policy): eager encoder, PyTorch frozen fp32/int8, ORT fp32/int8."""
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.export import OnnxEncoder, export_onnx
-    from leap_core.models import model_fingerprint
-    from leap_core.served import TorchCutEncoder
-
     frozen, frozen_int8 = TorchCutEncoder(model, depth), TorchCutEncoder(model, depth, int8=True)
     point = frozen.point
     key = f"{model_fingerprint(point.folder)[:16]}@{point.depth}"
@@ -97,13 +106,11 @@ def paths_at(label: str, model: str, depth: int | None, workdir: Path, threads: 
 
 def build_paths(model: str, original: str, workdir: Path, threads: int, depths: Sequence[int] = ()) -> list[ServedPath]:
     """The original as shipped, exported and quantised; ours at its chosen point and at each extra depth."""
-    from leap_core.encoder import _read_max_seq_length
-    from leap_core.models import resolve_model
-    from leap_core.st_module import plain_sentence_transformer
+    from leap_core.st_module import plain_sentence_transformer  # imports sentence_transformers: only when run
 
     folder = resolve_model(original)
     shipped = plain_sentence_transformer(folder, device="cpu")  # as shipped: full depth
-    shipped.max_seq_length = _read_max_seq_length(folder) or shipped.max_seq_length
+    shipped.max_seq_length = max_seq_length(folder) or shipped.max_seq_length
     exported = [row for row in paths_at("original", original, None, workdir, threads)
                 if row.runtime == "onnxruntime" or row.precision == "int8"]
     fp32 = next(row for row in exported if row.precision == "fp32")
@@ -119,9 +126,6 @@ def build_paths(model: str, original: str, workdir: Path, threads: int, depths: 
 
 def measure_quality(paths: list[ServedPath], sets: list[Any], batch_size: int = 32) -> None:
     """Fill each path's quality on every set; one evaluation per quality_key, every document of each set."""
-    import logging
-
-    log = logging.getLogger(__name__)
     done: dict[str, dict[str, float]] = {}
     for path in paths:
         if path.quality_key not in done:
@@ -136,19 +140,13 @@ def measure_quality(paths: list[ServedPath], sets: list[Any], batch_size: int = 
 
 def branch_original(model: str) -> str:
     """The model an exit branch was trained against (what users serve now): the one `ours` is compared with."""
-    from leap_core.exit_branch import BRANCH_FILE, read_branch
-    from leap_core.models import resolve_model
-
-    if not (resolve_model(model) / BRANCH_FILE).is_file():
+    if not has_branch(resolve_model(model)):
         raise ValueError(f"{model}: not an exit branch: give --original (the model users serve now)")
     return read_branch(resolve_model(model))["original"]
 
 
 def quality_sets(data_dir: Path, sts_file: str, beir: Sequence[str], max_docs: int | None = None) -> list[Any]:
     """STS-B test and each BEIR set's test-half queries over its documents (max_docs: a subsample, quick runs)."""
-    from leap_core.data import read_sts
-    from leap_core.evaluation.pareto import beir_sets, sts_sets
-
     sets = sts_sets("stsb-test", read_sts(data_dir / sts_file))
     for folder in beir:
         sets += [s for s in beir_sets(data_dir / folder, max_docs) if s.name.endswith("-test")]
@@ -159,19 +157,9 @@ def profile_torch(calls: dict[str, Callable[[list[str], int], Any]], sentence: s
                   iterations: int = 50, top: int = 8) -> dict[str, Any]:
     """Where a batch-1 call's time goes in each PyTorch path: its wall time unprofiled, torch.profiler's ops (self
     CPU time, which leaves out the Python between them), and the tokenizer's share."""
-    import time
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     out: dict[str, Any] = {}
     for name, call in calls.items():
-        wall = []
-        for step in range(10 + iterations):
-            started = time.perf_counter()
-            call([sentence], 1)
-            if step >= 10:
-                wall.append(time.perf_counter() - started)
+        wall = repeated_seconds({name: call}, [sentence], 1, PROFILE_WARMUP, iterations)[name]
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(iterations):
                 call([sentence], 1)
@@ -183,10 +171,9 @@ def profile_torch(calls: dict[str, Callable[[list[str], int], Any]], sentence: s
             "aten_self_ms_per_call": sum(e.self_cpu_time_total for e in events) / iterations / 1e3,
             "top_ops": [{"op": e.key, "self_ms_per_call": e.self_cpu_time_total / iterations / 1e3,
                          "calls_per_call": e.count / iterations} for e in ranked]}
-    started = time.perf_counter()
-    for _ in range(iterations):
-        tokenizer([sentence], padding=True, truncation=True, return_tensors="np")
-    out["tokenizer_ms_per_call"] = (time.perf_counter() - started) / iterations * 1e3
+    tokenize = {"tokenizer": lambda batch, _: tokenizer(batch, padding=True, truncation=True, return_tensors="np")}
+    seconds = repeated_seconds(tokenize, [sentence], 1, 0, iterations)["tokenizer"]
+    out["tokenizer_ms_per_call"] = sum(seconds) / iterations * 1e3  # the mean over the calls
     return out
 
 
@@ -247,12 +234,6 @@ def run_deploy_bench(model: str, original: str, sentences: Sequence[str], sets: 
                      depths: Sequence[int] = (), batch_sizes: Sequence[int] = BATCH_SIZES, threads: int | None = None,
                      warmup: int = 10, iterations: int = 100, quality: bool = True) -> dict[str, Any]:
     """Build every path, measure its quality (sets) and time them all in one process; the report's dict."""
-    import os
-
-    import torch
-
-    from leap_core.bench import compare_calls, environment
-
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     paths = build_paths(model, original, workdir, threads, depths)
@@ -284,6 +265,4 @@ def run_deploy_bench(model: str, original: str, sentences: Sequence[str], sets: 
 
 
 def _ort_version() -> str:
-    from leap_core.export import require_onnx
-
     return require_onnx().__version__

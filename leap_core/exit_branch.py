@@ -21,11 +21,12 @@ from typing import Any
 
 from leap_core import experiment, identity
 from leap_core.config import BranchConfig, Profile
+from leap_core.identity import model_slug
 from leap_core.io import note_in_manifest, sha256_file, sha256_strings, write_json_atomic, writer_lock
+from leap_core.model_folder import (BRANCH_FILE, HEADS_FILE, layer_count, load_heads, max_seq_length,
+                                    model_fingerprint, read_branch, read_exit_settings)
 
 log = logging.getLogger(__name__)
-BRANCH_FILE = "leap_branch.json"
-HEADS_FILE = "exit_heads.safetensors"
 CUT_KIND = "cut model"  # the kind in a cut folder's manifest (io.replace_folder)
 HEAD_FIT_TEXTS = 4000  # texts whose pools fit the heads' starting map (closed form, one forward pass)
 
@@ -68,8 +69,6 @@ def corpus_texts(profile: Profile, corpus: str | Path) -> list[str]:
 
 def branch_dir(profile: Profile, model: str, seed: int, texts_key: str) -> Path:
     """runs/<profile>/branch-<model>-<recipe hash>-seed<seed>: a changed recipe or text trains afresh."""
-    from leap_core.retrofit import model_slug
-
     recipe = identity.branch_recipe(profile.branch, texts_key)
     return experiment.run_dir(profile) / f"branch-{model_slug(model)}-{recipe}-seed{seed}"
 
@@ -79,16 +78,13 @@ def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path
     import torch
 
     from leap_core.data import write_sentences_parquet
-    from leap_core.encoder import _read_max_seq_length
     from leap_core.losses import BranchObjective
-    from leap_core.models import build_student, model_fingerprint, resolve_model
+    from leap_core.models import build_student, resolve_model
     from leap_core.teacher_cache import build_teacher_cache, load_teacher_cache
     from leap_core.training import LeapTrainer, seed_everything
 
-    from transformers import AutoConfig
-
     original = resolve_model(model)
-    depth = AutoConfig.from_pretrained(original).num_hidden_layers
+    depth = layer_count(original)
     layers = exit_layers(profile.branch, depth)
     texts = corpus_texts(profile, corpus) if corpus else generic_texts(profile)
     texts_key = sha256_strings(texts)
@@ -113,7 +109,7 @@ def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path
     exit_settings = dataclasses.replace(profile.exit, l_min=layers[0])
     trainer = LeapTrainer(student, tokenizer, objective, cache, branch.training, out_dir, seed=seed,
                           max_length=branch.max_length, exit_settings=exit_settings, run_fingerprint=fingerprint,
-                          serve_max_length=_read_max_seq_length(original),
+                          serve_max_length=max_seq_length(original),
                           save_extra=lambda folder: save_heads(objective, folder), exit_module=False)
     result = trainer.train()
     with writer_lock(result.model_dir, what="writer of leap_branch.json"):  # the trainer's lock is released now
@@ -172,47 +168,8 @@ def save_heads(objective, folder: str | Path) -> None:
         save_file(tensors, str(tmp))
 
 
-def load_heads(folder: str | Path) -> dict[int, tuple[Any, Any]]:
-    """{layer: (weight (d, d), bias (d,))} as numpy arrays; {} when the folder has no exit heads."""
-    from safetensors.numpy import load_file
-
-    file = Path(folder) / HEADS_FILE
-    if not file.is_file():
-        return {}
-    try:
-        tensors = load_file(str(file))
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
-    layers = sorted({int(key.split(".")[0].split("_")[1]) for key in tensors})
-    return {layer: (tensors[f"layer_{layer}.weight"], tensors[f"layer_{layer}.bias"]) for layer in layers}
-
-
-def read_branch(folder: str | Path) -> dict[str, Any]:
-    """The branch's record: its original (by name and weight hash) and exit layers (schemas.BranchFile)."""
-    from leap_core.schemas import BranchFile, read_schema_file
-
-    file = Path(folder) / BRANCH_FILE
-    if not file.is_file():
-        raise ValueError(f"{folder}: not an exit branch (no {BRANCH_FILE})")
-    return read_schema_file(file, BranchFile)
-
-
-def original_of(folder: str | Path) -> Path:
-    """The folder of the branch's original model, checked against the weight hash recorded at training."""
-    from leap_core.models import model_fingerprint, resolve_model
-
-    record = read_branch(folder)
-    original = resolve_model(record["original"])
-    if model_fingerprint(original) != record["original_fingerprint"]:
-        raise ValueError(f"{folder}: {record['original']} at {original} is not the model this branch was trained "
-                         f"against (weights hash differs): its embeddings would not share the original's space")
-    return original
-
-
 def calibrated_depth(branch: str | Path) -> int:
     """The fixed cut `leap calibrate --save` chose for the branch; an error saying what to do when there is none."""
-    from leap_core.encoder import read_exit_settings
-
     policy = read_exit_settings(branch).get("policy", {})
     if policy.get("kind") == "full":
         raise ValueError(f"{branch}: calibration chose full depth (no cut is within its floors): serve the "
@@ -241,21 +198,20 @@ def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
 
 def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: Path) -> None:
     """The cut's model, exit head and leap_branch.json, written into the new `folder`."""
-    from leap_core.encoder import _read_max_seq_length
     from leap_core.model_card import write_card
     from leap_core.models import build_student, save_sentence_transformer
 
     model, tokenizer = build_student(str(branch), depth)
-    save_sentence_transformer(model, tokenizer, folder, max_seq_length=_read_max_seq_length(branch) or 256)
+    save_sentence_transformer(model, tokenizer, folder, max_seq_length=max_seq_length(branch) or 256)
     heads = load_heads(branch)
     if depth in heads:
-        _append_head(folder, *heads[depth])
+        append_head(folder, *heads[depth])
     write_json_atomic(folder / BRANCH_FILE, {**record, "cut_depth": depth})
     write_card(folder, facts={"kind": f"exit branch cut to {depth} layers (queries for the original's index)",
                               "original": record["original"]})
 
 
-def _append_head(folder: str | Path, weight, bias) -> None:
+def append_head(folder: str | Path, weight, bias) -> None:
     """Transformer, Pooling, Normalize -> + Dense (the exit head, no activation) + Normalize, re-saved in place."""
     import torch
     from sentence_transformers import SentenceTransformer

@@ -49,12 +49,11 @@ def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
 
 def teacher_layer_map(profile: Profile) -> list[int]:
     """The teacher layer (1-indexed) each student layer is compared with; the last is the teacher's final."""
-    from transformers import AutoConfig
-
     from leap_core.losses import uniform_layer_map
+    from leap_core.model_folder import layer_count
     from leap_core.models import resolve_model
 
-    teacher_layers = AutoConfig.from_pretrained(resolve_model(profile.models.teacher)).num_hidden_layers
+    teacher_layers = layer_count(resolve_model(profile.models.teacher))
     return uniform_layer_map(profile.models.student_layers, teacher_layers)
 
 
@@ -133,9 +132,8 @@ def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> 
     import json
 
     from leap_core.io import sha256_file, write_json_atomic
-    from leap_core.models import model_fingerprint
+    from leap_core.model_folder import model_fingerprint, read_exit_settings
 
-    from leap_core.encoder import read_exit_settings
 
     model_dir = Path(model_dir)
     sts_file = data_path(profile, profile.data.sts_eval)
@@ -230,7 +228,7 @@ def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_o
         return _remembered(profile, model, "analysis" if analysis else "eval",
                            lambda: evaluate(profile, model, analysis, exit_overrides, batch_size))
     from leap_core.data import read_sts
-    from leap_core.encoder import EXIT_SETTINGS_FILE, read_exit_settings
+    from leap_core.model_folder import EXIT_SETTINGS_FILE, read_exit_settings
     from leap_core.evaluation.sts import evaluate_sts
     from leap_core.evaluation.suite import sts_analysis
     from leap_core.models import resolve_model
@@ -272,7 +270,7 @@ def served_numbers(profile: Profile, model: str | Path, metrics: dict[str, Any] 
 def served_section(encoder: Any, metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
     """What `leap eval` leads with: the point the folder serves (its leap_exit.json policy) read off `metrics`,
     and the policy the compact-mode numbers were measured at (the rule, or the folder's thresholds)."""
-    from leap_core.encoder import EXIT_SETTINGS_FILE, read_exit_settings
+    from leap_core.model_folder import EXIT_SETTINGS_FILE, read_exit_settings
     from leap_core.evaluation.served_point import served_from_metrics
     from leap_core.policy import ALWAYS, ExitPolicy
 

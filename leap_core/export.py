@@ -5,7 +5,8 @@ or a depth given. For an exit branch, full depth is its original model and `fixe
 (exit_branch.save_cut, exit head included). The graph is the model's first N layers, its mean pooling, any Dense
 head and L2 normalisation, exported by torch.onnx.export (TorchScript exporter: the dynamo one needs onnxscript)
 with dynamic batch and length; int8 is onnxruntime.quantization.quantize_dynamic of that graph, its weights per
-tensor or (per_channel) per output channel, as leap_onnx.json's "quantization" records.
+tensor or per output channel, chosen by measured quality (int8_check: `auto` keeps the candidate closer to fp32 on
+check texts) or named; leap_onnx.json's "quantization" records the scheme and every candidate's cosine to fp32.
 
 A shallow query encoder (its folder or a Router package, leap_core.query_encoder) exports its query route instead:
 leap_core.query_encoder.onnx_route writes the graph, with role "query" and the document model it pairs with.
@@ -28,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from leap_core.model_folder import EXPORT_FILE
 from leap_core.schemas import OnnxExportFile, read_schema_file
 from leap_core.served import BatchedEncoder, OperatingPoint, cut_module, operating_point, trace_inputs
 
-EXPORT_FILE = "leap_onnx.json"
 GRAPHS = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
 EXPORT_KIND = "ONNX export"  # the folder's kind in its manifest (io.replace_folder)
 
@@ -55,10 +56,26 @@ def quantization(int8: bool, per_channel: bool) -> dict[str, Any] | None:
     return {"method": "onnxruntime dynamic", "weight_type": "QInt8", "per_channel": per_channel}
 
 
+def quantize_graph(fp32: Path, target: Path, per_channel: bool) -> Path:
+    """onnxruntime's dynamic int8 of the graph `fp32` as `target`: QInt8 weights, one scale per tensor or (per_channel)
+    per output channel; activations quantised per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    finally:
+        root.setLevel(level)
+    return target
+
+
 def write_graphs(module: Any, example: tuple[Any, ...], names: tuple[str, ...], out: Path, int8: bool,
                  per_channel: bool = False) -> list[str]:
     """`module` traced on `example` as out/model.onnx (dynamic batch and length) and, with int8, its dynamic int8
-    quantisation as out/model_int8.onnx (weights per tensor, or per output channel); the graph file names."""
+    quantisation as out/model_int8.onnx (weights per tensor, or per output channel); the graph file names.
+    export_onnx asks only for the fp32 graph and adds the measured int8 one itself (int8_check.add_int8)."""
     import torch
 
     torch.onnx.export(module, example, str(out / GRAPHS["fp32"]), input_names=list(names),
@@ -66,16 +83,7 @@ def write_graphs(module: Any, example: tuple[Any, ...], names: tuple[str, ...], 
                       dynamic_axes={**{name: {0: "batch", 1: "tokens"} for name in names}, "embedding": {0: "batch"}})
     graphs = [GRAPHS["fp32"]]
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor on the root logger
-        try:
-            quantize_dynamic(str(out / GRAPHS["fp32"]), str(out / GRAPHS["int8"]), weight_type=QuantType.QInt8,
-                             per_channel=per_channel)
-        finally:
-            root.setLevel(level)
+        quantize_graph(out / GRAPHS["fp32"], out / GRAPHS["int8"], per_channel)
         graphs.append(GRAPHS["int8"])
     return graphs
 
@@ -93,30 +101,43 @@ def write_settings(folder: Path, graphs: list[str], tokenizer_files: list[str], 
 
 
 def export_onnx(model: str | os.PathLike, out: str | os.PathLike, depth: int | None = None, int8: bool = False,
-                per_channel: bool = False) -> Path:
+                per_channel: bool = False, scheme: str | None = None, check_texts: str | os.PathLike | None = None,
+                threads: int | None = None) -> Path:
     """Export MODEL at `depth` (default: its calibrated full or fixed:N) to the new folder `out`; returns it.
 
     A shallow query encoder folder or Router package exports its query route (onnx_route.write_query_export).
-    per_channel: the int8 graph's weights get a scale per output channel instead of one per tensor.
+    scheme: the int8 graph's quantisation, "auto" (both candidates measured, the one closer to fp32 kept),
+    "per-tensor" or "per-channel"; None is per-channel with per_channel (its older spelling), else per-tensor, as
+    callers that label their rows by scheme expect (`leap export` defaults to auto). Every int8 graph is measured
+    against fp32 on check_texts (int8_check.read_check_texts: default the data dir's STS-B dev) with `threads`
+    ONNX Runtime threads, and leap_onnx.json records it.
     `out` may not exist yet, be empty, or be an earlier leap export whose manifest lists every file in it
     (replaced whole, atomically: io.replace_folder); anything else is refused and left untouched.
     """
+    from leap_core.int8_check import add_int8, int8_scheme, read_check_texts
     from leap_core.io import replace_folder
     from leap_core.query_encoder.onnx_route import is_query_route, write_query_export
 
     require_onnx()
-    quantization(int8, per_channel)  # a bad combination is refused before anything is built
-    out = Path(out)
+    chosen = int8_scheme(int8, per_channel, scheme)  # a bad combination is refused before anything is built
+    texts = read_check_texts(check_texts) if chosen else None  # so is a bad --check-texts
     write = write_query_export if is_query_route(model) else _write_export
-    return replace_folder(out, lambda folder: write(model, folder, depth, int8, per_channel), EXPORT_KIND)
+
+    def build(folder: Path) -> None:
+        write(model, folder, depth, False, False)  # the fp32 graph, tokenizer and leap_onnx.json
+        if chosen:
+            add_int8(folder, chosen, texts, threads)
+
+    return replace_folder(Path(out), build, EXPORT_KIND)
 
 
 def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int8: bool, per_channel: bool) -> None:
-    """The graphs, tokenizer and leap_onnx.json of MODEL at its point, written into the new `folder`."""
+    """The graphs, tokenizer and leap_onnx.json of MODEL at its point, written into the new `folder` (int8 here is
+    unmeasured: export_onnx passes False and adds its int8 graph with int8_check.add_int8)."""
     from transformers import AutoTokenizer
 
-    from leap_core.encoder import _read_max_seq_length
-    from leap_core.models import folder_positions, model_fingerprint, resolve_model
+    from leap_core.model_folder import folder_positions, max_seq_length, model_fingerprint
+    from leap_core.models import resolve_model
 
     scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=folder.parent))  # a branch's cut: not exported
     try:
@@ -130,7 +151,7 @@ def _write_export(model: str | os.PathLike, folder: Path, depth: int | None, int
             "source": str(model), "source_fingerprint": model_fingerprint(resolve_model(str(model))),
             "served_folder_fingerprint": model_fingerprint(point.folder), "policy": point.policy,
             "depth": point.depth, "n_layers": point.model_layers,
-            "max_length": _read_max_seq_length(point.folder) or 128, "max_positions": folder_positions(point.folder),
+            "max_length": max_seq_length(point.folder) or 128, "max_positions": folder_positions(point.folder),
             "pooling": "mean", "normalized": True, "inputs": list(names),
             "quantization": quantization(int8, per_channel)})
     finally:

@@ -2,6 +2,8 @@
 
 Every run folder and checkpoint fingerprint is built here: run_identity names a distilled student's run whole;
 the recipe functions name retrofit, exit-branch and peer folders; training_run adds what any trainer run adds.
+model_slug is the model's part of those folder names; cache_dir and data_path say where a profile keeps its caches
+and reads its data (the same paths as experiment's: stages below experiment resolve them here).
 SCHEMA 1 is the formula the committed runs were recorded under, so they keep resolving to their folders; a change
 of formula is a new schema version (and new folders), never an edit of version 1. Configs enter through config_fingerprint, which leaves fields added later
 out while they hold their neutral value (config._LATER_FIELDS_NEUTRAL).
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from leap_core.config import config_fingerprint, config_settings
@@ -25,6 +29,22 @@ def _key(parts: list[str]) -> str:
 
 # Trainer settings that do not change what is learned: a run may resume with other ones.
 _TRAINING_NEUTRAL = ("checkpoint_every", "log_every", "num_threads", "device")
+
+
+def model_slug(model: str) -> str:
+    """A model's name as one safe path part (its folder's or hub id's last part): the model in run folder names."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name)
+
+
+def cache_dir(profile: Any) -> Path:
+    """<output_dir>/cache: the caches every profile, arm, seed and run of this output folder share."""
+    return Path(profile.output_dir) / "cache"
+
+
+def data_path(profile: Any, relative: str) -> Path:
+    """A data file or folder of the profile: as given when absolute, else under its data.data_dir."""
+    path = Path(relative)
+    return path if path.is_absolute() else Path(profile.data.data_dir) / path
 
 
 def run_identity(profile: Any, arm: str, seed: int, cache: Any) -> str:

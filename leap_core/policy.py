@@ -5,9 +5,11 @@ always exits at l (no cosine needed), and a row that passes no layer runs to L:
 - "full":        t = +inf everywhere (depth L);
 - "fixed:N":     t_N = -1, +inf elsewhere (every row stops at N);
 - "rule":        Algorithm 1, t_l = theta for max(l_min, k+1) <= l < L;
-- "thresholds":  t_l chosen per layer on dev (leap_core.evaluation.pareto.threshold_path): a family that holds
-                 every fixed cut and every rule.
-The oracle of pareto.py (exit once p_l is within tau of p_L) needs p_L and so is a bound, not a policy.
+- "thresholds":  t_l chosen per layer on dev (leap_core.evaluation.pareto_points.threshold_path): a family that
+                 holds every fixed cut and every rule.
+The oracle of evaluation/pareto_points.py (exit once p_l is within tau of p_L) needs p_L: a bound, not a policy.
+The replay helpers at the bottom (check_layer_embs, lagged_cosines, first_true_layer) are what every exit rule is
+replayed with, here and in evaluation/sweep.py.
 A policy is stored in a model folder's leap_exit.json beside the rule's theta, k and l_min.
 """
 
@@ -147,21 +149,39 @@ def exit_layers(thresholds: np.ndarray, layer_embs: np.ndarray, k: int) -> np.nd
     return exits_from_cosines(thresholds, layer_cosines(layer_embs, k))
 
 
+def check_layer_embs(layer_embs: np.ndarray) -> np.ndarray:
+    """layer_embs as a float32 (L, N, d) array with at least one row; else a ValueError naming the shape."""
+    embs = np.asarray(layer_embs, dtype=np.float32)
+    if embs.ndim != 3 or embs.shape[1] == 0:
+        raise ValueError(f"layer_embs: expected a non-empty (L, N, d) array, got shape {embs.shape}")
+    return embs
+
+
+def lagged_cosines(embs: np.ndarray, k: int) -> np.ndarray:
+    """(L, N) array with row l-1 = cos(p_l, p_{l-k}); NaN where l <= k. Inputs need not be normalised."""
+    norms = np.maximum(np.linalg.norm(embs, axis=-1), 1e-12)
+    cos = np.full(embs.shape[:2], np.nan, dtype=np.float64)
+    cos[k:] = (embs[k:] * embs[:-k]).sum(-1) / (norms[k:] * norms[:-k])
+    return cos
+
+
+def first_true_layer(passes: np.ndarray, n_layers: int) -> np.ndarray:
+    """1-indexed first layer where passes (L, N) is True, else L."""
+    hit = passes.any(0)
+    return np.where(hit, passes.argmax(0) + 1, n_layers).astype(np.int64)
+
+
 def layer_cosines(layer_embs: np.ndarray, k: int) -> np.ndarray:
     """(L, N) cos(p_l, p_{l-k}), -inf where l <= k (no test possible)."""
-    from leap_core.evaluation.sweep import _checked, _cosines
-
-    embs = _checked(layer_embs)
+    embs = check_layer_embs(layer_embs)
     if k >= embs.shape[0]:
         return np.full(embs.shape[:2], -np.inf)
-    return np.nan_to_num(_cosines(embs, k), nan=-np.inf)
+    return np.nan_to_num(lagged_cosines(embs, k), nan=-np.inf)
 
 
 def exits_from_cosines(thresholds: np.ndarray, cosines: np.ndarray) -> np.ndarray:
     """Exit layer (N,): the first l with t_l <= -1 or cos_l >= t_l (l < L), else L."""
-    from leap_core.evaluation.sweep import _first_true
-
     t = np.asarray(thresholds, dtype=np.float64)[:, None]
     passes = (t <= ALWAYS) | (cosines >= t)
     passes[-1] = False
-    return _first_true(passes, cosines.shape[0])
+    return first_true_layer(passes, cosines.shape[0])

@@ -162,9 +162,9 @@ def params_example(model_dir: str | Path) -> dict[str, Any]:
     """What a request may set (MLflow's params schema is inferred from it, with these values as defaults):
     mode: "policy" (the calibrated one), "full", "compact" or "fixed:N"; theta: the exit threshold of the rule
     (default: the model's); return_exit_layers: each row's exit layer in the answer."""
-    from leap_core.encoder import read_exit_settings
+    from leap_core.model_folder import exit_rule, read_exit_settings
 
-    return {"mode": "policy", "theta": float(read_exit_settings(model_dir).get("theta", 0.95)),
+    return {"mode": "policy", "theta": float(exit_rule(read_exit_settings(model_dir))["theta"]),
             "return_exit_layers": True}
 
 
@@ -307,12 +307,11 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
             input_example=(INPUT_EXAMPLE, params), registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
-    from leap_core.io import sha256_folder
-    from leap_core.pipeline import SERVING_SETTINGS
+    from leap_core.model_folder import model_fingerprint
 
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))
     tracking.client(uri).set_model_version_tag(model_name, version, ENCODER_SHA_TAG,
-                                               sha256_folder(model_dir, exclude=SERVING_SETTINGS))
+                                               model_fingerprint(model_dir, scope="files"))
     if metrics.get("policy"):
         shown = [metrics["policy"]] + [f"{key.removeprefix('policy_')} {metrics[key]:.3g}" for key in GATE_KEYS
                                        if key.startswith("policy_") and metrics.get(key) is not None]

@@ -25,6 +25,7 @@ import numpy as np
 
 from leap_core import experiment
 from leap_core.config import Profile
+from leap_core.identity import model_slug
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,12 @@ def split_traffic(profile: Profile, location: str, out_dir: str | Path) -> dict[
 
 def candidate_profile(base: Profile, original: str, champion: str | Path) -> Profile:
     """The retrofit profile of `original` (teacher: its frozen outputs), its student starting from the champion."""
-    from leap_core.config import _build, _merge
+    from leap_core.config import build_config, merge_values
     from leap_core.retrofit import retrofit_profile
 
     profile = retrofit_profile(base, original)
-    values = _merge(profile.to_dict(), {"models": {"student_init": str(champion)}})
-    return _build(Profile, values, f"{base.name} (retrain of {champion} against {original})")
+    values = merge_values(profile.to_dict(), {"models": {"student_init": str(champion)}})
+    return build_config(Profile, values, f"{base.name} (retrain of {champion} against {original})")
 
 
 def retrofit_candidate(base: Profile, original: str, champion: str | Path, train_path: str | Path,
@@ -95,8 +96,9 @@ def retrofit_candidate(base: Profile, original: str, champion: str | Path, train
     from leap_core import identity
     from leap_core.data.corpus import read_sentences_parquet
     from leap_core.io import sha256_strings
-    from leap_core.models import model_fingerprint, resolve_model
-    from leap_core.retrofit import RETROFIT_ARM, model_slug
+    from leap_core.model_folder import model_fingerprint
+    from leap_core.models import resolve_model
+    from leap_core.retrofit import RETROFIT_ARM
 
     profile = candidate_profile(base, original, champion)
     cache = experiment.cache_teacher(profile, train_path, show_progress=False)
@@ -123,7 +125,7 @@ def original_neighbours(profile: Profile, original: str, texts: list[str], k: in
 def agreement_set(texts: list[str], reference: np.ndarray) -> Any:
     """The slice as a Pareto set: per text, NN@k of the served embeddings against the original's neighbours."""
     from leap_core.evaluation.neighbours import knn, overlap
-    from leap_core.evaluation.pareto import EvalSet
+    from leap_core.evaluation.pareto_points import EvalSet
 
     k = reference.shape[1]
     return EvalSet(SLICE, "agreement", {SLICE: texts}, lambda embs: overlap(knn(embs[SLICE], k), reference))
@@ -138,8 +140,9 @@ def measure(profile: Profile, model: str | Path, slice_set: Any, save: bool = Fa
     STS-B test and each of its genres at that policy.
     """
     from leap_core.data import read_sts
-    from leap_core.evaluation.pareto import (Replay, candidate_policies, choose, deployable, depth_model,
-                                             evaluation_sets, save_policy, sts_sets)
+    from leap_core.evaluation.pareto import depth_model, evaluation_sets, save_policy
+    from leap_core.evaluation.pareto_choice import choose, deployable
+    from leap_core.evaluation.pareto_points import Replay, candidate_policies, sts_sets
     from leap_core.policy import ExitPolicy
 
     depth, described = depth_model(profile, str(model))
@@ -189,8 +192,7 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
     import mlflow
 
     from leap_core import registry, tracking
-    from leap_core.pipeline import SERVING_SETTINGS
-    from leap_core.io import sha256_folder
+    from leap_core.model_folder import model_fingerprint
 
     mlflow_client = tracking.client(uri)
     try:
@@ -206,7 +208,7 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
                          "(register it with leap_core.registry.register)")
     folder = root / artifacts["encoder"]["path"]
     expected = version.tags.get(registry.ENCODER_SHA_TAG)
-    if expected and sha256_folder(folder, exclude=SERVING_SETTINGS) != expected:
+    if expected and model_fingerprint(folder, scope="files") != expected:
         raise ValueError(f"{model_name} version {version.version}: the downloaded encoder does not match the sha256 "
                          f"recorded at registration ({expected[:12]}...)")
     return folder, str(version.version)
@@ -260,7 +262,8 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
     from leap_core.data.corpus import read_sentences_parquet
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
-    from leap_core.monitor import REFERENCE_FILE, reference_profile
+    from leap_core.model_folder import REFERENCE_FILE
+    from leap_core.monitor import reference_profile
 
     texts = read_sentences_parquet(holdout_path)
     slice_set = agreement_set(texts, original_neighbours(profile, original, texts))

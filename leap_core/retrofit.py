@@ -16,14 +16,14 @@ import copy
 import dataclasses
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from leap_core import experiment, identity
-from leap_core.config import ENCODE_BATCH_SIZE, Profile, _build, _merge
+from leap_core.config import ENCODE_BATCH_SIZE, Profile, build_config, merge_values
+from leap_core.identity import model_slug
 from leap_core.io import sha256_file, sha256_strings, write_json_atomic
 from leap_core.models import resolve_model
 from leap_core.stats import spearman_difference_ci
@@ -32,18 +32,14 @@ log = logging.getLogger(__name__)
 RETROFIT_ARM = "retrofit"
 
 
-def model_slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name)
-
-
 def retrofit_profile(base: Profile, model: str) -> Profile:
     """`base` with MODEL as both teacher and student, l_min at half depth and the profile's retrofit overrides."""
-    from transformers import AutoConfig
+    from leap_core.model_folder import layer_count
 
-    depth = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
+    depth = layer_count(resolve_model(model))
     l_min = max(2, depth // 2)
     values = base.to_dict()
-    values = _merge(values, {
+    values = merge_values(values, {
         "models": {"teacher": model, "student_init": model, "student_layers": depth},
         "exit": {"l_min": l_min},
         # Pull the exit layers l_min..L-1 onto the final one and give them the teacher's similarity structure
@@ -51,7 +47,7 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
         "objective": {"exit_weight_from": l_min, "late_layers": list(range(l_min, depth)),
                       "contrast_layers": list(range(l_min, depth + 1))},
     })
-    values = _merge(values, copy.deepcopy(base.retrofit))
+    values = merge_values(values, copy.deepcopy(base.retrofit))
     if RETROFIT_ARM not in values["arms"]:
         raise ValueError(f"profile {base.name!r} defines no {RETROFIT_ARM!r} arm")
     arm = {**values["objective"], **values["arms"][RETROFIT_ARM]}
@@ -59,7 +55,7 @@ def retrofit_profile(base: Profile, model: str) -> Profile:
         # L_adjacent on the pairs among the exit layers, (l_min, l_min+1) .. (L-2, L-1): not (l_min-1, l_min),
         # which moves a layer below the exits (docs/tuning.md), nor (L-1, L), which L_late already pulls.
         values["arms"][RETROFIT_ARM]["adjacent_layers"] = list(range(l_min + 1, depth))
-    return _build(Profile, values, f"{base.name} (retrofit of {model})")
+    return build_config(Profile, values, f"{base.name} (retrofit of {model})")
 
 
 def retrofit_dir(base: Profile, model: str, seed: int, profile: Profile | None = None) -> Path:
@@ -233,8 +229,7 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
     from leap_core.data import read_sts
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.against_original import Embedder, beir_against_original, sts_against_original
-    from leap_core.exit_branch import load_heads
-    from leap_core.models import model_fingerprint
+    from leap_core.model_folder import load_heads, model_fingerprint
 
     original_folder = resolve_model(model)
     key = _evaluation_key(profile, [original_folder, full or original_folder, cuts], depths)
@@ -267,7 +262,7 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
 def _evaluation_key(profile: Profile, folders: list[str | Path], depths: list[int]) -> str:
     """What an against_original result depends on: the models' weights, the data files and the settings."""
     from leap_core.io import sha256_folder
-    from leap_core.models import model_fingerprint
+    from leap_core.model_folder import model_fingerprint
 
     data = [experiment.data_path(profile, profile.data.sts_dev), experiment.data_path(profile, profile.data.sts_eval)]
     beir = [sha256_folder(experiment.data_path(profile, folder)) for folder in profile.evaluation.beir]
@@ -304,7 +299,9 @@ def summarize_against_original(model: str, evaluation: dict[str, Any], max_sts_d
 def retrofit_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path | None = None,
                     max_sts_drop: float = 0.01) -> dict[str, Any]:
     """Train MODEL's exit branch (leap_core.exit_branch) and judge it against MODEL: the report's entry."""
-    from leap_core.exit_branch import original_of, read_branch, train_branch
+    from leap_core.exit_branch import train_branch
+    from leap_core.model_folder import read_branch
+    from leap_core.models import original_of
 
     trained = train_branch(profile, model, seed, corpus=corpus)
     record = read_branch(trained.model_dir)
@@ -321,7 +318,7 @@ def retrofit_branch(profile: Profile, model: str, seed: int = 0, corpus: str | P
 def retrofit_peer(profile: Profile, model: str, branch_dir: str | Path, seed: int = 0,
                   max_sts_drop: float = 0.01) -> dict[str, Any]:
     """sentence-transformers' AdaptiveLayerLoss fine-tune on the branch's texts and budget, judged the same way."""
-    from leap_core.exit_branch import read_branch
+    from leap_core.model_folder import read_branch
     from leap_core.peer import peer_result, train_peer
 
     record = read_branch(branch_dir)

@@ -2,7 +2,7 @@
 ranged, NaN and inf refused, and any fault a one-line ValueError naming the file and the field.
 
     leap_exit.json       ExitSettingsFile (its policy: PolicyRecord, the saved policy)
-    leap_onnx.json       OnnxExportFile
+    leap_onnx.json       OnnxExportFile (its int8 graph: QuantizationRecord, with the measured QuantizationCheck)
     leap_branch.json     BranchFile
     leap_reference.json  ReferenceFile
 
@@ -138,13 +138,67 @@ class ReferenceFile(BaseModel):
         return self
 
 
+class CosineSummary(BaseModel):
+    """One int8 candidate's row-wise cosine to the fp32 graph on the check texts (int8_check.cosine_summary)."""
+
+    model_config = FILE_CHECKS
+    mean: Cosine
+    min: Cosine
+    p01: Cosine
+
+    @model_validator(mode="after")
+    def _min_is_lowest(self) -> "CosineSummary":
+        if self.min > min(self.mean, self.p01):
+            raise ValueError(f"min: {self.min:g} exceeds the mean {self.mean:g} or p01 {self.p01:g}")
+        return self
+
+
+Scheme = Literal["per-tensor", "per-channel"]
+
+
+class QuantizationCheck(BaseModel):
+    """quantization.check: the texts the int8 graph was measured on (source, sha256, n), each candidate's cosine to
+    fp32, and what chose the graph: "auto" (both candidates, the higher mean kept) or "flag" (the one named)."""
+
+    model_config = FILE_CHECKS
+    texts: Text
+    texts_sha256: Sha256
+    n: Positive
+    candidates: Annotated[dict[Scheme, CosineSummary], Field(min_length=1)]
+    chosen_by: Literal["auto", "flag"]
+
+    @model_validator(mode="after")
+    def _candidates_fit_the_chooser(self) -> "QuantizationCheck":
+        expected = 2 if self.chosen_by == "auto" else 1
+        if len(self.candidates) != expected:
+            raise ValueError(f"candidates: chosen_by {self.chosen_by} measures {expected}, got "
+                             f"{sorted(self.candidates)}")
+        return self
+
+
 class QuantizationRecord(BaseModel):
-    """leap_onnx.json's "quantization": how its int8 graph was made (export.quantization)."""
+    """leap_onnx.json's "quantization": how its int8 graph was made (export.quantization) and, from exports that
+    measured it (int8_check.add_int8), "check": its drift from fp32. Exports written before the check have none."""
 
     model_config = FILE_CHECKS
     method: Text
     weight_type: Literal["QInt8", "QUInt8"]
     per_channel: Flag
+    check: QuantizationCheck = None
+
+    @model_validator(mode="after")
+    def _kept_the_measured_best(self) -> "QuantizationRecord":
+        if self.check is None:
+            return self
+        kept = "per-channel" if self.per_channel else "per-tensor"
+        measured = self.check.candidates
+        if kept not in measured:
+            raise ValueError(f"check: the kept {kept} graph was not measured (candidates {sorted(measured)})")
+        best = max(summary.mean for summary in measured.values())
+        if measured[kept].mean < best:
+            raise ValueError(f"per_channel: the kept {kept} graph's mean cosine {measured[kept].mean:g} is below "
+                             f"the best candidate's {best:g}")
+        return self
 
 
 class OnnxExportFile(BaseModel):

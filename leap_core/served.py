@@ -12,6 +12,7 @@ dynamic int8 linear layers (torch.ao.quantization.quantize_dynamic) for users wh
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -22,6 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from leap_core.exit_branch import save_cut
+from leap_core.model_folder import (EXPORT_FILE, exit_policy, has_branch, layer_count, max_seq_length, read_branch,
+                                    read_exit_settings)
+
+# torch, transformers and the leap modules that import them (batching, encoder, models, st_module) are imported
+# inside the functions that run PyTorch: an operating point and an ONNX encoder's loop need neither.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -37,14 +44,10 @@ class OperatingPoint:
 
 def _saved_depth(folder: Path, n_layers: int) -> int:
     """The depth of the folder's saved full or fixed policy (no leap_exit.json: the model as shipped, full)."""
-    from leap_core.encoder import read_exit_settings
-    from leap_core.policy import ExitPolicy
-
     settings = read_exit_settings(folder)
     if not settings:
         return n_layers
-    rule = {key: settings[key] for key in ("theta", "k", "l_min") if key in settings}
-    policy = ExitPolicy.from_dict({**rule, **settings["policy"]}) if "policy" in settings else ExitPolicy("rule", **rule)
+    policy = exit_policy(settings)
     if policy.kind not in ("full", "fixed"):
         raise ValueError(f"{folder}: its policy {policy.name} exits per sentence; serve a fixed depth (--depth N)")
     return policy.depth if policy.kind == "fixed" else n_layers
@@ -52,15 +55,12 @@ def _saved_depth(folder: Path, n_layers: int) -> int:
 
 def operating_point(model: str | os.PathLike, depth: int | None, scratch: Path) -> OperatingPoint:
     """The saved policy's point (or `depth`); an exit branch's cut is written under `scratch`."""
-    from transformers import AutoConfig
-
-    from leap_core.exit_branch import BRANCH_FILE, original_of, read_branch, save_cut
-    from leap_core.models import resolve_model
+    from leap_core.models import original_of, resolve_model  # imports torch and transformers
 
     folder = resolve_model(str(model))
-    branch = read_branch(folder) if (folder / BRANCH_FILE).is_file() else None
+    branch = read_branch(folder) if has_branch(folder) else None
     is_branch = branch is not None and "cut_depth" not in branch
-    n_layers = int(branch["original_layers"]) if is_branch else AutoConfig.from_pretrained(str(folder)).num_hidden_layers
+    n_layers = int(branch["original_layers"]) if is_branch else layer_count(folder)
     depth = _saved_depth(folder, n_layers) if depth is None else depth
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= n_layers:
         raise ValueError(f"{folder}: depth {depth!r} is not a layer of this model (1..{n_layers})")
@@ -75,10 +75,10 @@ def operating_point(model: str | os.PathLike, depth: int | None, scratch: Path) 
 
 def head_modules(folder: Path) -> list[Any]:
     """The sentence-transformers modules after the pooling, in order, as torch modules (Dense, Normalize)."""
-    import torch
+    import torch  # the PyTorch paths only (see the note above INPUTS)
     import torch.nn.functional as F
 
-    from leap_core.st_module import tail_modules
+    from leap_core.st_module import tail_modules  # imports torch and sentence-transformers
 
     class Normalize(torch.nn.Module):
         def forward(self, x):
@@ -109,12 +109,10 @@ def cut_module(folder: Path, depth: int, attention: str = "eager") -> tuple[Any,
 
     attention: "eager" (what the ONNX exporter takes) or "sdpa" (torch's fused attention kernel, for PyTorch).
     """
-    import inspect
-
-    import torch
+    import torch  # the PyTorch paths only (see the note above INPUTS)
     import torch.nn.functional as F
 
-    from leap_core.models import load_weights
+    from leap_core.models import load_weights  # imports torch and transformers
 
     model = load_weights(folder, attn_implementation=attention).eval()
     if not 1 <= depth <= len(model.encoder.layer):
@@ -142,7 +140,7 @@ def cut_module(folder: Path, depth: int, attention: str = "eager") -> tuple[Any,
 
 def trace_inputs(tokenizer: Any, names: Sequence[str]) -> tuple[Any, ...]:
     """A padded two-row sample: tracing with padding keeps the attention mask in the graph."""
-    import torch
+    import torch  # the PyTorch paths only (see the note above INPUTS)
 
     sample = tokenizer(["a short text", "a somewhat longer text to pad the batch"], padding=True, return_tensors="pt")
     return tuple(sample.get(name, torch.zeros_like(sample["input_ids"])) for name in names)
@@ -160,7 +158,7 @@ class BatchedEncoder:
 
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(N, d) normalised float32 embeddings ((d,) for one str)."""
-        from leap_core.encoder import check_sentences
+        from leap_core.batching import check_sentences  # imports torch
 
         single = isinstance(sentences, str)
         items = check_sentences([sentences] if single else sentences)  # str rows, each valid Unicode
@@ -181,7 +179,7 @@ class BatchedEncoder:
 
 def quantize_int8(module: Any) -> Any:
     """Dynamic int8 of every nn.Linear (weights int8 per tensor, activations quantised per call), CPU only."""
-    import torch
+    import torch  # the PyTorch paths only (see the note above INPUTS)
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():  # torch marks its quantized tensor API deprecated (in favour of torchao)
@@ -196,18 +194,17 @@ class TorchCutEncoder(BatchedEncoder):
     """
 
     def __init__(self, model: str | os.PathLike, depth: int | None = None, int8: bool = False, script: bool = True):
-        import torch
-        from transformers import AutoTokenizer
+        import torch  # the PyTorch paths only (see the note above INPUTS)
+        from transformers import AutoTokenizer  # as torch
 
-        from leap_core.encoder import _read_max_seq_length
-        from leap_core.models import check_max_length
+        from leap_core.models import check_max_length  # imports torch and transformers
 
         scratch = Path(tempfile.mkdtemp(prefix="leap-cut-"))
         try:
             self.point = operating_point(model, depth, scratch)
             module, self.inputs = cut_module(self.point.folder, self.point.depth, attention="sdpa")
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.point.folder))
-            self.max_length = _read_max_seq_length(self.point.folder) or 128
+            self.max_length = max_seq_length(self.point.folder) or 128
             check_max_length(self.max_length, module.model, f"{self.point.folder}: max_seq_length")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -221,7 +218,7 @@ class TorchCutEncoder(BatchedEncoder):
         self.precision = "int8" if int8 else "fp32"
 
     def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
+        import torch  # the PyTorch paths only (see the note above INPUTS)
 
         with torch.inference_mode():
             return self.module(*(torch.from_numpy(feed[name]) for name in self.inputs)).numpy()
@@ -230,9 +227,9 @@ class TorchCutEncoder(BatchedEncoder):
 def load_deployed(path: str | os.PathLike, **options: Any) -> Any:
     """One call for any leap folder: an ONNX export (leap_onnx.json) -> export.OnnxEncoder (options: precision,
     threads); a model folder or hub id -> EarlyExitEncoder serving its saved policy (options: its overrides)."""
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.export import EXPORT_FILE, OnnxEncoder
-    from leap_core.models import resolve_model
+    from leap_core.encoder import EarlyExitEncoder  # imports torch and transformers
+    from leap_core.export import OnnxEncoder  # imports this module: a cycle at module level
+    from leap_core.models import resolve_model  # imports torch and transformers
 
     if (Path(path) / EXPORT_FILE).is_file():
         return OnnxEncoder(path, **options)

@@ -14,7 +14,7 @@ sentence-transformers loads the folder from that file alone, leap installed or n
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,15 +22,27 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
+from sentence_transformers.sentence_transformer import modules as st_modules
+from sentence_transformers.util import import_from_string
 
 from leap_core.encoder import EarlyExitEncoder, parse_mode
+from leap_core.io import write_text_atomic
+from leap_core.model_card import folder_card
+from leap_core.model_folder import (CARD_FILE, REMOTE_CODE_FILE, ST_CONFIG_FILE, is_mean_pooling, max_seq_length,
+                                    read_card, read_modules, read_pooling, read_prompts, saved_exit_mode,
+                                    write_modules)
+from leap_core.models import resolve_model, save_sentence_transformer
 
+# The code a trust_remote_code load runs, copied into every folder whose first module is LeapEarlyExit. It imports
+# this module when leap is installed (its LeapEarlyExit is then ours); this module never imports it back.
+REMOTE_CODE = Path(__file__).with_name(REMOTE_CODE_FILE)
 MODULE_TYPE = "leap_early_exit.LeapEarlyExit"  # modules.json's name: the file shipped in the folder
 LEGACY_TYPE = "leap_core.st_module.LeapEarlyExit"  # folders saved before the file shipped (they need leap)
 EXIT_TYPES = (MODULE_TYPE, LEGACY_TYPE)
 _PLAIN_INPUT = ("sentence_transformers.base.modules.transformer.Transformer",
                 "sentence_transformers.sentence_transformer.modules.Transformer",
                 "sentence_transformers.models.Transformer")
+EXIT_KWARGS = ("exit_mode",)  # what model_kwargs may set; anything else is refused, never silently dropped
 
 
 class LeapEarlyExit(InputModule):
@@ -40,7 +52,7 @@ class LeapEarlyExit(InputModule):
     "fixed:N" as EarlyExitEncoder.encode. encode(..., exit_mode=...) overrides it for one call.
     """
 
-    config_file_name = "sentence_bert_config.json"
+    config_file_name = ST_CONFIG_FILE
     config_keys = ["max_seq_length", "exit_mode"]  # exit_mode survives save and load
     forward_kwargs = {"exit_mode"}
     save_in_root = True
@@ -89,13 +101,11 @@ class LeapEarlyExit(InputModule):
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         """Weights, tokenizer, max length and exit mode as a Transformer module writes them, leap_exit.json, and
         leap_early_exit.py (the code a trust_remote_code load runs)."""
-        from leap_core.leap_early_exit import ship_code
-
         self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.save_tokenizer(output_path)
         self.save_config(output_path)
         self.engine.save_exit_settings(output_path)
-        ship_code(output_path)
+        ship_code(Path(output_path))
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", exit_mode: str | None = None,
@@ -106,44 +116,59 @@ class LeapEarlyExit(InputModule):
         exit_mode: the keyword, else model_kwargs["exit_mode"], else the one saved with the folder. Any other
         model_kwargs key, and any backend but torch (ONNX: `leap export`), is a ValueError, not silently ignored.
         """
-        from leap_core.leap_early_exit import check_load_options
-
         exit_mode = check_load_options(model_kwargs, backend, exit_mode)
         overrides = {key: kwargs[key] for key in ("theta", "k", "l_min", "policy", "device") if key in kwargs}
-        folder = _local_folder(model_name_or_path, subfolder, kwargs)
+        return cls.from_folder(local_folder(model_name_or_path, subfolder, kwargs), exit_mode, **overrides)
+
+    @classmethod
+    def from_folder(cls, folder: Path, exit_mode: str | None = None, **overrides: Any) -> "LeapEarlyExit":
+        """The module of a local folder: its encoder as EarlyExitEncoder.from_pretrained loads it (leap_exit.json,
+        overrides win), at exit_mode, else the one saved with the folder."""
         return cls(EarlyExitEncoder.from_pretrained(folder, **overrides),
                    exit_mode=exit_mode if exit_mode is not None else saved_exit_mode(folder))
 
 
-def saved_exit_mode(folder: str | Path) -> str | None:
-    """The exit_mode saved with a folder (sentence_bert_config.json), None when it holds none."""
-    config = Path(folder) / LeapEarlyExit.config_file_name
-    return json.loads(config.read_text(encoding="utf-8")).get("exit_mode") if config.is_file() else None
+def check_load_options(model_kwargs: dict[str, Any] | None, backend: str | None,
+                       exit_mode: str | None = None) -> str | None:
+    """The exit_mode a load asks for (model_kwargs["exit_mode"] or the keyword); a ValueError for a backend other
+    than torch or a model_kwargs key this module cannot honour, so no option is silently ignored. (The shipped
+    leap_early_exit.py restates it for loads without leap; tests/test_st_module.py checks that both agree.)"""
+    if backend not in (None, "torch"):
+        raise ValueError(f"backend={backend!r}: a LEAP early-exit model runs in PyTorch here; for ONNX Runtime, "
+                         "export its served point with `leap export MODEL --out DIR` and load DIR with "
+                         "leap_core.served.load_deployed")
+    given = dict(model_kwargs or {})
+    unknown = sorted(set(given) - set(EXIT_KWARGS))
+    if unknown:
+        raise ValueError(f"model_kwargs {unknown}: not supported by LeapEarlyExit (it takes {list(EXIT_KWARGS)}); "
+                         "the weights load in float32 from safetensors")
+    return given.get("exit_mode", exit_mode)
+
+
+def ship_code(folder: Path) -> Path:
+    """Copy leap_early_exit.py into `folder`, the code its modules.json names for trust_remote_code loads."""
+    target = folder / REMOTE_CODE_FILE
+    if target.resolve() != REMOTE_CODE.resolve():
+        shutil.copyfile(REMOTE_CODE, target)
+    return target
 
 
 def ship_remote_code(folder: str | Path) -> None:
     """Make a saved folder load without leap: leap_early_exit.py beside modules.json, which names it. A folder whose
     first module is not LeapEarlyExit is left as it is."""
-    from leap_core.leap_early_exit import ship_code
-
-    file = Path(folder) / "modules.json"
-    if not file.is_file():
-        return
-    entries = json.loads(file.read_text(encoding="utf-8"))
+    entries = read_modules(folder)
     if not entries or entries[0]["type"] not in EXIT_TYPES:
         return
-    ship_code(str(folder))
+    ship_code(Path(folder))
     if entries[0]["type"] != MODULE_TYPE:
         entries[0]["type"] = MODULE_TYPE
-        file.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+        write_modules(folder, entries)
 
 
 def save_exit_folder(model: Any, tokenizer: Any, folder: str | Path, max_seq_length: int,
                      rule: dict[str, Any]) -> Path:
     """A sentence-transformers folder whose first module is LeapEarlyExit with this exit rule (theta, k, l_min):
     SentenceTransformer(folder, trust_remote_code=True).encode exits. Written atomically."""
-    from leap_core.models import save_sentence_transformer
-
     engine = EarlyExitEncoder(model, tokenizer, max_length=max_seq_length, device="cpu", **rule)
     return save_sentence_transformer(model, tokenizer, folder, max_seq_length, input_modules=[LeapEarlyExit(engine)],
                                      finish=finish_exit_folder)
@@ -152,22 +177,18 @@ def save_exit_folder(model: Any, tokenizer: Any, folder: str | Path, max_seq_len
 def finish_exit_folder(folder: Path) -> None:
     """What a saved LeapEarlyExit folder needs beyond sentence-transformers' files: the code a trust_remote_code
     load runs (ship_remote_code) and leap's card, stating the policy it serves (numbers come once measured)."""
-    from leap_core.io import write_text_atomic
-    from leap_core.model_card import CARD_FILE, folder_card
-
     ship_remote_code(folder)
     write_text_atomic(folder / CARD_FILE, folder_card(folder))
 
 
-def _local_folder(name: str, subfolder: str, hub: dict[str, Any]) -> Path:
+def local_folder(name: str, subfolder: str = "", hub: dict[str, Any] | None = None) -> Path:
     """A folder path as is; a hub id downloaded (or found in the cache) like sentence-transformers would."""
-    from leap_core.models import resolve_model
-
+    hub = hub or {}
     local = Path(name) / subfolder
     if local.is_dir():
         return local
     if hub.get("token") or hub.get("revision") or hub.get("cache_folder"):
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only a hub id with hub options needs the hub client
 
         return Path(snapshot_download(name, token=hub.get("token"), revision=hub.get("revision"),
                                       cache_dir=hub.get("cache_folder"),
@@ -175,28 +196,19 @@ def _local_folder(name: str, subfolder: str, hub: dict[str, Any]) -> Path:
     return resolve_model(name) / subfolder
 
 
-def _entries(folder: Path) -> list[dict[str, Any]]:
-    file = folder / "modules.json"
-    if not file.is_file():
-        raise ValueError(f"{folder}: not a sentence-transformers folder (no modules.json)")
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
 def tail_modules(folder: str | Path) -> list[Any]:
     """The modules after the sentence embedding is formed (Dense heads, Normalize), in order, from either layout:
     LeapEarlyExit first, or Transformer + mean Pooling first. Only sentence-transformers' own classes are imported."""
-    from sentence_transformers.util import import_from_string
-
     folder = Path(folder)
-    if not (folder / "modules.json").is_file():
+    entries = read_modules(folder)
+    if entries is None:
         return []  # a plain transformers folder: sentence-transformers mean-pools it, with nothing after
-    entries = _entries(folder)
     first = entries[0]["type"]
     if first in EXIT_TYPES:
         rest = entries[1:]
     elif first in _PLAIN_INPUT and len(entries) > 1 and entries[1]["type"].endswith(".Pooling"):
-        pooling = json.loads((folder / entries[1]["path"] / "config.json").read_text(encoding="utf-8"))
-        if not (pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode") == "mean"):
+        pooling = read_pooling(folder, entries[1]["path"])
+        if not is_mean_pooling(pooling):
             raise ValueError(f"{folder}: pooling {pooling}; leap serves mean-pooled models")
         rest = entries[2:]
     else:
@@ -215,19 +227,17 @@ def load_sentence_transformer(path: str | Path, exit_mode: str | None = None, de
     """A SentenceTransformer that exits early, from a folder of either layout or a hub id, with no remote code:
     LeapEarlyExit (settings from leap_exit.json, overrides win; exit_mode, else the folder's saved one) followed
     by the folder's own tail modules. Its save() ships the module's code and leap's card (LeapSentenceTransformer)."""
-    folder = _local_folder(str(path), "", {})
-    mode = exit_mode if exit_mode is not None else saved_exit_mode(folder)
-    first = LeapEarlyExit(EarlyExitEncoder.from_pretrained(folder, **overrides), exit_mode=mode)
+    folder = local_folder(str(path))
+    first = LeapEarlyExit.from_folder(folder, exit_mode, **overrides)
     model = LeapSentenceTransformer(modules=[first, *tail_modules(folder)],
                                     device=device or str(first.engine.device))
-    prompts = folder / "config_sentence_transformers.json"
-    if prompts.is_file():  # prompts and the default prompt travel with the folder
-        config = json.loads(prompts.read_text(encoding="utf-8"))
-        model.prompts = config.get("prompts") or {}
-        model.default_prompt_name = config.get("default_prompt_name")
-    card = folder / "README.md"
-    if card.is_file():
-        model.source_card = (first.engine.policy.name, first.exit_mode, card.read_text(encoding="utf-8"))
+    prompts = read_prompts(folder)
+    if prompts is not None:  # prompts and the default prompt travel with the folder
+        model.prompts = prompts.get("prompts") or {}
+        model.default_prompt_name = prompts.get("default_prompt_name")
+    card = read_card(folder)
+    if card is not None:
+        model.source_card = (first.engine.policy.name, first.exit_mode, card)
     return model
 
 
@@ -240,9 +250,6 @@ class LeapSentenceTransformer(SentenceTransformer):
 
     def save(self, path: str, model_name: str | None = None, create_model_card: bool = True,
              train_datasets: list[str] | None = None, safe_serialization: bool = True) -> None:
-        from leap_core.io import write_text_atomic
-        from leap_core.model_card import CARD_FILE, folder_card
-
         super().save(path, model_name, False, train_datasets, safe_serialization)
         ship_remote_code(path)
         if create_model_card:
@@ -255,14 +262,11 @@ class LeapSentenceTransformer(SentenceTransformer):
 def plain_sentence_transformer(path: str | Path, device: str = "cpu"):
     """The folder as sentence-transformers serves a model that does not exit: Transformer + mean Pooling + its tail
     (what `leap bench` times as the peer of our encoder)."""
-    from sentence_transformers.sentence_transformer import modules as st_modules
-
-    folder = _local_folder(str(path), "", {})
-    if not (folder / "modules.json").is_file() or _entries(folder)[0]["type"] not in EXIT_TYPES:
+    folder = local_folder(str(path))
+    entries = read_modules(folder)
+    if entries is None or entries[0]["type"] not in EXIT_TYPES:
         return SentenceTransformer(str(folder), device=device)  # a plain folder: as sentence-transformers loads it
-    from leap_core.encoder import _read_max_seq_length
-
     # The length the encoder would serve, read from the folder: loading the encoder's weights for it is a waste.
-    transformer = st_modules.Transformer(str(folder), max_seq_length=_read_max_seq_length(folder) or 128)
+    transformer = st_modules.Transformer(str(folder), max_seq_length=max_seq_length(folder) or 128)
     pooling = st_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, *tail_modules(folder)], device=device)

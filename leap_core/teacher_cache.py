@@ -25,7 +25,8 @@ import torch
 
 from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.io import atomic_path, sha256_strings
-from leap_core.models import load_weights, model_fingerprint, resolve_model
+from leap_core.model_folder import model_fingerprint
+from leap_core.models import load_weights, resolve_model
 from leap_core.pooling import pooled_layers
 
 log = logging.getLogger(__name__)

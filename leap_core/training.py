@@ -32,7 +32,9 @@ from leap_core.config import ExitConfig, TrainConfig
 from leap_core.io import (atomic_path, folder_files, folder_lock, note_in_manifest, remove_stale_temps, sha256_file,
                          write_json_atomic, write_text_atomic, writer_lock)
 from leap_core.losses import LeapObjective
+from leap_core.model_folder import write_exit_settings
 from leap_core.models import save_sentence_transformer
+from leap_core.policy import ExitPolicy
 from leap_core.pooling import pooled_layers
 from leap_core.st_module import save_exit_folder
 from leap_core.teacher_cache import TeacherCache, pick_device
@@ -320,7 +322,7 @@ class LeapTrainer:
             else:
                 save_sentence_transformer(self.student.cpu(), self.tokenizer, model_dir, self.serve_max_length)
             before = set(folder_files(model_dir))
-            write_json_atomic(model_dir / "leap_exit.json", rule)
+            write_exit_settings(model_dir, ExitPolicy("rule", **rule))
             if self.save_extra is not None:
                 self.save_extra(model_dir)
             # In the manifest, so a re-save (a run killed before train_result.json) may still replace the folder.

@@ -1,16 +1,22 @@
-"""Latency benchmark: headline arithmetic, the timing loop's bookkeeping, agreement, markdown."""
+"""Latency benchmark: headline arithmetic, the timing loop's bookkeeping, agreement, markdown (bench_report).
+
+The harness itself (batches, rotation, clocks) is tested in test_timing.py."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from leap_core import bench
-from leap_core.bench import PEER, draw_batches, render_markdown, run_benchmark, summarize
+from leap_core import timing
+from leap_core.bench import PEER, run_benchmark, summarize
+from leap_core.bench_report import render_markdown
 from leap_core.encoder import EarlyExitEncoder
+from leap_core.timing import draw_batches
 
 N_LAYERS = 4
 SENTENCES = [
@@ -52,18 +58,6 @@ def model_dir(tmp_path_factory, tokenizer):
     encoder.theta = float((middle[gap] + middle[gap + 1]) / 2)
     encoder.save_exit_settings(folder)
     return folder
-
-
-def test_draw_batches_is_deterministic_and_wraps():
-    first = draw_batches(SENTENCES, 4, 3, seed=0)
-    assert first == draw_batches(SENTENCES, 4, 3, seed=0)
-    assert [len(batch) for batch in first] == [4, 4, 4]
-    flat = [s for batch in first for s in batch]
-    assert sorted(flat[:10]) == sorted(SENTENCES)  # one whole permutation, then it starts again
-    assert flat[10:] == flat[:2]
-    assert [b[0] for b in draw_batches(SENTENCES, 1, 3, seed=0)] == flat[:3]
-    with pytest.raises(ValueError, match="no sentences"):
-        draw_batches([], 1, 1)
 
 
 def test_summarize_hand_computed():
@@ -161,7 +155,7 @@ def test_run_benchmark_times_each_mode_on_the_same_batches(model_dir, monkeypatc
 
     monkeypatch.setattr(EarlyExitEncoder, "encode", encode)
     monkeypatch.setattr(SentenceTransformer, "encode", peer_encode)
-    monkeypatch.setitem(bench.CLOCKS, "wall", lambda: now[0])
+    monkeypatch.setitem(timing.CLOCKS, "wall", lambda: now[0])
     warmup, iterations = 1, 2
     result = run_benchmark(model_dir, SENTENCES, batch_sizes=(1, 32), warmup=warmup, iterations=iterations,
                            device="cpu")
@@ -214,8 +208,6 @@ def test_run_benchmark_rejects_bad_settings_before_timing(model_dir):
 
 
 def test_cli_writes_json_and_markdown(model_dir, tmp_path):
-    import json
-
     from leap_core.cli import main
 
     (tmp_path / "stsb").mkdir()
@@ -230,3 +222,12 @@ def test_cli_writes_json_and_markdown(model_dir, tmp_path):
     assert {(row["mode"], row["batch_size"]) for row in result["table"]} == {
         (mode, size) for mode in ("full", "compact") for size in (1, 2)}
     assert "| compact | 2 |" in out.with_suffix(".md").read_text()
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "reports" / "bench_exit_cpu.json"
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="no committed latency benchmark")
+def test_committed_report_rebuilds_byte_for_byte():
+    result = json.loads(COMMITTED.read_text(encoding="utf-8"))
+    assert render_markdown(result) == COMMITTED.with_suffix(".md").read_text(encoding="utf-8")

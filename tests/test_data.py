@@ -378,3 +378,18 @@ def test_load_beir_bad_qrels(tmp_path):
     qrels.write_text("query-id\tcorpus-id\tscore\nq9\td2\t1\n")
     with pytest.raises(DataError, match=r"test\.tsv: query id 'q9' has no query"):
         load_beir(tmp_path / "tiny", cache_dir=tmp_path / "cache")
+
+
+def test_data_submodules_import_each_other_never_the_package():
+    """leap_core.data's __init__ re-exports its submodules, so none of them may import it back (a cycle)."""
+    import ast
+
+    import leap_core.data
+
+    for path in Path(leap_core.data.__file__).parent.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert "leap_core.data" not in names, f"{path.name}, line {node.lineno}: imports the leap_core.data package"

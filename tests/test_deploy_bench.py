@@ -38,6 +38,27 @@ def test_headlines_divide_the_peers_median_by_ours_and_judge_each_target():
     assert quality_drops({"nfcorpus-test": 0.33}, {"nfcorpus-test": 0.30}) == pytest.approx({"nfcorpus-test": -0.1})
 
 
+def test_profile_times_each_call_and_the_tokenizer_through_the_harness(monkeypatch):
+    from leap_core import timing
+    from leap_core.deploy_bench import PROFILE_WARMUP, profile_torch
+
+    now, calls_made = [0.0], []
+
+    def ours(batch, size):
+        now[0] += 0.002
+        calls_made.append((list(batch), size))
+
+    def tokenizer(batch, **kwargs):
+        now[0] += 0.0005
+
+    monkeypatch.setitem(timing.CLOCKS, "wall", lambda: now[0])
+    out = profile_torch({"ours": ours}, "a sentence", tokenizer, iterations=4)
+    assert out["ours"]["wall_ms_per_call"] == pytest.approx(2.0)  # the median of the harness's timed calls
+    assert out["tokenizer_ms_per_call"] == pytest.approx(0.5)
+    assert calls_made == [(["a sentence"], 1)] * (PROFILE_WARMUP + 4 + 4)  # warm-up, timed, then profiled
+    assert set(out["ours"]) == {"wall_ms_per_call", "aten_ops_per_call", "aten_self_ms_per_call", "top_ops"}
+
+
 def test_bench_deploy_times_every_path_and_scores_each_once(tmp_path, data_dir):
     ours = tmp_path / "ours"
     shutil.copytree(resolve_model(ORIGINAL), ours)

@@ -12,7 +12,8 @@ from transformers import AutoModel, BertConfig, BertModel, MPNetConfig, MPNetMod
 
 from conftest import minilm_folder
 
-from leap_core.encoder import EXIT_SETTINGS_FILE, EarlyExitEncoder
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.model_folder import EXIT_SETTINGS_FILE
 from leap_core.pooling import mean_pool
 
 N_LAYERS = 5
@@ -383,7 +384,7 @@ def test_awkward_rows_leave_their_batch_mates_intact(model, tokenizer, mode, mon
     awkward = ["", SENTENCES[0], "   \t\n", " ".join(["word"] * 3000), SENTENCES[2], "\u00a0", SENTENCES[5]]
     ref_mode = "batch" if mode == "compact" else mode
     singles = [encoder.encode(s, mode=ref_mode, return_exit_layers=True) for s in awkward]
-    monkeypatch.setattr("leap_core.encoder.TOKENIZE_CHUNK", 3)  # tokenized in several chunks, same result
+    monkeypatch.setattr("leap_core.batching.TOKENIZE_CHUNK", 3)  # tokenized in several chunks, same result
     got, layers = encoder.encode(awkward, batch_size=len(awkward), mode=mode, return_exit_layers=True)
     assert np.isfinite(got).all() and got.shape == (len(awkward), 32)
     assert layers.tolist() == [int(layer) for _, layer in singles]
@@ -418,3 +419,24 @@ def test_the_cli_and_profiles_refuse_a_threshold_that_can_never_fire(tmp_path, c
         load_profile("smoke", {"exit": {"l_min": 9}})
     with pytest.raises(ValueError, match=r"smoke.yaml: exit.theta: input should be less than or equal to 1, got 1.5"):
         load_profile("smoke", {"exit": {"theta": 1.5}})
+
+
+def test_a_folder_without_exit_settings_loads_at_the_default_rule_and_saved_settings_win(tmp_path, caplog):
+    """One default rule (config.ExitConfig's, model_folder.exit_rule) for every loader; leap_exit.json wins."""
+    import logging
+    import shutil
+
+    from leap_core.model_folder import exit_rule
+    from leap_core.models import resolve_model
+    from leap_core.st_module import load_sentence_transformer
+
+    folder = tmp_path / "plain"
+    shutil.copytree(resolve_model("random-bert:layers=4,hidden=32,heads=2,seed=0"), folder)
+    with caplog.at_level(logging.WARNING, logger="leap_core.encoder"):
+        encoder = EarlyExitEncoder.from_pretrained(folder, device="cpu")
+    assert encoder.rule == exit_rule() and encoder.policy.kind == "rule"
+    assert "the exit rule is the default theta=0.95, k=1, l_min=6" in caplog.text
+    assert load_sentence_transformer(folder, device="cpu")[0].engine.rule == exit_rule()
+    (folder / EXIT_SETTINGS_FILE).write_text(json.dumps({"theta": 0.5, "l_min": 2}))
+    assert EarlyExitEncoder.from_pretrained(folder, device="cpu").rule == {"theta": 0.5, "k": 1, "l_min": 2}
+    assert EarlyExitEncoder.from_pretrained(folder, device="cpu", k=2).rule == {"theta": 0.5, "k": 2, "l_min": 2}

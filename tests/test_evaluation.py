@@ -130,3 +130,17 @@ def test_pair_rows_encodes_each_sentence_once_and_maps_pairs_back():
     unique, idx1, idx2 = pair_rows(pairs)
     assert unique == ["a", "b", "c", "d"]
     assert [unique[i] for i in idx1] == pairs.sentences1 and [unique[i] for i in idx2] == pairs.sentences2
+
+
+def test_the_exit_replay_helpers_hand_case():
+    from leap_core.policy import check_layer_embs, first_true_layer, lagged_cosines
+
+    embs = np.array([[[1.0, 0.0]], [[2.0, 2.0]], [[0.0, 3.0]]], dtype=np.float32)  # 3 layers, 1 row, not normalised
+    cos = lagged_cosines(embs, 1)
+    assert np.isnan(cos[0, 0]) and cos[1:, 0] == pytest.approx([2 ** -0.5, 2 ** -0.5])
+    assert lagged_cosines(embs, 2)[2, 0] == pytest.approx(0.0) and np.isnan(lagged_cosines(embs, 2)[:2]).all()
+    passes = np.array([[False, False], [True, False], [True, False]])
+    assert first_true_layer(passes, 3).tolist() == [2, 3]  # the first passing layer, else L
+    assert check_layer_embs(embs.tolist()).dtype == np.float32
+    with pytest.raises(ValueError, match="non-empty"):
+        check_layer_embs(np.zeros((3, 0, 2)))

@@ -11,9 +11,10 @@ from leap_core.config import load_profile
 from leap_core.data import DataError
 from leap_core.data.documents import pseudo_documents, read_user_corpus, split_sentences
 from leap_core.evaluation.against_original import beir_against_original, cheapest_cut
-from leap_core.exit_branch import exit_layers, original_of, read_branch
+from leap_core.exit_branch import exit_layers
 from leap_core.losses import BranchObjective, branch_loss
-from leap_core.models import model_fingerprint, resolve_model
+from leap_core.model_folder import model_fingerprint, read_branch
+from leap_core.models import original_of, resolve_model
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 
@@ -141,7 +142,7 @@ def test_cheapest_cut_is_the_smallest_depth_within_the_floor_on_dev():
 
 def test_retrofit_branch_keeps_the_original_bit_for_bit_and_its_max_length(base, tmp_path, capsys):
     from leap_core.cli import main
-    from leap_core.encoder import _read_max_seq_length, read_exit_settings
+    from leap_core.model_folder import max_seq_length, read_exit_settings
 
     original = resolve_model(MODEL)
     before = model_fingerprint(original)
@@ -158,8 +159,8 @@ def test_retrofit_branch_keeps_the_original_bit_for_bit_and_its_max_length(base,
         assert scores["full_ndcg10"] == scores["original_ndcg10"] and scores["cos_to_original_final"] == pytest.approx(1.0)
     assert evaluation["sts_test"]["full_minus_original"]["diff"] == 0.0
     branch = summary["model_dir"]
-    assert base.branch.max_length == 32 != _read_max_seq_length(original)
-    assert _read_max_seq_length(branch) == _read_max_seq_length(original) == evaluation["max_length"]["cuts"]
+    assert base.branch.max_length == 32 != max_seq_length(original)
+    assert max_seq_length(branch) == max_seq_length(original) == evaluation["max_length"]["cuts"]
     assert read_branch(branch)["exit_layers"] == summary["exit_layers"] == [2, 3]
     assert original_of(branch) == original
     cut = summary["cheapest_cut"]
@@ -167,7 +168,7 @@ def test_retrofit_branch_keeps_the_original_bit_for_bit_and_its_max_length(base,
 
 
 def test_a_branch_refuses_an_original_whose_weights_changed(tmp_path):
-    from leap_core.exit_branch import BRANCH_FILE
+    from leap_core.model_folder import BRANCH_FILE
 
     folder = tmp_path / "branch"
     folder.mkdir()
@@ -185,7 +186,8 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
     from leap_core.cli import main
     from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.against_original import Embedder
-    from leap_core.exit_branch import load_heads, train_branch
+    from leap_core.exit_branch import train_branch
+    from leap_core.model_folder import load_heads
 
     branch = train_branch(base, MODEL).model_dir
     assert main(["cut", str(branch), "--depth", "2", "--out", str(tmp_path / "cut2")]) == 0

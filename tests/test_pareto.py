@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from leap_core.encoder import EarlyExitEncoder, read_exit_settings
-from leap_core.evaluation.pareto import (
-    DepthModel, EvalSet, Replay, choose, cut_line, minus_cut_line, oracle_exits, save_policy, threshold_path)
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.model_folder import read_exit_settings
+from leap_core.evaluation.pareto import save_policy
+from leap_core.evaluation.pareto_choice import choose
+from leap_core.evaluation.pareto_compare import cut_line, minus_cut_line
+from leap_core.evaluation.pareto_points import DepthModel, EvalSet, Replay, oracle_exits, threshold_path
 from leap_core.evaluation.sweep import convergence_exits
 from leap_core.losses import cross_depth_loss
 from leap_core.models import resolve_model
@@ -156,6 +159,44 @@ def test_the_dev_threshold_path_only_gets_shallower_and_ends_at_a_cut():
     depths = [replay.policy_point(p)["sets"]["dev"]["mean_depth"] for p in path]
     assert path and all(p.kind == "thresholds" for p in path)
     assert all(x > y for x, y in zip(depths, depths[1:])) and depths[-1] == 1.0
+
+
+def test_an_addition_rides_beside_the_calibrated_policy_and_never_moves_it(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from leap_core.evaluation import pareto
+    from leap_core.evaluation.pareto import Addition, calibrate_policy
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model(MODEL), folder)
+    embs, rng = _layers(n_layers=4, n_rows=30), np.random.default_rng(2)
+    a, b = rng.integers(0, 30, 60), rng.integers(0, 30, 60)
+    dev = EvalSet("stsb-dev", "sts", {"g": [str(i) for i in range(30)]},
+                  lambda e: (e["g"][a] * e["g"][b]).sum(-1), rng.normal(size=60))
+    monkeypatch.setattr(pareto, "evaluation_sets", lambda *args, **kwargs: [dev])
+    loaded = (DepthModel(lambda group, texts: embs, 4, (1, 2, 3)), {"design": "model", "model_path": str(folder)})
+    computed = []
+    addition = Addition("extra", lambda: computed.append(1) or {"serve": {"route": "r"}}, lambda section: "",
+                        lambda section: {"route": section["serve"]})
+    profile = SimpleNamespace()
+    plain = calibrate_policy(profile, str(folder), 0.05, loaded=loaded)
+    result = calibrate_policy(profile, str(folder), 0.05, save=True, loaded=loaded, addition=addition)
+    assert computed == [1] and result["extra"] == {"serve": {"route": "r"}} and "extra" not in plain
+    assert result["policy"] == plain["policy"]  # the addition never moves the policy
+    saved = read_exit_settings(folder)["calibration"]
+    assert list(saved) == ["name", "floors", "dev", "route"] and saved["route"] == {"route": "r"}
+
+
+def test_the_floor_resolves_a_profiles_paths_as_experiment_does(tmp_path):
+    from leap_core import experiment, identity
+    from leap_core.config import load_profile
+
+    profile = load_profile("smoke", {"output_dir": str(tmp_path / "runs"), "data": {"data_dir": str(tmp_path)}})
+    assert identity.cache_dir(profile) == experiment.cache_dir(profile) == tmp_path / "runs" / "cache"
+    for relative in ("stsb/dev.tsv", str(tmp_path / "elsewhere.tsv")):
+        assert identity.data_path(profile, relative) == experiment.data_path(profile, relative)
+    assert identity.model_slug("sentence-transformers/all-MiniLM-L6-v2/") == "all-MiniLM-L6-v2"
+    assert identity.model_slug("random-bert:layers=4,seed=1") == "random-bert_layers_4_seed_1"
 
 
 def test_leap_pareto_writes_the_report_keys(tmp_path, data_dir):

@@ -121,6 +121,20 @@ def test_pseudo_queries_titles_first_and_exclusions(beir):
     assert pseudo == pseudo_queries(corpus, 30, seed=0, exclude=["A study of vitamin D and bone health number 0"])
 
 
+def test_training_text_splits_dev_and_keeps_held_out_and_dev_text_out_of_the_pseudo_queries(beir):
+    from leap_core.data.corpus import sentence_key
+    from leap_core.query_encoder.sources import training_text
+
+    corpus, real = read_corpus(beir), [f"A study of {TOPICS[i % 8]} number {i}" for i in range(12)]
+    held_out = ["a study of green tea and weight number 21"]  # a title, on sentence_key
+    train_real, dev, pseudo = training_text(real, corpus, 40, dev_size=10, seed=0, held_out=held_out)
+    assert len(dev) == 4 and sorted(train_real + dev) == sorted(real)  # dev: at most a third of the real text
+    assert not {sentence_key(t) for t in pseudo} & {sentence_key(t) for t in [*held_out, *dev]}
+    assert not set(pseudo) & set(train_real) and pseudo
+    assert training_text(real, corpus, 40, 10, 0, held_out) == (train_real, dev, pseudo)  # seeded
+    assert training_text(real, corpus, 0, 10, 0)[2] == []
+
+
 # ------------------------------------------------------------------ index, losses, model
 
 
@@ -160,7 +174,7 @@ def test_listwise_kl_is_zero_at_the_teacher_and_positive_elsewhere():
 
 
 def _training_set(index, texts: list[str], cache: Path) -> TrainingSet:
-    from leap_core.query_encoder.experiment import original_pools
+    from leap_core.query_encoder.fit import original_pools
 
     pools = original_pools(DOC_MODEL, cache).layers("train", texts)
     targets = np.ascontiguousarray(pools[-1])
@@ -204,7 +218,8 @@ def test_saved_folder_round_trips_and_refuses_another_document_model(tmp_path, o
     check_pair(folder, DOC_MODEL)
     with pytest.raises(ValueError, match="trained for the document model") as err:
         load_query_encoder(folder, document_model=OTHER_MODEL)
-    from leap_core.models import model_fingerprint, resolve_model
+    from leap_core.model_folder import model_fingerprint
+    from leap_core.models import resolve_model
 
     assert record["document_fingerprint"] in str(err.value)
     assert model_fingerprint(resolve_model(OTHER_MODEL)) in str(err.value)

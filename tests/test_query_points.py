@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leap_core.models import model_fingerprint, resolve_model
+from leap_core.model_folder import model_fingerprint
+from leap_core.models import resolve_model
 from leap_core.query_encoder import ShallowQueryEncoder, check_pair, load_query_encoder, save_query_encoder
 from leap_core.query_encoder import points as qp
 from leap_core.query_encoder.points import asymmetric_markdown, asymmetric_section, asymmetric_points, choose_asymmetric
@@ -31,7 +32,7 @@ def _write_gz(path: Path, lines: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def beir(tmp_path_factory) -> Path:
-    """A tiny BEIR folder, every one of its 16 queries judged: 9 fall in the dev half (pareto.query_half), 7 in test."""
+    """A tiny BEIR folder, every one of its 16 queries judged: 9 fall in the dev half (pareto_points.query_half), 7 in test."""
     folder = tmp_path_factory.mktemp("sets") / "tiny"  # its name names the sets: tiny-dev, tiny-test
     folder.mkdir()
     docs = [json.dumps({"_id": f"d{i}", "title": f"A study of {TOPICS[i % 8]} number {i}",
@@ -165,7 +166,7 @@ def test_the_commands_refuse_a_wrong_pairing_before_their_replay(encoders, tmp_p
 
 def test_leap_calibrate_and_pareto_gain_the_asymmetric_points(beir, encoders, tmp_path, data_dir, capsys):
     from leap_core.cli import main
-    from leap_core.encoder import read_exit_settings
+    from leap_core.model_folder import read_exit_settings
 
     model = shutil.copytree(resolve_model(DOC_MODEL), tmp_path / "doc")  # --save writes here, not the shared cache
     common = ["--profile", "smoke", "--data-dir", str(data_dir), "--set", f"output_dir={tmp_path / 'runs'}",

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leap_core.models import model_fingerprint, resolve_model
+from leap_core.model_folder import model_fingerprint
+from leap_core.models import resolve_model
 from leap_core.query_encoder import ShallowQueryEncoder, load_query_encoder, save_query_encoder
 from leap_core.query_encoder.package import is_router_package, package_router
 
@@ -76,7 +77,8 @@ def test_packaging_checks_the_document_model_and_never_replaces_a_users_folder(q
 
 def test_the_query_route_exports_as_onnx_equal_to_the_torch_encoder(query_folder, package, tmp_path, one_thread):
     pytest.importorskip("onnxruntime")
-    from leap_core.export import EXPORT_FILE, OnnxEncoder, export_onnx
+    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.model_folder import EXPORT_FILE
 
     expected = load_query_encoder(query_folder).encode(TEXTS)
     for name, source in (("folder", query_folder), ("package", package)):
@@ -88,8 +90,10 @@ def test_the_query_route_exports_as_onnx_equal_to_the_torch_encoder(query_folder
         np.testing.assert_allclose(OnnxEncoder(out, precision="fp32").encode(TEXTS, batch_size=2), expected, atol=1e-4)
         assert (OnnxEncoder(out).encode(TEXTS) * expected).sum(-1).min() > INT8_MIN_COSINE
     out = export_onnx(query_folder, tmp_path / "per-channel", int8=True, per_channel=True)
-    assert json.loads((out / EXPORT_FILE).read_text())["quantization"] == {
+    record = json.loads((out / EXPORT_FILE).read_text())["quantization"]
+    assert {key: value for key, value in record.items() if key != "check"} == {
         "method": "onnxruntime dynamic", "weight_type": "QInt8", "per_channel": True}
+    assert list(record["check"]["candidates"]) == ["per-channel"]  # the query route's int8 drift is measured too
     assert (OnnxEncoder(out).encode(TEXTS) * expected).sum(-1).min() > INT8_MIN_COSINE
 
 

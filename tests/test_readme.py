@@ -103,3 +103,19 @@ def test_readme_search_table_is_the_query_encoder_report():
     assert QUERY_ENCODER.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(report)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert table_after(readme, "## Search: a shallow query encoder") == readme_rows(report)
+
+
+INT8 = REPO / "reports" / "int8.json"
+
+
+@pytest.mark.skipif(not INT8.is_file(), reason="no committed int8 report yet")
+def test_readme_int8_rule_and_table_are_the_int8_report():
+    import json
+
+    from leap_core.int8_report import HEADLINE, readme_rows, render_markdown, rule_lines
+
+    report = json.loads(INT8.read_text(encoding="utf-8"))
+    assert INT8.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(report)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert table_after(readme, HEADLINE) == readme_rows(report)
+    assert all(line in readme.splitlines() for line in rule_lines(report) if line)

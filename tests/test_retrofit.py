@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from leap_core import experiment
 from leap_core.config import load_profile
 from leap_core.models import resolve_model
-from leap_core.config import _merge
+from leap_core.config import merge_values
 from leap_core.retrofit import (RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, retrofit_sentences,
                                 theta_for_quality_budget)
 
@@ -31,13 +31,13 @@ def test_retrofit_profile_uses_the_model_as_teacher_and_student(base):
 
 
 def test_retrofit_adjacent_term_defaults_to_the_pairs_among_the_exit_layers(base):
-    from leap_core.config import Profile, _build
+    from leap_core.config import Profile, build_config
 
     assert retrofit_profile(base, MODEL).objective_for(RETROFIT_ARM).adjacent_layers is None  # off: nothing set
     deep = "random-bert:layers=6,hidden=64,heads=2,seed=1"
 
     def with_arm(**arm):
-        return _build(Profile, _merge(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: arm}}}), "t")
+        return build_config(Profile, merge_values(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: arm}}}), "t")
 
     # l_min = 3 of 6: pairs (3, 4) and (4, 5), written as the upper layer of each pair
     assert retrofit_profile(with_arm(adjacent=8.0), deep).objective_for(RETROFIT_ARM).adjacent_layers == [4, 5]
@@ -47,24 +47,24 @@ def test_retrofit_adjacent_term_defaults_to_the_pairs_among_the_exit_layers(base
 
 
 def test_retrofit_dir_changes_with_the_recipe(base):
-    from leap_core.config import Profile, _build
+    from leap_core.config import Profile, build_config
 
-    stronger = _build(Profile, _merge(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: {"beta": 9.0}}}}), "t")
+    stronger = build_config(Profile, merge_values(base.to_dict(), {"retrofit": {"arms": {RETROFIT_ARM: {"beta": 9.0}}}}), "t")
     assert retrofit_dir(base, MODEL, 0) == retrofit_dir(base, MODEL, 0)
     assert retrofit_dir(base, MODEL, 0) != retrofit_dir(stronger, MODEL, 0)
     assert retrofit_dir(base, MODEL, 0) != retrofit_dir(base, MODEL, 1)
-    balanced = _build(Profile, _merge(base.to_dict(), {"retrofit": {"data": {"balance_by": "tags.txt"}}}), "t")
+    balanced = build_config(Profile, merge_values(base.to_dict(), {"retrofit": {"data": {"balance_by": "tags.txt"}}}), "t")
     assert retrofit_dir(base, MODEL, 0) != retrofit_dir(balanced, MODEL, 0)  # another sample trains afresh
 
 
 def test_retrofit_draws_its_own_sample_only_when_it_changes_the_data(base):
-    from leap_core.config import Profile, _build
+    from leap_core.config import Profile, build_config
     from leap_core.data import read_sentences_parquet
 
     shared = experiment.extract(base)
     assert retrofit_sentences(base, retrofit_profile(base, MODEL), shared) == shared
     tags = "nli_sentences/sentence_sources.txt.gz"
-    balanced = _build(Profile, _merge(base.to_dict(), {"retrofit": {"data": {"balance_by": tags}}}), "t")
+    balanced = build_config(Profile, merge_values(base.to_dict(), {"retrofit": {"data": {"balance_by": tags}}}), "t")
     own = retrofit_sentences(balanced, retrofit_profile(balanced, MODEL), shared)
     assert own != shared and own.parent == shared.parent
     assert len(read_sentences_parquet(own)) == base.data.n_sentences

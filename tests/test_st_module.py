@@ -218,3 +218,38 @@ def test_the_model_card_holds_the_runs_own_numbers_and_how_to_exit(leap_folder, 
     assert 'SentenceTransformer("leap-seed0", trust_remote_code=True)' in card and "exit_mode='full'" in card
     assert str(tmp_path) not in card
     assert SentenceTransformer(str(folder), trust_remote_code=True, device="cpu").encode(["a"]).shape == (1, 64)
+
+
+def test_the_shipped_code_restates_leaps_default_rule_and_load_check_and_imports_one_way():
+    """leap_early_exit.py must load with sentence-transformers alone, so it restates what it shares with leap (the
+    default rule, the load-option check); the import goes one way (it imports st_module when leap is installed, no
+    leap module imports it: st_module copies it by path)."""
+    import ast
+    from pathlib import Path
+
+    import leap_core
+    from leap_core import leap_early_exit, st_module
+    from leap_core.model_folder import exit_rule
+
+    from leap_core.policy import ExitPolicy
+
+    for saved in [{}, {"theta": 0.5}, {"k": 2, "l_min": 3}]:  # a key leap_exit.json lacks: the same default
+        thresholds, depth = leap_early_exit.exit_vector(saved, 8, None)
+        np.testing.assert_array_equal(thresholds, ExitPolicy("rule", **exit_rule(saved)).vector(8))
+    assert leap_early_exit.EXIT_KWARGS == st_module.EXIT_KWARGS
+    for args in [(None, None), ({"exit_mode": "full"}, "torch"), (None, None, "fixed:2"),
+                 ({"exit_mode": "full"}, None, "fixed:2")]:
+        assert leap_early_exit.check_load_options(*args) == st_module.check_load_options(*args)
+    for args in [({"torch_dtype": "float16"}, None), (None, "onnx")]:
+        with pytest.raises(ValueError) as theirs:
+            leap_early_exit.check_load_options(*args)
+        with pytest.raises(ValueError) as ours:
+            st_module.check_load_options(*args)
+        assert str(theirs.value) == str(ours.value)
+    importers = []
+    for file in Path(leap_core.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "leap_core.leap_early_exit":
+                importers.append(file.name)
+    assert importers == []
+    assert st_module.REMOTE_CODE.read_text() == Path(leap_early_exit.__file__).read_text()

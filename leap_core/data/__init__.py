@@ -6,13 +6,8 @@ applies, the 1-based line number and field.
 
 from __future__ import annotations
 
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file (and line / field where relevant)."""
-
-
-from leap_core.data.beir import load_beir  # noqa: E402
-from leap_core.data.corpus import (  # noqa: E402
+from leap_core.data.beir import load_beir
+from leap_core.data.corpus import (
     extract_sentences,
     load_corpus,
     read_sentences,
@@ -21,7 +16,8 @@ from leap_core.data.corpus import (  # noqa: E402
     sentence_key,
     write_sentences_parquet,
 )
-from leap_core.data.sts import StsPairs, read_sts, sts_sentences  # noqa: E402
+from leap_core.data.errors import DataError
+from leap_core.data.sts import StsPairs, read_sts, sts_sentences
 
 __all__ = [
     "DataError",

@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from leap_core.data import DataError
 from leap_core.data.corpus import iter_lines, jsonl_record
+from leap_core.data.errors import DataError
 from leap_core.io import cache_root as leap_cache_root
 from leap_core.io import sha256_file
 
@@ -101,7 +101,7 @@ def load_beir(
     qrels/<split>.tsv, or is "hub:<name>" to download the standard BEIR zip (needs internet).
     cache_dir (default $LEAP_CACHE_DIR or ~/.cache/leap) receives decompressed files and downloads.
     """
-    from beir.datasets.data_loader import GenericDataLoader
+    from beir.datasets.data_loader import GenericDataLoader  # beir: optional (the pipeline extra)
 
     cache_root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "beir"
     if isinstance(folder, str) and folder.startswith("hub:"):

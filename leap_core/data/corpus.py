@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leap_core.data import DataError
+from leap_core.data.errors import DataError
 from leap_core.io import atomic_path
 
 _NOT_KEY = re.compile(r"[^0-9a-z]+")
@@ -133,8 +133,6 @@ def sentences_of_sources(corpus: list[str], tags: list[str], sources: Sequence[s
                          seed: int = 0) -> list[str]:
     """Distinct sentences tagged with one of `sources`, in one seeded order: items offset..offset+n of it, so
     samples at different offsets never share a sentence (a reference and a traffic drawn apart)."""
-    import random
-
     unknown = sorted(set(sources) - set(tags))
     if unknown:
         raise DataError(f"sources {unknown} tag no sentence (known: {sorted(set(tags))})")

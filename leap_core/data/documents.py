@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from leap_core.data import DataError
+import pyarrow.parquet as pq
+
 from leap_core.data.corpus import iter_lines, jsonl_record
+from leap_core.data.errors import DataError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
@@ -50,9 +52,9 @@ def _jsonl_text(path: Path, lineno: int, line: str) -> str:
     return (record.get("title", "") + " " + record["text"]).strip()  # BEIR's convention (retrieval.document_text)
 
 
-def _parquet_texts(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
+def read_parquet_texts(path: Path) -> list[str]:
+    """A Parquet file's texts: its "text" column, each prefixed by its "title" and a space when it has one
+    (BEIR's convention); a missing or non-string field is a DataError naming the row."""
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
@@ -80,7 +82,7 @@ def read_user_corpus(path: str | Path, min_chars: int = 21) -> list[str]:
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ".txt"
     if kind == ".parquet":
-        texts = _parquet_texts(path)
+        texts = read_parquet_texts(path)
     elif kind in (".jsonl", ".json"):
         texts = [_jsonl_text(path, lineno, line) for lineno, line in iter_lines(path) if line.strip()]
     elif kind in (".txt", ".text", ".tsv"):

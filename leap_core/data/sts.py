@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from leap_core.data import DataError
 from leap_core.data.corpus import iter_lines
+from leap_core.data.errors import DataError
 
 TSV_HEADER = ["score", "sentence1", "sentence2"]
 RAW_FIELDS = 7  # genre, file, year, id, score, sentence1, sentence2 (+ optional source fields)

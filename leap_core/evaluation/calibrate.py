@@ -6,12 +6,14 @@ sts_drop = Spearman(full depth) - Spearman(exited) over the STS pairs, and nn10 
 exited embeddings' neighbours against the full-depth ones. Among the thetas meeting every floor
 given (sts_drop <= max_sts_drop, nn10 >= min_nn10), the chosen one has the largest layer reduction
 (ties: the larger theta, the safer). Its layer reduction is what to expect on data like the held-out set.
+
+This is the exit rule's theta alone, as the eval suite, experiment.calibration and retrofit report it; the policy
+`leap calibrate` serves (full, a fixed cut, the rule or per-layer thresholds) is chosen by
+evaluation.pareto.calibrate_policy.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -19,8 +21,6 @@ import numpy as np
 from leap_core.evaluation.neighbours import knn, overlap
 from leap_core.evaluation.sts import pair_rows, spearman
 from leap_core.evaluation.sweep import threshold_sweep
-
-log = logging.getLogger(__name__)
 
 THETAS = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))  # 0.80 .. 0.99
 
@@ -73,32 +73,3 @@ def calibrate_encoder(encoder: Any, pairs: Any, max_sts_drop: float | None = Non
         "points": points,
     }
 
-
-def calibrate(model: str, data_dir: str | Path | None = None, sts_file: str = "stsb/dev.tsv",
-              max_sts_drop: float | None = None, min_nn10: float | None = None,
-              thetas: Iterable[float] = THETAS, k: int | None = None, l_min: int | None = None,
-              batch_size: int = 32, device: str | None = None) -> dict[str, Any]:
-    """calibrate_encoder for a model folder / hub id on an STS file (default STS-B dev, relative to data_dir).
-
-    k and l_min: given, else the model's leap_exit.json, else k = 1 and l_min = half the depth.
-    """
-    from transformers import AutoConfig
-
-    from leap_core.config import DataConfig
-    from leap_core.data import read_sts
-    from leap_core.encoder import EarlyExitEncoder, read_exit_settings
-    from leap_core.evaluation.diagnose import default_l_min
-    from leap_core.models import resolve_model
-
-    folder = resolve_model(str(model))
-    saved = read_exit_settings(folder)
-    n_layers = AutoConfig.from_pretrained(str(folder)).num_hidden_layers
-    encoder = EarlyExitEncoder.from_pretrained(
-        folder, device=device, k=k if k is not None else saved.get("k", 1),
-        l_min=l_min if l_min is not None else saved.get("l_min", default_l_min(n_layers)))
-    path = Path(sts_file)
-    if not path.is_absolute():
-        path = Path(data_dir if data_dir is not None else DataConfig().data_dir) / path
-    result = calibrate_encoder(encoder, read_sts(path), max_sts_drop, min_nn10, thetas, batch_size)
-    log.info("%s: theta %s, expected layer reduction %s", model, result["theta"], result["expected_layer_reduction"])
-    return {"model": str(model), "model_path": str(folder), "data": str(path), **result}

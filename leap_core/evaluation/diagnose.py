@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +27,7 @@ from leap_core.config import RegistryConfig
 from leap_core.evaluation.layers import (contraction_ratios, exit_statistics, inter_layer_stability,
                                          similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
+from leap_core.timing import repeated_seconds
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,9 @@ def monitoring_overhead(encoder: Any, sentences: Sequence[str], batch_size: int 
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs!r}, warmup={warmup!r}")
-    times: dict[str, list[float]] = {"full": [], "monitored": []}
-    for index in range(warmup + runs):
-        for mode in times:
-            started = time.perf_counter()
-            encoder.encode(list(sentences), batch_size=batch_size, mode=mode)
-            if index >= warmup:
-                times[mode].append(time.perf_counter() - started)
+    calls = {mode: (lambda batch, size, mode=mode: encoder.encode(batch, batch_size=size, mode=mode))
+             for mode in ("full", "monitored")}
+    times = repeated_seconds(calls, list(sentences), batch_size, warmup, runs)  # the bench harness: rotated
     full, monitored = statistics.median(times["full"]), statistics.median(times["monitored"])
     return {"full_seconds": full, "monitored_seconds": monitored, "overhead": monitored / full - 1.0,
             "overhead_of_fastest": min(times["monitored"]) / min(times["full"]) - 1.0,
@@ -156,13 +152,12 @@ def diagnose(model: str, data_dir: str | Path | None = None, sts_file: str = "st
     The model's own leap_exit.json is ignored: the diagnostics use the paper's fixed settings
     (theta 0.95, k 1, l_min = half the depth unless given). options: diagnose_encoder's.
     """
-    from transformers import AutoConfig
-
     from leap_core.encoder import EarlyExitEncoder
+    from leap_core.model_folder import layer_count
     from leap_core.models import resolve_model
 
     folder = resolve_model(str(model))
-    n_layers = AutoConfig.from_pretrained(str(folder)).num_hidden_layers
+    n_layers = layer_count(folder)
     encoder = EarlyExitEncoder.from_pretrained(folder, theta=theta, k=k, device=device,
                                                l_min=l_min if l_min is not None else default_l_min(n_layers))
     result = diagnose_encoder(encoder, probe_sentences(data_dir, sts_file, max_sentences), batch_size, **options)

@@ -71,8 +71,7 @@ def model_meta(model: Any, folder: Path, name: str, experiment: dict[str, Any] |
     and the exit settings as experiment_kwargs when they are not the folder's own (so results stay apart)."""
     from mteb.models.model_meta import ModelMeta
 
-    from leap_core.model_card import CARD_FILE
-    from leap_core.models import model_fingerprint
+    from leap_core.model_folder import CARD_FILE, model_fingerprint
 
     card = {}
     if (folder / CARD_FILE).is_file():
@@ -97,9 +96,9 @@ def run_mteb(model_path: str | Path, task_names: Sequence[str], data_dir: str | 
     import mteb
     from mteb.models import SentenceTransformerEncoderWrapper
 
-    from leap_core.st_module import _local_folder, load_sentence_transformer
+    from leap_core.st_module import local_folder, load_sentence_transformer
 
-    folder = _local_folder(str(model_path), "", {})
+    folder = local_folder(str(model_path), "", {})
     model = load_sentence_transformer(model_path, exit_mode=exit_mode, **exit_overrides)
     engine = model[0].engine
     name = _meta_name(str(model_path), folder)

@@ -86,19 +86,17 @@ def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterabl
 
 
 def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | None, device: str | None) -> Any:
-    """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else 0.95, 1, L/2."""
-    from transformers import AutoConfig
-
-    from leap_core.encoder import EarlyExitEncoder, read_exit_settings
+    """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else the default rule
+    (model_folder.exit_rule) with l_min at half the depth."""
+    from leap_core.encoder import EarlyExitEncoder
     from leap_core.evaluation.diagnose import default_l_min
+    from leap_core.model_folder import exit_rule, layer_count, read_exit_settings
     from leap_core.models import resolve_model
 
     folder = resolve_model(str(path))
-    saved = read_exit_settings(folder)
-    n_layers = AutoConfig.from_pretrained(str(folder)).num_hidden_layers
-    settings = {"theta": theta if theta is not None else saved.get("theta", 0.95),
-                "k": k if k is not None else saved.get("k", 1),
-                "l_min": l_min if l_min is not None else saved.get("l_min", default_l_min(n_layers))}
+    given = {key: value for key, value in {"theta": theta, "k": k, "l_min": l_min}.items() if value is not None}
+    half_depth = {"l_min": default_l_min(layer_count(folder))}
+    settings = exit_rule({**read_exit_settings(folder), **given}, fallback=half_depth)
     return EarlyExitEncoder.from_pretrained(folder, device=device, **settings)
 
 

@@ -22,56 +22,36 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from leap_core.evaluation.layers import exit_statistics
+from leap_core.policy import check_layer_embs, first_true_layer, lagged_cosines
 
 THETAS = tuple(round(0.90 + 0.01 * i, 2) for i in range(10))  # 0.90 .. 0.99
 PATIENCES = (2, 3, 4)
 
 
-def _checked(layer_embs: np.ndarray) -> np.ndarray:
-    embs = np.asarray(layer_embs, dtype=np.float32)
-    if embs.ndim != 3 or embs.shape[1] == 0:
-        raise ValueError(f"layer_embs: expected a non-empty (L, N, d) array, got shape {embs.shape}")
-    return embs
-
-
-def _cosines(embs: np.ndarray, k: int) -> np.ndarray:
-    """(L, N) array with row l-1 = cos(p_l, p_{l-k}); NaN where l <= k. Inputs need not be normalised."""
-    norms = np.maximum(np.linalg.norm(embs, axis=-1), 1e-12)
-    cos = np.full(embs.shape[:2], np.nan, dtype=np.float64)
-    cos[k:] = (embs[k:] * embs[:-k]).sum(-1) / (norms[k:] * norms[:-k])
-    return cos
-
-
-def _first_true(passes: np.ndarray, n_layers: int) -> np.ndarray:
-    """1-indexed first layer where passes (L, N) is True, else L."""
-    hit = passes.any(0)
-    return np.where(hit, passes.argmax(0) + 1, n_layers).astype(np.int64)
-
-
 def convergence_exits(layer_embs: np.ndarray, theta: float, k: int = 1, l_min: int = 6) -> np.ndarray:
     """Exit layer (N,) of each row under Algorithm 1 with (theta, k, l_min), replayed from layer_embs."""
-    embs = _checked(layer_embs)
+    embs = check_layer_embs(layer_embs)
     n_layers = embs.shape[0]
     if k >= n_layers:
         return np.full(embs.shape[1], n_layers, dtype=np.int64)
-    cos = _cosines(embs, k)
+    cos = lagged_cosines(embs, k)
     layer_no = np.arange(1, n_layers + 1)[:, None]
     allowed = (layer_no >= max(l_min, k + 1)) & (layer_no < n_layers)
-    return _first_true(allowed & (np.nan_to_num(cos, nan=-np.inf) >= theta), n_layers)
+    return first_true_layer(allowed & (np.nan_to_num(cos, nan=-np.inf) >= theta), n_layers)
 
 
 def patience_exits(layer_embs: np.ndarray, theta: float, patience: int, l_min: int = 1) -> np.ndarray:
     """Exit layer (N,) under the patience rule (module docstring): `patience` consecutive c_l^1 >= theta."""
-    embs = _checked(layer_embs)
+    embs = check_layer_embs(layer_embs)
     n_layers = embs.shape[0]
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
         raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-    stable = np.nan_to_num(_cosines(embs, 1), nan=-np.inf) >= theta
+    stable = np.nan_to_num(lagged_cosines(embs, 1), nan=-np.inf) >= theta
     streak = np.zeros(embs.shape[:2], dtype=np.int64)
     for index in range(1, n_layers):
         streak[index] = np.where(stable[index], streak[index - 1] + 1, 0)
     layer_no = np.arange(1, n_layers + 1)[:, None]
-    return _first_true((layer_no >= l_min) & (layer_no < n_layers) & (streak >= patience), n_layers)
+    return first_true_layer((layer_no >= l_min) & (layer_no < n_layers) & (streak >= patience), n_layers)
 
 
 def exited_embeddings(layer_embs: np.ndarray, exit_layers: np.ndarray) -> np.ndarray:
@@ -100,7 +80,7 @@ def threshold_sweep(layer_embs: np.ndarray, quality: Callable[[np.ndarray], dict
 def fixed_depth_sweep(layer_embs: np.ndarray,
                       quality: Callable[[np.ndarray], dict[str, float]]) -> list[dict[str, Any]]:
     """One sweep_point per depth N = 1..L: the model cut after layer N."""
-    n_layers, n_rows = _checked(layer_embs).shape[:2]
+    n_layers, n_rows = check_layer_embs(layer_embs).shape[:2]
     return [sweep_point(layer_embs, np.full(n_rows, depth, dtype=np.int64), quality, method="fixed", depth=depth)
             for depth in range(1, n_layers + 1)]
 

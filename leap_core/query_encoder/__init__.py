@@ -1,12 +1,14 @@
 """Shallow query encoders for an index the original model built (issue 30).
 
 sources: unlabelled query text (text / JSONL / Parquet files, BEIR queries less the test split, traffic logs,
-pseudo-queries from the corpus); index: the original's document embeddings, cached by weights and corpus hash;
-model: the encoder (the original's first N layers + mean pool + head), saved with its document model's hash;
-losses / train: matching the original's query embedding and its ranking of its own documents; evaluate /
-experiment / report: NDCG@10, Recall@100 and top-10 agreement against the original's index, with paired CIs;
-package: the encoder and its document model as one sentence-transformers Router folder; points: the asymmetric
-operating points (depth x precision) that `leap calibrate` and `leap pareto` choose among.
+pseudo-queries from the corpus) and its split into training text and a dev slice; index: the original's document
+embeddings, cached by weights and corpus hash; fit: the original's cached pools and training at one depth (which
+experiment and loop share), and `leap query-encoder`'s fit; model: the encoder (the original's first N layers +
+mean pool + head), saved with its document model's hash; losses / train: matching the original's query embedding
+and its ranking of its own documents; evaluate / experiment / report: NDCG@10, Recall@100 and top-10 agreement
+against the original's index, with paired CIs; package: the encoder and its document model as one
+sentence-transformers Router folder; points: the asymmetric operating points (depth x precision) that
+`leap calibrate` and `leap pareto` choose among.
 """
 
 from leap_core.query_encoder.index import DocumentIndex, build_index

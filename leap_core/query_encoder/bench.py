@@ -1,6 +1,6 @@
 """Query latency and int8 quality: the original against shallow query encoders, in one process, interleaved.
 
-Paths, timed on the sets' real test queries at batch 1 and 8 (bench.compare_calls: the same batches, paths
+Paths, timed on the sets' real test queries at batch 1 and 8 (timing.compare_calls: the same batches, paths
 rotated, warm-up, medians and IQR):
     original · sentence-transformers · fp32    the model as shipped
     original · ONNX Runtime · fp32 / int8      int8 is the peer: what a CPU user has without leap
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from leap_core.timing import compare_calls
 
 log = logging.getLogger(__name__)
 SHIPPED = "original · sentence-transformers · fp32"
@@ -55,13 +57,13 @@ def export_paths(label: str, depth: int | None, source: Path, out: Path, threads
 
 def original_paths(original: str, workdir: Path, threads: int, per_channel: bool) -> list[QueryPath]:
     """The original as shipped (sentence-transformers fp32) and exported (ORT fp32, int8)."""
-    from leap_core.encoder import _read_max_seq_length
+    from leap_core.model_folder import max_seq_length
     from leap_core.models import resolve_model
     from leap_core.st_module import plain_sentence_transformer
 
     folder = resolve_model(original)
     shipped = plain_sentence_transformer(folder, device="cpu")
-    shipped.max_seq_length = _read_max_seq_length(folder) or shipped.max_seq_length
+    shipped.max_seq_length = max_seq_length(folder) or shipped.max_seq_length
 
     def encode_shipped(texts: list[str], size: int) -> np.ndarray:
         return shipped.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
@@ -125,9 +127,7 @@ def path_quality(paths: Sequence[QueryPath], judged: JudgedSet, n_resamples: int
 
 def time_paths(paths: Sequence[QueryPath], queries: Sequence[str], batch_sizes: Sequence[int], warmup: int,
                iterations: int) -> dict[str, Any]:
-    """bench.compare_calls over the paths on real queries, the peer (original, ORT int8) as the baseline."""
-    from leap_core.bench import compare_calls
-
+    """timing.compare_calls over the paths on real queries, the peer (original, ORT int8) as the baseline."""
     return compare_calls({p.name: p.encode for p in paths}, PEER, list(queries), batch_sizes, warmup, iterations)
 
 

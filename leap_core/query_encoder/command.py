@@ -18,6 +18,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from leap_core.io import cache_root, write_json_atomic, write_report_files
+from leap_core.model_folder import layer_count
+from leap_core.models import resolve_model
+from leap_core.query_encoder.experiment import SetPlan, judge_set
+from leap_core.query_encoder.fit import FitPlan, fit_query_encoder
+from leap_core.query_encoder.report import chosen_entry, render_markdown
 from leap_core.query_encoder.train import QueryEncoderConfig
 
 
@@ -57,11 +63,7 @@ def add_query_encoder_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _depths(model: str, given: list[int] | None) -> list[int]:
-    from transformers import AutoConfig
-
-    from leap_core.models import resolve_model
-
-    layers = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
+    layers = layer_count(resolve_model(model))
     depths = given or list(range(1, layers))
     wrong = [d for d in depths if not 0 <= d < layers]
     if wrong:
@@ -72,10 +74,6 @@ def _depths(model: str, given: list[int] | None) -> list[int]:
 
 def _judge(args: argparse.Namespace, config: QueryEncoderConfig, cache: Path, depths: list[int]) -> dict:
     """experiment.judge_set on args.beir; the report (JSON + markdown) rewritten after every row when --report."""
-    from leap_core.io import write_report_files
-    from leap_core.query_encoder.experiment import SetPlan, judge_set
-    from leap_core.query_encoder.report import chosen_entry, render_markdown
-
     plan = SetPlan(args.beir, args.queries, args.pseudo, args.dev_size, depths)
     report: dict[str, Any] = {args.model: {"sets": {}}}
     entry = report[args.model]
@@ -92,9 +90,6 @@ def _judge(args: argparse.Namespace, config: QueryEncoderConfig, cache: Path, de
 
 def run_query_encoder(args: argparse.Namespace) -> None:
     """Fit (--corpus) or judge (--beir); print the result's JSON unless --report took it."""
-    from leap_core.io import cache_root, write_json_atomic
-    from leap_core.query_encoder.fit import FitPlan, fit_query_encoder
-
     logging.getLogger("beir").setLevel(logging.WARNING)  # a line per metric per evaluation otherwise
     config = recipe_config(args.recipe)
     cache = Path(args.cache_dir) if args.cache_dir else cache_root() / "query_encoder"

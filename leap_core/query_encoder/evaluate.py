@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from leap_core.evaluation.retrieval import score_results
 from leap_core.query_encoder.index import DocumentIndex
+from leap_core.stats import paired_difference_ci
 
 TOP = 10
 
@@ -35,8 +37,6 @@ def search(index: DocumentIndex, query_embs: np.ndarray, query_ids: list[str],
 def retrieval_row(index: DocumentIndex, query_embs: np.ndarray, query_ids: list[str],
                   qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
     """{"ndcg@10", "recall@100", "per_query" (NDCG@10 in query_ids order), "top": (Q, 100) indices}."""
-    from leap_core.evaluation.retrieval import score_results
-
     results, rows = search(index, query_embs, query_ids)
     scored = score_results(qrels, results, ndcg_ks=(10,))
     per_query = [scored["ndcg@10_per_query"].get(q, 0.0) for q in query_ids]
@@ -47,8 +47,6 @@ def retrieval_row(index: DocumentIndex, query_embs: np.ndarray, query_ids: list[
 def compare_row(row: dict[str, Any], original: dict[str, Any], n_resamples: int = 2000) -> dict[str, Any]:
     """A row's JSON: NDCG@10, Recall@100, the NDCG@10 difference from original/original (paired bootstrap CI,
     absolute and relative to the original's mean) and agreement with the original's top-10 on the same queries."""
-    from leap_core.stats import paired_difference_ci
-
     base = original["ndcg@10"]
     ci = paired_difference_ci(row["per_query"], original["per_query"], n_resamples=n_resamples, seed=0)
     rel = (lambda value: value / base if base else float("nan"))  # noqa: E731

@@ -9,17 +9,19 @@ the original's documents. Relevance labels are read only to score the test queri
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from leap_core.data.beir import load_beir
+from leap_core.data.corpus import sentence_key
 from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
+from leap_core.query_encoder.fit import layer_pools, original_pools, train_at_depth
 from leap_core.query_encoder.index import DocumentIndex, build_index
-from leap_core.query_encoder.fit import layer_pools, train_at_depth
 from leap_core.query_encoder.model import apply_head, fit_ridge, save_query_encoder
+from leap_core.query_encoder.sources import read_corpus, read_queries, training_text
 from leap_core.query_encoder.train import QueryEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -42,37 +44,6 @@ class SetPlan:
     seed: int = 0
 
 
-def split_dev(texts: list[str], dev_size: int, seed: int) -> tuple[list[str], list[str]]:
-    """(train, dev): dev_size texts drawn with `seed` (at most a third of them), the rest in source order."""
-    size = min(dev_size, len(texts) // 3)
-    dev = set(random.Random(seed).sample(range(len(texts)), size))
-    return [t for i, t in enumerate(texts) if i not in dev], [texts[i] for i in sorted(dev)]
-
-
-def training_text(plan: SetPlan, corpus: dict, held_out: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(real train queries, dev queries, pseudo-queries); nothing equal to a held-out (test) query text."""
-    from leap_core.data.corpus import sentence_key
-    from leap_core.query_encoder.sources import pseudo_queries, read_queries
-
-    banned = {sentence_key(t) for t in held_out}
-    real = [t for t in read_queries(plan.train_source or plan.folder) if sentence_key(t) not in banned]
-    train_real, dev = split_dev(real, plan.dev_size, plan.seed)
-    pseudo = pseudo_queries(corpus, plan.n_pseudo, plan.seed, exclude=[*held_out, *dev]) if plan.n_pseudo else []
-    seen = set(train_real)
-    return train_real, dev, [t for t in pseudo if t not in seen]
-
-
-def original_pools(model: str, cache_dir: Path):
-    """An against_original.Embedder of MODEL whose pools (every layer) are cached by weights hash and texts."""
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.evaluation.against_original import Embedder
-    from leap_core.models import model_fingerprint, resolve_model
-
-    folder = resolve_model(model)
-    encoder = EarlyExitEncoder.from_pretrained(str(folder), theta=0.95, k=1, l_min=1)
-    return Embedder(encoder, cache_dir=cache_dir / "pools", fingerprint=model_fingerprint(folder))
-
-
 @dataclass
 class Prepared:
     """What every row of one set shares: the index, test queries and scores, train/dev texts and their pools."""
@@ -89,16 +60,16 @@ class Prepared:
 
 
 def prepare(model: str, plan: SetPlan, cache_dir: Path) -> Prepared:
-    """Index, test queries, training and dev text and the original's pools of all of them."""
-    from leap_core.data.beir import load_beir
-    from leap_core.query_encoder.sources import read_corpus
-
+    """Index, test queries, training and dev text and the original's pools of all of them; no training, dev or
+    pseudo-query text equals (on sentence_key) a test query's."""
     name = Path(plan.folder).name
     index = build_index(model, plan.folder, cache_dir)
     _, queries, qrels = load_beir(plan.folder, "test", cache_dir=cache_dir)
     test_ids = [q for q in queries if q in qrels]
     test_texts = [queries[q] for q in test_ids]
-    real, dev, pseudo = training_text(plan, read_corpus(plan.folder), test_texts)
+    corpus, banned = read_corpus(plan.folder), {sentence_key(t) for t in test_texts}
+    real = [t for t in read_queries(plan.train_source or plan.folder) if sentence_key(t) not in banned]
+    real, dev, pseudo = training_text(real, corpus, plan.n_pseudo, plan.dev_size, plan.seed, held_out=test_texts)
     embedder = original_pools(model, cache_dir)
     texts = {"real": real, "pseudo": pseudo, "dev": dev}
     pools = {key: embedder.layers(f"{name}/{key}", value) for key, value in texts.items() if value}

@@ -17,8 +17,13 @@ from typing import Any
 import numpy as np
 
 from leap_core.data import DataError
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.evaluation.against_original import Embedder
+from leap_core.model_folder import model_fingerprint
+from leap_core.models import resolve_model
 from leap_core.query_encoder.index import DocumentIndex, build_index
 from leap_core.query_encoder.model import ShallowQueryEncoder, fit_ridge, save_query_encoder
+from leap_core.query_encoder.sources import read_corpus, read_queries, training_text
 from leap_core.query_encoder.train import QueryEncoderConfig, TrainingSet, train
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,13 @@ class FitPlan:
             raise ValueError(f"n_pseudo must be >= 0 and dev_size >= 1, got {self.n_pseudo} and {self.dev_size}")
 
 
+def original_pools(model: str, cache_dir: Path) -> Embedder:
+    """An against_original.Embedder of MODEL whose pools (every layer) are cached by weights hash and texts."""
+    folder = resolve_model(model)
+    encoder = EarlyExitEncoder.from_pretrained(str(folder), theta=0.95, k=1, l_min=1)
+    return Embedder(encoder, cache_dir=cache_dir / "pools", fingerprint=model_fingerprint(folder))
+
+
 def layer_pools(model: str, depth: int, texts: list[str], pools: np.ndarray) -> np.ndarray:
     """(n, d) normalised mean pools of texts after `depth` layers: the original's cached ones, or for depth 0
     (which the cache does not hold: it starts at layer 1) the embedding output, computed here in seconds."""
@@ -67,32 +79,21 @@ def train_at_depth(model: str, depth: int, texts: list[str], pools: np.ndarray, 
     return encoder, history
 
 
-def _training_text(queries: str, corpus: str, plan: FitPlan) -> tuple[list[str], list[str]]:
-    """(training texts: real then pseudo, dev texts); the test split of a BEIR folder is never read as text."""
-    from leap_core.query_encoder.experiment import split_dev
-    from leap_core.query_encoder.sources import pseudo_queries, read_corpus, read_queries
-
-    real = read_queries(queries)
-    if len(real) < MIN_QUERIES:
-        raise DataError(f"{queries}: {len(real)} distinct query texts; a query encoder needs at least {MIN_QUERIES} "
-                        "(a third of them, at most dev_size, choose the depth)")
-    train_real, dev = split_dev(real, plan.dev_size, plan.seed)
-    pseudo = pseudo_queries(read_corpus(corpus), plan.n_pseudo, plan.seed, exclude=dev) if plan.n_pseudo else []
-    seen = set(train_real)
-    return train_real + [t for t in pseudo if t not in seen], dev
-
-
 def fit_query_encoder(model: str, queries: str, corpus: str, plan: FitPlan, config: QueryEncoderConfig,
                       cache_dir: Path, out: Path | None = None) -> dict[str, Any]:
     """Train depths shallowest first until one reaches plan.floor on dev; save that one to `out` (if given).
 
     Returns {"model", "queries", "corpus", "plan", "config", "train_texts", "dev_texts", "original_dev_top10",
     "depths": {d: {"dev_agreement10", "best_step", "seconds"}}, "chosen": d or None, "folder": saved or None}.
+    The test split of a BEIR folder given as `queries` is never read as text (sources.read_queries).
     """
-    from leap_core.query_encoder.experiment import original_pools
-
     index = build_index(model, corpus, cache_dir)
-    texts, dev = _training_text(queries, corpus, plan)
+    real = read_queries(queries)
+    if len(real) < MIN_QUERIES:
+        raise DataError(f"{queries}: {len(real)} distinct query texts; a query encoder needs at least {MIN_QUERIES} "
+                        "(a third of them, at most dev_size, choose the depth)")
+    train_real, dev, pseudo = training_text(real, read_corpus(corpus), plan.n_pseudo, plan.dev_size, plan.seed)
+    texts = train_real + pseudo
     embedder = original_pools(model, cache_dir)
     pools, dev_pools = embedder.layers("fit/train", texts), embedder.layers("fit/dev", dev)
     dev_top = index.topk(dev_pools[-1], 10)[1]

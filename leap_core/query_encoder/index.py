@@ -1,6 +1,6 @@
 """The document index: the ORIGINAL model's embeddings of a corpus, computed once and cached on disk.
 
-The cache is keyed by the model folder's weights hash (models.model_fingerprint) and the corpus file's sha256
+The cache is keyed by the model folder's weights hash (model_folder.model_fingerprint) and the corpus file's sha256
 (plus the max length), so every query encoder trained or judged against the same original and corpus reuses it,
 and a changed model or corpus never reads a stale one. Documents are encoded as retrieval.document_text
 (title + " " + text) at the original's own max length, as the original's users built their index.
@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from leap_core.config import ENCODE_BATCH_SIZE
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.evaluation.retrieval import document_text, streaming_topk
 from leap_core.io import atomic_path, cache_root, sha256_file, write_json_atomic
+from leap_core.model_folder import model_fingerprint
+from leap_core.models import resolve_model
+from leap_core.query_encoder.sources import corpus_file, read_corpus
 
 log = logging.getLogger(__name__)
 CHUNK = 512  # documents per encode call: progress is logged between chunks
@@ -35,24 +40,7 @@ class DocumentIndex:
 
     def topk(self, query_embs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices) of the k best documents per query by cosine, best first (retrieval.streaming_topk)."""
-        from leap_core.evaluation.retrieval import streaming_topk
-
         return streaming_topk(query_embs, [self.embeddings], min(k, len(self.doc_ids)))
-
-
-def corpus_file(path: str | Path) -> Path:
-    """The corpus.jsonl[.gz] of a BEIR folder, or the file itself (DataError when there is none)."""
-    from leap_core.data import DataError
-
-    path = Path(path)
-    if path.is_dir():
-        found = [path / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (path / n).is_file()]
-        if not found:
-            raise DataError(f"{path}: no corpus.jsonl or corpus.jsonl.gz")
-        return found[0]
-    if not path.is_file():
-        raise DataError(f"{path}: corpus file not found")
-    return path
 
 
 def index_files(cache_dir: Path, fingerprint: str, corpus_sha: str, max_length: int) -> tuple[Path, Path]:
@@ -90,11 +78,6 @@ def build_index(model: str, corpus: str | Path, cache_dir: str | Path | None = N
 
     cache_dir: default <leap cache>/query_encoder (LEAP_CACHE_DIR or ~/.cache/leap).
     """
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.evaluation.retrieval import document_text
-    from leap_core.models import model_fingerprint, resolve_model
-    from leap_core.query_encoder.sources import read_corpus
-
     folder, path = resolve_model(model), corpus_file(corpus)
     fingerprint, corpus_sha = model_fingerprint(folder), sha256_file(path)
     encoder = EarlyExitEncoder.from_pretrained(str(folder), theta=0.95, k=1, l_min=1)  # mode="full" below: no exit

@@ -7,7 +7,7 @@ One run (flows/query_retrain_flow.py runs it step by step; retrain_query_encoder
    stopped on a dev part of the training text (never on the slice), saved paired with the original.
 3. measure: on the slice, per model, agreement = mean_q |top10(model, q) & top10(original, q)| / 10 over the
    original's index (build_index, cached), and latency at batch 1 = the median over calls interleaved with the
-   original's and each other's (bench.compare_calls), all through sentence-transformers as the registry serves
+   original's and each other's (timing.compare_calls), all through sentence-transformers as the registry serves
    them. Machines differ, so what is judged is a ratio: latency(candidate) / latency(champion or original).
 4. judge: promoted iff agreement >= floor, agreement >= champion's - agreement_tolerance and
    latency(candidate) / latency(champion) <= 1 + latency_tolerance; with no champion, iff agreement >= floor and
@@ -26,9 +26,19 @@ from typing import Any, Callable
 import numpy as np
 
 from leap_core.data import DataError
-from leap_core.query_encoder.fit import MIN_QUERIES, FitPlan
-from leap_core.query_encoder.index import DocumentIndex
+from leap_core.io import cache_root
+from leap_core.models import resolve_model
+from leap_core.query_encoder.evaluate import topk_overlap
+from leap_core.query_encoder.fit import MIN_QUERIES, FitPlan, original_pools, train_at_depth
+from leap_core.query_encoder.index import DocumentIndex, build_index
+from leap_core.query_encoder.model import check_pair, read_record, save_query_encoder
+from leap_core.query_encoder.package import QUERY, route_modules
+from leap_core.query_encoder.sources import read_corpus, read_queries, read_traffic_queries, training_text
 from leap_core.query_encoder.train import QueryEncoderConfig
+from leap_core.report.markdown import fmt, table
+from leap_core.retrain import held_out
+from leap_core.storage import is_s3
+from leap_core.timing import compare_calls
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, ORIGINAL = "candidate", "champion", "original"
@@ -62,9 +72,6 @@ class LoopPlan:
 
 def read_logged_queries(location: str | Path) -> list[str]:
     """The query texts of a traffic log (folder or s3://), or of any source sources.read_queries reads."""
-    from leap_core.query_encoder.sources import read_queries, read_traffic_queries
-    from leap_core.storage import is_s3
-
     return read_traffic_queries(str(location)) if is_s3(str(location)) else read_queries(location)
 
 
@@ -73,8 +80,6 @@ def split_queries(texts: list[str], plan: LoopPlan) -> tuple[list[str], list[str
 
     Raises DataError when the slice is under plan.min_slice or the training part under fit.MIN_QUERIES.
     """
-    from leap_core.retrain import held_out
-
     slice_texts = [t for t in texts if held_out(t, plan.holdout_fraction)]
     train = [t for t in texts if not held_out(t, plan.holdout_fraction)]
     if len(slice_texts) < plan.min_slice or len(train) < MIN_QUERIES:
@@ -84,31 +89,15 @@ def split_queries(texts: list[str], plan: LoopPlan) -> tuple[list[str], list[str
     return train, slice_texts
 
 
-def _training_text(train: list[str], slice_texts: list[str], corpus: str | Path,
-                   plan: LoopPlan) -> tuple[list[str], list[str]]:
-    """(real training texts then pseudo-queries, dev texts); no pseudo-query equals a slice or dev text."""
-    from leap_core.query_encoder.experiment import split_dev
-    from leap_core.query_encoder.sources import pseudo_queries, read_corpus
-
-    real, dev = split_dev(train, plan.dev_size, plan.seed)
-    pseudo = pseudo_queries(read_corpus(corpus), plan.n_pseudo, plan.seed, exclude=[*slice_texts, *dev]) \
-        if plan.n_pseudo else []
-    seen = set(real)
-    return real + [t for t in pseudo if t not in seen], dev
-
-
 def train_candidate(original: str, train: list[str], slice_texts: list[str], corpus: str | Path, depth: int,
                     config: QueryEncoderConfig, plan: LoopPlan, cache_dir: Path, out: Path) -> dict[str, Any]:
     """A depth-d encoder trained on `train` (+ pseudo-queries), stopped on its dev part; saved to `out`, paired
     with the original. Returns {"folder", "depth", "train_texts", "real_texts", "dev_texts", "best_step",
-    "dev_agreement10", "seconds"}."""
-    from leap_core.query_encoder.experiment import original_pools
-    from leap_core.query_encoder.fit import train_at_depth
-    from leap_core.query_encoder.index import build_index
-    from leap_core.query_encoder.model import save_query_encoder
-
+    "dev_agreement10", "seconds"}. No pseudo-query equals (on sentence_key) a slice or dev text."""
     index = build_index(original, corpus, cache_dir)
-    texts, dev = _training_text(train, slice_texts, corpus, plan)
+    real, dev, pseudo = training_text(train, read_corpus(corpus), plan.n_pseudo, plan.dev_size, plan.seed,
+                                      held_out=slice_texts)
+    texts = real + pseudo
     embedder = original_pools(original, cache_dir)
     pools, dev_pools = embedder.layers("loop/train", texts), embedder.layers("loop/dev", dev)
     dev_top = index.topk(dev_pools[-1], TOP)[1]
@@ -124,9 +113,7 @@ def train_candidate(original: str, train: list[str], slice_texts: list[str], cor
 
 def query_route(folder: str | Path) -> Any:
     """The query route of a query encoder folder or of a Router package, as a SentenceTransformer (as served)."""
-    from sentence_transformers import SentenceTransformer
-
-    from leap_core.query_encoder.package import QUERY, route_modules
+    from sentence_transformers import SentenceTransformer  # heavy at import (datasets, sklearn): only served routes
 
     return SentenceTransformer(modules=route_modules(folder, QUERY), device="cpu")
 
@@ -140,8 +127,6 @@ def _encode_call(model: Any) -> Callable[[list[str], int], np.ndarray]:
 def agreement(encode: Callable[[list[str], int], np.ndarray], index: DocumentIndex, texts: list[str],
               original_top: np.ndarray) -> float:
     """mean_q |top10(encode(q)) & top10(original, q)| / 10 over the original's index."""
-    from leap_core.query_encoder.evaluate import topk_overlap
-
     return float(topk_overlap(index.topk(encode(texts, 64), TOP)[1], original_top).mean())
 
 
@@ -152,12 +137,7 @@ def measure(original: str, folders: dict[str, str | Path], slice_texts: list[str
     Returns {role: {"folder", "depth", "agreement10", "latency_ms", "speedup_vs_original"}, "original":
     {"latency_ms"}, "timing": compare_calls' result}. Every folder must pair with the original (check_pair).
     """
-    from leap_core.bench import compare_calls
-    from leap_core.models import resolve_model
-    from leap_core.query_encoder.experiment import original_pools
-    from leap_core.query_encoder.index import build_index
-    from leap_core.query_encoder.model import check_pair, read_record
-    from leap_core.st_module import plain_sentence_transformer
+    from leap_core.st_module import plain_sentence_transformer  # imports sentence_transformers (heavy at import)
 
     for folder in folders.values():
         check_pair(folder, original)  # ValueError naming both weights hashes: never judged, never promoted
@@ -222,14 +202,10 @@ def retrain_query_encoder(original: str, champion_folder: str | Path | None, tra
     """One retrain: split the logged queries, train a candidate at `depth`, gate it against the champion (None:
     the first run) on the held-out slice. Returns a JSON-ready dict: the gate's (gate_candidate), plus "split",
     "training", "plan", "config", "inputs" and "wall_seconds". The candidate is saved under workdir/candidate."""
-    from leap_core.io import cache_root
-
     plan = plan or LoopPlan()
     started = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else cache_root() / "query_encoder"
     if champion_folder is not None:
-        from leap_core.query_encoder.model import check_pair
-
         check_pair(champion_folder, original)  # refused before anything is trained for it
     logged = read_logged_queries(traffic_location)
     train, slice_texts = split_queries(logged, plan)
@@ -246,8 +222,6 @@ def retrain_query_encoder(original: str, champion_folder: str | Path | None, tra
 
 def decision_markdown(result: dict[str, Any], title: str) -> str:
     """One retrain as markdown: the verdict and its reasons, then original, champion and candidate side by side."""
-    from leap_core.report.markdown import fmt, table
-
     decision = result["decision"]
     verdict = "promoted" if decision["promoted"] else "not promoted"
     lines = [f"## {title}: candidate {verdict}", "",

@@ -17,10 +17,20 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from leap_core.io import write_json_atomic
+from leap_core.exit_branch import append_head
+from leap_core.io import write_json_atomic, write_manifest
+from leap_core.model_folder import layer_count, max_seq_length, model_fingerprint
+from leap_core.models import (
+    MODEL_KIND,
+    build_student,
+    load_weights,
+    resolve_model,
+    save_sentence_transformer,
+)
 from leap_core.pooling import mean_pool
 
 RECORD_FILE = "leap_query_encoder.json"
@@ -68,20 +78,15 @@ class ShallowQueryEncoder(nn.Module):
 
         Depth 0 is the static point: the embedding output alone, mean-pooled, so a query costs a table lookup.
         """
-        from transformers import AutoConfig
-
-        from leap_core.encoder import _read_max_seq_length
-        from leap_core.models import build_student, resolve_model
-
         folder = resolve_model(original)
-        layers = AutoConfig.from_pretrained(folder).num_hidden_layers
+        layers = layer_count(folder)
         if not 0 <= depth <= layers:
             raise ValueError(f"query encoder depth must be in 0..{layers} (the original's layers), got {depth}")
         model, tokenizer = build_student(str(folder), depth)
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
-        return cls(model, tokenizer, max_length=max_length or _read_max_seq_length(folder) or 256)
+        return cls(model, tokenizer, max_length=max_length or max_seq_length(folder) or 256)
 
     def set_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
         with torch.no_grad():
@@ -116,12 +121,8 @@ class ShallowQueryEncoder(nn.Module):
 def save_query_encoder(encoder: ShallowQueryEncoder, folder: str | Path, document_model: str,
                        extra: dict | None = None) -> Path:
     """Write the encoder as a sentence-transformers folder + RECORD_FILE naming the document model by weights hash."""
-    from leap_core.exit_branch import _append_head
-    from leap_core.io import write_manifest
-    from leap_core.models import MODEL_KIND, model_fingerprint, resolve_model, save_sentence_transformer
-
     folder = save_sentence_transformer(encoder.model, encoder.tokenizer, folder, max_seq_length=encoder.max_length)
-    _append_head(folder, encoder.head.weight.detach().cpu().numpy().copy(),
+    append_head(folder, encoder.head.weight.detach().cpu().numpy().copy(),
                  encoder.head.bias.detach().cpu().numpy().copy())
     document = resolve_model(document_model)
     write_json_atomic(Path(folder) / RECORD_FILE, {
@@ -141,8 +142,6 @@ def read_record(folder: str | Path) -> dict:
 
 def _dense_head(folder: Path) -> nn.Linear:
     """The Dense module's linear map, read from the folder's modules.json (sentence-transformers layout)."""
-    from safetensors.torch import load_file
-
     modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
     dense = [m for m in modules if m["type"].endswith("Dense")]
     if len(dense) != 1:
@@ -158,10 +157,6 @@ def _dense_head(folder: Path) -> nn.Linear:
 
 def load_query_encoder(folder: str | Path, document_model: str | None = None) -> ShallowQueryEncoder:
     """The saved encoder; with document_model, first check it is the document model it was trained for."""
-    from transformers import AutoTokenizer
-
-    from leap_core.models import load_weights
-
     folder = Path(folder)
     record = read_record(folder)
     if document_model is not None:
@@ -173,8 +168,6 @@ def load_query_encoder(folder: str | Path, document_model: str | None = None) ->
 
 def check_pair(folder: str | Path, document_model: str) -> None:
     """Refuse (ValueError naming both weights hashes) any document model but the one the encoder was trained for."""
-    from leap_core.models import model_fingerprint, resolve_model
-
     record = read_record(folder)
     found = model_fingerprint(resolve_model(document_model))
     if found != record["document_fingerprint"]:

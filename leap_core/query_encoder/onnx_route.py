@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from leap_core.models import usable_positions
+from leap_core.model_folder import usable_positions
 from leap_core.query_encoder.model import RECORD_FILE, ShallowQueryEncoder, read_record
 
 ROLE = "query"
@@ -76,7 +76,7 @@ def write_query_export(source: str | os.PathLike, folder: Path, depth: int | Non
     import torch
 
     from leap_core.export import quantization, write_graphs, write_settings
-    from leap_core.models import model_fingerprint
+    from leap_core.model_folder import model_fingerprint
     from leap_core.served import INPUTS, trace_inputs
 
     record = read_record(source)
@@ -104,9 +104,9 @@ def write_query_export(source: str | os.PathLike, folder: Path, depth: int | Non
 def check_onnx_pair(folder: str | os.PathLike, document_model: str) -> None:
     """Refuse (one-line ValueError naming both weights hashes) pairing a query route export with a document model
     other than the one its leap_onnx.json names; an export that is not a query route is refused too."""
-    from leap_core.export import EXPORT_FILE
+    from leap_core.model_folder import EXPORT_FILE, model_fingerprint
+    from leap_core.models import resolve_model
     from leap_core.schemas import OnnxExportFile, read_schema_file
-    from leap_core.models import model_fingerprint, resolve_model
 
     settings_file = Path(folder) / EXPORT_FILE
     if not settings_file.is_file():

@@ -12,10 +12,13 @@ Only sentence-transformers' own module classes are packaged: the folder loads wi
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from leap_core.io import replace_folder
+from leap_core.models import resolve_model
 from leap_core.query_encoder.model import RECORD_FILE, check_pair, read_record
 
 PACKAGE_KIND = "query route package"  # the folder's kind in its manifest (io.replace_folder)
@@ -26,8 +29,6 @@ DEFAULT_ROUTE = DOCUMENT
 
 def is_router_package(folder: str | Path) -> bool:
     """Whether `folder` is a sentence-transformers folder whose one module is a Router."""
-    import json
-
     modules_file = Path(folder) / "modules.json"
     if not modules_file.is_file():
         return False
@@ -37,7 +38,7 @@ def is_router_package(folder: str | Path) -> bool:
 
 def _own_modules(folder: str | Path, what: str) -> list[Any]:
     """The folder's sentence-transformers modules, refused unless every one is sentence-transformers' own class."""
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy at import (datasets, sklearn): loaded on use
 
     modules = list(SentenceTransformer(str(folder), device="cpu"))
     foreign = [type(module).__name__ for module in modules
@@ -50,7 +51,7 @@ def _own_modules(folder: str | Path, what: str) -> list[Any]:
 
 def route_modules(folder: str | Path, role: str = QUERY) -> list[Any]:
     """The modules of one route: a Router package's `role` route, or a query encoder folder's own (role "query")."""
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy at import (datasets, sklearn): loaded on use
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: expected one of {list(ROLES)}")
@@ -72,9 +73,6 @@ def package_router(query_encoder_folder: str | Path, out_folder: str | Path,
     either way its weights must hash to the recorded fingerprint (check_pair), or nothing is written.
     `out_folder` may be absent, empty or an earlier package (io.replace_folder: built beside it, swapped in whole).
     """
-    from leap_core.io import replace_folder
-    from leap_core.models import resolve_model
-
     source = Path(query_encoder_folder)
     if is_router_package(source):
         raise ValueError(f"{source}: already a Router package; package the query encoder folder it was made from")
@@ -88,8 +86,8 @@ def package_router(query_encoder_folder: str | Path, out_folder: str | Path,
 
 def _write_package(source: Path, query: list[Any], documents: list[Any], folder: Path) -> None:
     """Save the Router model into the new `folder` and copy the query encoder's record beside it."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Router
+    from sentence_transformers import SentenceTransformer  # heavy at import (datasets, sklearn): loaded on use
+    from sentence_transformers.sentence_transformer.modules import Router  # as above: loaded on use
 
     router = Router.for_query_document(query_modules=query, document_modules=documents, default_route=DEFAULT_ROUTE)
     SentenceTransformer(modules=[router], device="cpu").save(str(folder))

@@ -1,14 +1,19 @@
 """Asymmetric operating points: a query path (depth x precision) searching the original's untouched index.
 
 A point is one query path, a query encoder folder (leap_core.query_encoder) or the original's own queries, at
-one precision, judged on each BEIR set's dev and test query halves (pareto.query_half: the halves the symmetric
-points use) against the ORIGINAL's full-depth embeddings of the documents, which are never re-embedded. Its
-quality on a half is the mean per-query NDCG@10 (pareto.beir_sets, the same scorer), relative to original/original
-on that half, with a paired bootstrap CI. Its cost is what a query runs: the path's depth, then its precision.
+one precision, judged on each BEIR set's dev and test query halves (pareto_points.query_half: the halves the
+symmetric points use) against the ORIGINAL's full-depth embeddings of the documents, which are never re-embedded.
+Its quality on a half is the mean per-query NDCG@10 (pareto_points.beir_sets, the same scorer), relative to
+original/original on that half, with a paired bootstrap CI. Its cost is what a query runs: the path's depth, then
+its precision.
 
-choose_asymmetric takes the cheapest point within max_ndcg_drop on every dev half, by pareto.meets_floors (the rule
-the symmetric points are chosen by); test halves are reported beside it and never used to choose. serve_record
-says what a search service deploys: that query route, against the index the original built at full depth.
+choose_asymmetric takes the cheapest point within max_ndcg_drop on every dev half, by pareto_choice.meets_floors
+(the rule the symmetric points are chosen by); test halves are reported beside it and never used to choose.
+serve_record says what a search service deploys: that query route, against the index the original built at full
+depth.
+
+`leap calibrate` / `leap pareto` with --query-encoders (calibrate_with_queries, pareto_with_queries) compose the
+symmetric replay (evaluation.pareto) with these points: checked before the replay, chosen after it and apart from it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from leap_core.evaluation.pareto import EvalSet, beir_sets, meets_floors
+from leap_core import identity
+from leap_core.encoder import EarlyExitEncoder
+from leap_core.evaluation.against_original import Embedder
+from leap_core.evaluation.pareto import Addition, calibrate_policy, write_pareto
+from leap_core.evaluation.pareto_choice import meets_floors
+from leap_core.evaluation.pareto_points import EvalSet, beir_sets
+from leap_core.export import OnnxEncoder, export_onnx
+from leap_core.io import plain_name
+from leap_core.model_folder import has_branch, model_fingerprint, read_branch
+from leap_core.models import original_of, resolve_model
+from leap_core.query_encoder.model import check_pair, read_record
+from leap_core.stats import paired_difference_ci
 
 log = logging.getLogger(__name__)
 # Ties in depth go to the cheaper arithmetic: int8 (either scaling) before fp32.
@@ -33,19 +49,14 @@ Embed = Callable[[str, list[str]], np.ndarray]  # (text group, texts) -> (N, d) 
 
 def document_model(model: str) -> tuple[str, Path]:
     """(name, folder) of the model whose full depth built the index: MODEL, or an exit branch's original."""
-    from leap_core.exit_branch import BRANCH_FILE, original_of, read_branch
-    from leap_core.models import resolve_model
-
     folder = resolve_model(str(model))
-    if (folder / BRANCH_FILE).is_file():  # a branch serves its original at full depth: that is the index
+    if has_branch(folder):  # a branch serves its original at full depth: that is the index
         return read_branch(folder)["original"], original_of(folder)
     return str(model), folder
 
 
 def check_encoders(original: str, encoders: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Each encoder's record, after check_pair refused any trained for another document model (ValueError)."""
-    from leap_core.query_encoder.model import check_pair, read_record
-
     if not encoders:
         raise ValueError("no query encoder folder given")
     for folder in encoders:
@@ -62,7 +73,7 @@ def preflight(model: str, encoders: Sequence[str | Path], max_ndcg_drop: float |
 
 def half_sets(beir_folders: Sequence[str | Path], max_docs: int | None = None,
               max_queries: int | None = None) -> list[EvalSet]:
-    """Every BEIR folder's dev and test halves (pareto.beir_sets); a half with no judged query is left out."""
+    """Every BEIR folder's dev and test halves (pareto_points.beir_sets); a half with no judged query is left out."""
     sets = []
     for folder in beir_folders:
         for s in beir_sets(folder, max_docs, max_queries):
@@ -84,10 +95,6 @@ def _docs(s: EvalSet) -> tuple[str, list[str]]:
 def original_embedder(original: str, cache_dir: str | Path | None):
     """The original's every-layer pools (against_original.Embedder), cached on disk where depth_model caches them,
     so pareto's symmetric replay of the same model and this share one document pass."""
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.evaluation.against_original import Embedder
-    from leap_core.models import model_fingerprint, resolve_model
-
     folder = resolve_model(original)
     return Embedder(EarlyExitEncoder.from_pretrained(str(folder)),
                     cache_dir=Path(cache_dir) / "pools" if cache_dir else None, fingerprint=model_fingerprint(folder))
@@ -99,8 +106,6 @@ def onnx_encoders(source: str | Path, out: Path, precisions: Sequence[str], dept
 
     depth: the original's full depth (export_onnx would otherwise take its calibrated cut); None for a query encoder.
     """
-    from leap_core.export import OnnxEncoder, export_onnx
-
     calls = {}
     plain = [p for p in precisions if p in ("fp32", "int8")]
     if plain:
@@ -114,8 +119,6 @@ def onnx_encoders(source: str | Path, out: Path, precisions: Sequence[str], dept
 
 def relative(values: np.ndarray, base: np.ndarray, n_resamples: int) -> dict[str, Any]:
     """NDCG@10 change from original/original on the same queries, relative to its mean, with a paired CI."""
-    from leap_core.stats import paired_difference_ci
-
     mean = float(np.mean(base))
     out: dict[str, Any] = {"ndcg10_rel": (float(np.mean(values)) - mean) / mean if mean > 0 else None,
                            "ndcg10_rel_ci": None}
@@ -158,8 +161,6 @@ def asymmetric_points(original: str, encoders: Sequence[str | Path], beir_folder
     refused before anything is encoded. ONNX exports go to a temporary folder: a retrained encoder is never
     judged from a stale export.
     """
-    from leap_core.models import model_fingerprint, resolve_model
-
     unknown = [p for p in precisions if p not in PRECISION_COST]
     if unknown:
         raise ValueError(f"unknown precision {unknown[0]!r}: expected some of {list(PRECISION_COST)}")
@@ -208,7 +209,8 @@ def dev_sets(reference: dict[str, Any]) -> list[EvalSet]:
 
 
 def within_floor(point: dict[str, Any], reference: dict[str, Any], max_ndcg_drop: float) -> bool:
-    """pareto.meets_floors on the dev halves: within max_ndcg_drop (relative NDCG@10) of original/original on each."""
+    """pareto_choice.meets_floors on the dev halves: within max_ndcg_drop (relative NDCG@10) of original/original
+    on each."""
     return meets_floors(point, reference, dev_sets(reference), math.inf, max_ndcg_drop)
 
 
@@ -264,8 +266,6 @@ def asymmetric_section(document: str, folder: str | Path, points: list[dict[str,
                        chosen: dict[str, Any] | None, max_ndcg_drop: float) -> dict[str, Any]:
     """The result JSON's "asymmetric" section: the floor, each half's original/original, every point (marked
     within_floor), the chosen one and what to serve."""
-    from leap_core.models import model_fingerprint
-
     reference = reference_point(points)
     for point in points:
         point["within_floor"] = within_floor(point, reference, max_ndcg_drop)
@@ -283,13 +283,11 @@ def asymmetric_section(document: str, folder: str | Path, points: list[dict[str,
 def profile_section(profile: Any, model: str, encoders: Sequence[str | Path], max_ndcg_drop: float,
                     precisions: Sequence[str] = ("fp32", "int8"), n_resamples: int | None = None) -> dict[str, Any]:
     """asymmetric_points on the profile's BEIR sets (its data dir, subsample and cache), chosen under the floor."""
-    from leap_core import experiment
-
     evaluation = profile.evaluation
     name, folder = document_model(model)
-    points = asymmetric_points(str(folder), encoders, [experiment.data_path(profile, f) for f in evaluation.beir],
+    points = asymmetric_points(str(folder), encoders, [identity.data_path(profile, f) for f in evaluation.beir],
                                precisions, evaluation.max_beir_docs or None, evaluation.max_beir_queries or None,
-                               experiment.cache_dir(profile), n_resamples=n_resamples or evaluation.bootstrap_resamples)
+                               identity.cache_dir(profile), n_resamples=n_resamples or evaluation.bootstrap_resamples)
     return asymmetric_section(name, folder, points, choose_asymmetric(points, max_ndcg_drop), max_ndcg_drop)
 
 
@@ -320,3 +318,35 @@ def asymmetric_markdown(section: dict[str, Any] | None) -> str:
               f"{section['document_model']}'s full-depth index." if chosen else f"**Chosen:** none. {serve['note']}."]
     lines += [f"- ship: `{command}`" for command in serve.get("ship", [])]
     return "\n".join(lines) + "\n"
+
+
+def asymmetric_addition(profile: Any, model: str, encoders: Sequence[str | Path], max_ndcg_drop: float) -> Addition:
+    """The asymmetric points as an evaluation.pareto Addition: the result's "asymmetric" section (profile_section),
+    its markdown, and what calibrate --save records of it (calibration.query_route: the section's serve record)."""
+    return Addition("asymmetric", lambda: profile_section(profile, model, encoders, max_ndcg_drop),
+                    asymmetric_markdown, lambda section: {"query_route": section["serve"]})
+
+
+def calibrate_with_queries(profile: Any, model: str, max_sts_drop: float, max_ndcg_drop: float | None = None,
+                           save: bool = False, wait: bool = False,
+                           query_encoders: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """`leap calibrate`: evaluation.pareto.calibrate_policy and, with query_encoders, their asymmetric points chosen
+    under max_ndcg_drop apart from the policy (a wrong pairing fails before the replay, not after)."""
+    if not query_encoders:
+        return calibrate_policy(profile, model, max_sts_drop, max_ndcg_drop, save=save, wait=wait)
+    preflight(model, query_encoders, max_ndcg_drop)
+    return calibrate_policy(profile, model, max_sts_drop, max_ndcg_drop, save=save, wait=wait,
+                            addition=asymmetric_addition(profile, model, query_encoders, max_ndcg_drop))
+
+
+def pareto_with_queries(profile: Any, model: str, name: str, out_dir: Any = "reports/pareto",
+                        max_sts_drop: float = 0.01, max_ndcg_drop: float | None = 0.03, timing: bool = True,
+                        query_encoders: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """`leap pareto`: evaluation.pareto.write_pareto and, with query_encoders, the report's "asymmetric" section and
+    its table (the name and every pairing checked before the replay)."""
+    plain_name(name)  # a report name, not a path (checked before the work, as write_pareto does)
+    if not query_encoders:
+        return write_pareto(profile, model, name, out_dir, max_sts_drop, max_ndcg_drop, timing)
+    preflight(model, query_encoders, max_ndcg_drop)
+    return write_pareto(profile, model, name, out_dir, max_sts_drop, max_ndcg_drop, timing,
+                        addition=asymmetric_addition(profile, model, query_encoders, max_ndcg_drop))

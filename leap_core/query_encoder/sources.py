@@ -1,4 +1,5 @@
-"""Unlabelled query text for a query encoder: files, BEIR queries (test ids held out), traffic logs, pseudo-queries.
+"""Unlabelled query text for a query encoder: files, BEIR queries (test ids held out), traffic logs, pseudo-queries,
+and the split of it into training text and a dev slice (training_text) that fit, experiment and loop share.
 
 Every reader returns texts deduplicated in source order and raises DataError (a ValueError) naming the file and,
 where it applies, the 1-based line or row, for bad input. Relevance labels are never read, except the test
@@ -11,8 +12,10 @@ import random
 from pathlib import Path
 from typing import Iterable
 
-from leap_core.data import DataError
 from leap_core.data.corpus import iter_lines, jsonl_record, sentence_key
+from leap_core.data.documents import read_parquet_texts, split_sentences
+from leap_core.data.errors import DataError
+from leap_core.traffic import read_traffic
 
 QUERY_FILES = ("queries.jsonl", "queries.jsonl.gz")
 
@@ -41,16 +44,13 @@ def read_jsonl_queries(path: Path, exclude_ids: set[str] | frozenset[str] = froz
 
 
 def read_parquet_queries(path: Path) -> list[str]:
-    """A Parquet file's "text" column (a null row is an error naming the row)."""
-    from leap_core.data.documents import _parquet_texts
-
-    return _parquet_texts(path)
+    """A Parquet file's "text" column, each prefixed by its "title" when it has one (data.documents.read_parquet_texts;
+    a null row is an error naming the row)."""
+    return read_parquet_texts(path)
 
 
 def read_traffic_queries(location: str | Path) -> list[str]:
     """The texts the traffic log (leap_core.traffic) sampled; rows logged without text are skipped."""
-    from leap_core.traffic import read_traffic
-
     table = read_traffic(str(location))
     if "text" not in table.column_names:
         raise DataError(f"{location}: the traffic log has no 'text' column")
@@ -136,10 +136,21 @@ def read_queries(source: str | Path, exclude_split: str | None = "test") -> list
     return kept
 
 
+def corpus_file(path: str | Path) -> Path:
+    """The corpus.jsonl[.gz] of a BEIR folder, or the file itself (DataError when there is none)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (path / n).is_file()]
+        if not found:
+            raise DataError(f"{path}: no corpus.jsonl or corpus.jsonl.gz")
+        return found[0]
+    if not path.is_file():
+        raise DataError(f"{path}: corpus file not found")
+    return path
+
+
 def read_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     """A BEIR corpus.jsonl[.gz] (or the folder holding it): doc_id -> {"title", "text"}, in file order."""
-    from leap_core.query_encoder.index import corpus_file
-
     path = corpus_file(path)
     corpus: dict[str, dict[str, str]] = {}
     for lineno, line in iter_lines(path):
@@ -161,8 +172,6 @@ def pseudo_queries(corpus: dict[str, dict[str, str]], n: int, seed: int = 0, min
     Texts of min_chars..max_chars characters; those equal (on sentence_key) to a text in `exclude` (e.g. the
     held-out queries) are dropped. Titles come first because they read most like queries.
     """
-    from leap_core.data.documents import split_sentences
-
     banned = {sentence_key(t) for t in exclude}
     fits = lambda t: min_chars <= len(t) <= max_chars and sentence_key(t) not in banned  # noqa: E731
     titles = _dedupe(doc.get("title", "") for doc in corpus.values())
@@ -174,3 +183,26 @@ def pseudo_queries(corpus: dict[str, dict[str, str]], n: int, seed: int = 0, min
     rng.shuffle(titles)
     rng.shuffle(sentences)
     return (titles + sentences)[:n]
+
+
+def split_dev(texts: list[str], dev_size: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train, dev): dev_size texts drawn with `seed` (at most a third of them), the rest in source order."""
+    size = min(dev_size, len(texts) // 3)
+    dev = set(random.Random(seed).sample(range(len(texts)), size))
+    return [t for i, t in enumerate(texts) if i not in dev], [texts[i] for i in sorted(dev)]
+
+
+def training_text(real: list[str], corpus: dict[str, dict[str, str]], n_pseudo: int, dev_size: int, seed: int,
+                  held_out: Iterable[str] = ()) -> tuple[list[str], list[str], list[str]]:
+    """(real training texts, dev texts, pseudo-queries): `real` split by split_dev, then up to n_pseudo
+    pseudo-queries from `corpus` (0: none): none equal on sentence_key to a held-out or dev text, none equal to a
+    real training text.
+
+    The one split of query text into training text and the dev slice that stops training and chooses the depth:
+    fit (a user's queries), experiment (a BEIR folder's non-test queries, the test ones held out) and loop
+    (logged queries, the hashed slice held out) all call it.
+    """
+    train_real, dev = split_dev(real, dev_size, seed)
+    pseudo = pseudo_queries(corpus, n_pseudo, seed, exclude=[*held_out, *dev]) if n_pseudo else []
+    seen = set(train_real)
+    return train_real, dev, [t for t in pseudo if t not in seen]

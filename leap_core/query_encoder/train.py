@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import get_linear_schedule_with_warmup
 
 from leap_core.query_encoder.evaluate import TOP, topk_overlap
 from leap_core.query_encoder.index import DocumentIndex
@@ -73,8 +74,6 @@ def dev_agreement(encoder: ShallowQueryEncoder, index: DocumentIndex, texts: lis
 
 
 def _optimizer(encoder: ShallowQueryEncoder, config: QueryEncoderConfig):
-    from transformers import get_linear_schedule_with_warmup
-
     if config.freeze_embeddings:
         encoder.model.embeddings.requires_grad_(False)
     head = list(encoder.head.parameters())
