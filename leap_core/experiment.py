@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from leap_core import identity
+from leap_core.identity import cache_dir, data_path  # every stage's caches and data files (one definition)
 from leap_core.config import ENCODE_BATCH_SIZE, Profile
 from leap_core.io import sha256_strings
 
@@ -21,15 +22,6 @@ log = logging.getLogger(__name__)
 
 def run_dir(profile: Profile) -> Path:
     return Path(profile.output_dir) / profile.name
-
-
-def cache_dir(profile: Profile) -> Path:
-    return Path(profile.output_dir) / "cache"
-
-
-def data_path(profile: Profile, relative: str) -> Path:
-    path = Path(relative)
-    return path if path.is_absolute() else Path(profile.data.data_dir) / path
 
 
 def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
