@@ -370,3 +370,43 @@ def _swap_in(built: Path, target: Path, staging: Path) -> None:
     except OSError:
         os.replace(aside, target)
         raise
+
+
+def save_checked_array(path: str | os.PathLike, array: Any) -> None:
+    """The array as .npy, then its sha256 beside it (`.sha256`), each written atomically.
+
+    An array without its checksum (a kill between the two writes) is never trusted: load_checked_array refuses it.
+    """
+    import numpy as np
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        digest = sha256_file(tmp)
+    write_text_atomic(path.with_suffix(".sha256"), digest + "\n")
+
+
+def load_checked_array(path: str | os.PathLike, shape: tuple[int, ...], dtype: str) -> tuple[Any, str | None]:
+    """(array, None) when save_checked_array wrote exactly this file (its sha256 matches) with this shape and dtype,
+    all finite; else (None, what is wrong), and the caller computes it again."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        return None, "missing"
+    sum_path = path.with_suffix(".sha256")
+    recorded = sum_path.read_text(encoding="utf-8").strip() if sum_path.is_file() else ""
+    if not recorded:
+        return None, "no checksum recorded"
+    if sha256_file(path) != recorded:
+        return None, "content does not match its checksum"
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        return None, f"unreadable ({err})"
+    if array.dtype != np.dtype(dtype) or array.shape != shape:
+        return None, f"{array.dtype} {array.shape}, want {dtype} {shape}"
+    if not np.isfinite(array).all():
+        return None, "not finite (NaN or inf)"
+    return array, None

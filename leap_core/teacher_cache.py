@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from leap_core.config import ENCODE_BATCH_SIZE
-from leap_core.io import atomic_path, sha256_strings
+from leap_core.io import atomic_path, load_checked_array, save_checked_array, sha256_strings
 from leap_core.model_folder import model_fingerprint
 from leap_core.models import load_weights, resolve_model
 from leap_core.pooling import pooled_layers
@@ -193,54 +193,20 @@ def _encode_resumable(folder: Path, sentences: list[str], layers: list[int], max
             chunk = _resumed_chunk(chunk_path, shape)  # done before a kill, and verified
             if chunk is None:
                 chunk = _encode_chunk(model, tokenizer, rows, layers, max_length, batch_size, run_device)
-                _save_chunk(chunk_path, chunk)
+                save_checked_array(chunk_path, chunk)
             chunks.append(chunk)
             bar.update(chunk.shape[1])
     return np.concatenate(chunks, axis=1)
 
 
-def _chunk_sum_path(chunk_path: Path) -> Path:
-    return chunk_path.with_suffix(".sha256")
-
-
-def _save_chunk(chunk_path: Path, chunk: np.ndarray) -> None:
-    """The chunk, then its sha256 beside it, each written atomically: a chunk without its checksum (a kill between
-    the two writes) is never trusted, only encoded again."""
-    from leap_core.io import sha256_file, write_text_atomic
-
-    with atomic_path(chunk_path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, chunk)
-        digest = sha256_file(tmp)
-    write_text_atomic(_chunk_sum_path(chunk_path), digest + "\n")
-
-
 def _resumed_chunk(chunk_path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A chunk an earlier (killed) build saved, if it is exactly what that build wrote (its sha256 file matches),
-    has the expected float16 shape and is finite; else None, with a warning: the chunk is encoded again."""
-    from leap_core.io import sha256_file
-
+    """A chunk an earlier (killed) build saved, verified by io.load_checked_array (checksum, float16 shape,
+    finite); else None, with a warning: the chunk is encoded again."""
     if not chunk_path.is_file():
         return None
-    sum_path = _chunk_sum_path(chunk_path)
-    recorded = sum_path.read_text(encoding="utf-8").strip() if sum_path.is_file() else ""
-    problem = None
-    if not recorded:
-        problem = "no checksum recorded"
-    elif sha256_file(chunk_path) != recorded:
-        problem = "content does not match its checksum"
-    else:
-        try:
-            chunk = np.load(chunk_path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            chunk, problem = None, f"unreadable ({err})"
-        if chunk is not None and (chunk.dtype != np.float16 or chunk.shape != shape):
-            problem = f"{chunk.dtype} {chunk.shape}, want float16 {shape}"
-        elif chunk is not None and not np.isfinite(chunk).all():
-            problem = "not finite (NaN or inf)"
+    chunk, problem = load_checked_array(chunk_path, shape, "float16")
     if problem is not None:
         log.warning("teacher cache chunk %s: %s: encoding it again", chunk_path, problem)
-        return None
     return chunk
 
 

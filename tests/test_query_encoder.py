@@ -159,6 +159,34 @@ def test_index_is_cached_by_model_and_corpus_hash(beir, index, tmp_path, monkeyp
     assert other.model_fingerprint != first.model_fingerprint and len(list(cache.glob("index-*.npy"))) == 2
 
 
+def test_killed_document_pass_resumes_from_its_saved_chunks(beir, index, tmp_path, monkeypatch, caplog):
+    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.query_encoder import index as index_module
+
+    monkeypatch.setattr(index_module, "CHUNK", 8)  # 24 documents: 3 chunks
+    real_encode, calls = EarlyExitEncoder.encode, []
+
+    def encode_then_die(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real_encode(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(EarlyExitEncoder, "encode", encode_then_die)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="killed"):
+        build_index(DOC_MODEL, beir, cache, batch_size=8)
+    assert not list(cache.glob("index-*.npy")) and len(list(cache.glob("*.parts/chunk-*.npy"))) == 2
+    (first_chunk,) = cache.glob("*.parts/chunk-00000-*.npy")
+    first_chunk.write_bytes(first_chunk.read_bytes()[:-4] + b"\0\0\0\1")  # damaged: never trusted
+    calls.clear()
+    resumed = build_index(DOC_MODEL, beir, cache, batch_size=8)
+    assert calls == [8, 8]  # the damaged first chunk and the third; the second was read back
+    assert "does not match its checksum" in caplog.text
+    np.testing.assert_allclose(resumed.embeddings, index.embeddings, atol=1e-5)
+    assert not list(cache.glob("*.parts"))  # the finished index holds every chunk
+
+
 def test_listwise_kl_is_zero_at_the_teacher_and_positive_elsewhere():
     torch.manual_seed(0)
     teacher = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)

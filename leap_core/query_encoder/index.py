@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.encoder import EarlyExitEncoder
 from leap_core.evaluation.retrieval import document_text, streaming_topk
-from leap_core.io import atomic_path, cache_root, sha256_file, write_json_atomic
+from leap_core.io import (atomic_path, cache_root, load_checked_array, save_checked_array, sha256_file,
+                          write_json_atomic, writer_lock)
 from leap_core.model_folder import model_fingerprint
 from leap_core.models import resolve_model
 from leap_core.query_encoder.sources import corpus_file, read_corpus
@@ -61,15 +63,35 @@ def _read_cached(npy: Path, record_file: Path, fingerprint: str, corpus_sha: str
     return DocumentIndex(record["doc_ids"], embeddings, fingerprint, corpus_sha, record["max_length"])
 
 
-def encode_documents(encoder, texts: list[str], batch_size: int = ENCODE_BATCH_SIZE) -> np.ndarray:
-    """The encoder's full-depth normalised embeddings of texts (N, d), CHUNK at a time with progress logged."""
-    parts, started = [], time.perf_counter()
-    for start in range(0, len(texts), CHUNK):
-        parts.append(encoder.encode(texts[start:start + CHUNK], batch_size=batch_size, mode="full",
-                                    normalize_embeddings=True))
-        done = min(start + CHUNK, len(texts))
-        log.info("documents %d/%d (%.0f s)", done, len(texts), time.perf_counter() - started)
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.dim), np.float32)
+def encode_documents(encoder, texts: list[str], batch_size: int = ENCODE_BATCH_SIZE,
+                     parts: Path | None = None) -> np.ndarray:
+    """The encoder's full-depth normalised embeddings of texts (N, d), CHUNK at a time with progress logged.
+
+    parts: a folder where each chunk is saved (checksummed) as it is done, so that a killed pass resumes there;
+    the caller names it by everything the chunks depend on (model, corpus, max length).
+    """
+    parts_done, started = [], time.perf_counter()
+    for number, start in enumerate(range(0, len(texts), CHUNK)):
+        rows = texts[start:start + CHUNK]
+        chunk_path = parts / f"chunk-{number:05d}-of-{CHUNK}.npy" if parts else None
+        chunk = _resumed_chunk(chunk_path, (len(rows), encoder.dim)) if chunk_path else None
+        if chunk is None:
+            chunk = encoder.encode(rows, batch_size=batch_size, mode="full",
+                                   normalize_embeddings=True).astype(np.float32)
+            if chunk_path:
+                save_checked_array(chunk_path, chunk)
+        parts_done.append(chunk)
+        log.info("documents %d/%d (%.0f s)", start + len(rows), len(texts), time.perf_counter() - started)
+    return np.concatenate(parts_done) if parts_done else np.zeros((0, encoder.dim), np.float32)
+
+
+def _resumed_chunk(chunk_path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    if not chunk_path.is_file():
+        return None
+    chunk, problem = load_checked_array(chunk_path, shape, "float32")
+    if problem is not None:
+        log.warning("document chunk %s: %s: encoding it again", chunk_path, problem)
+    return chunk
 
 
 def build_index(model: str, corpus: str | Path, cache_dir: str | Path | None = None,
@@ -86,12 +108,18 @@ def build_index(model: str, corpus: str | Path, cache_dir: str | Path | None = N
     if (found := _read_cached(npy, record_file, fingerprint, corpus_sha)) is not None:
         log.info("document index of %s from %s", path, npy)
         return found
-    documents = read_corpus(path)
-    embeddings = encode_documents(encoder, [document_text(doc) for doc in documents.values()], batch_size)
-    with atomic_path(npy) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, embeddings, allow_pickle=False)
-    write_json_atomic(record_file, {"model": model, "model_fingerprint": fingerprint, "corpus": str(path),
-                                    "corpus_sha256": corpus_sha, "max_length": encoder.max_length,
-                                    "doc_ids": list(documents)})
+    parts = npy.with_suffix(".parts")  # each chunk as it is done: a killed pass resumes from the last one
+    with writer_lock(parts, what="document pass"):
+        if (found := _read_cached(npy, record_file, fingerprint, corpus_sha)) is not None:
+            return found  # another process finished it between the check above and taking the lock
+        documents = read_corpus(path)
+        embeddings = encode_documents(encoder, [document_text(doc) for doc in documents.values()], batch_size,
+                                      parts)
+        with atomic_path(npy) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, embeddings, allow_pickle=False)
+        write_json_atomic(record_file, {"model": model, "model_fingerprint": fingerprint, "corpus": str(path),
+                                        "corpus_sha256": corpus_sha, "max_length": encoder.max_length,
+                                        "doc_ids": list(documents)})
+        shutil.rmtree(parts, ignore_errors=True)  # the pass created it; the index now holds every chunk
     return DocumentIndex(list(documents), embeddings, fingerprint, corpus_sha, encoder.max_length)
