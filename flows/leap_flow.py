@@ -22,7 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Parallel tasks on this machine: the cores, at most 4 (each task then uses cores // workers torch threads,
-# see leap_core.pipeline.task_threads). `run --max-workers N` or the environment variable overrides it.
+# see leap_core.pipeline.handoff.task_threads). `run --max-workers N` or the environment variable overrides it.
 os.environ.setdefault("METAFLOW_RUN_MAX_WORKERS", str(min(os.cpu_count() or 1, 4)))
 
 import logging  # noqa: E402
@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 from metaflow import (FlowSpec, Parameter, card, catch, current, resources, retry, schedule, step,  # noqa: E402
                       user_step_decorator)
 
-from leap_core.pipeline import (arm_result, best_result, failure_text, file_ref, local_path,  # noqa: E402
+from leap_core.pipeline.handoff import (arm_result, best_result, failure_text, file_ref, local_path,  # noqa: E402
                                  output_location, plan_arms, step_usage, task_profile)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -140,7 +140,7 @@ class LeapFlow(FlowSpec):
     @step
     def extract(self):
         """Extract and filter the training sentences into Parquet."""
-        from leap_core import experiment
+        from leap_core.pipeline import experiment
 
         self.sentences = file_ref(experiment.extract(self.profile_here()), self.store)
         self.next(self.cache_teacher)
@@ -150,7 +150,7 @@ class LeapFlow(FlowSpec):
     @step
     def cache_teacher(self):
         """Teacher embeddings of the sentences, computed once and reused when their content key matches."""
-        from leap_core import experiment
+        from leap_core.pipeline import experiment
 
         self.teacher_cache = file_ref(experiment.cache_teacher(self.profile_here(), local_path(self.sentences),
                                                                show_progress=False), self.store)
@@ -165,8 +165,10 @@ class LeapFlow(FlowSpec):
         """Train one arm with one seed from the teacher cache (resuming its checkpoint if one exists)."""
         import torch
 
-        from leap_core import experiment, tracking
-        from leap_core.pipeline import task_threads
+        from leap_core.pipeline import experiment
+
+        from leap_core import tracking
+        from leap_core.pipeline.handoff import task_threads
 
         torch.set_num_threads(task_threads())
         self.spec = dict(self.input)
@@ -189,9 +191,11 @@ class LeapFlow(FlowSpec):
         """STS-B with bootstrap CIs, exits, layer dynamics, NN@10 and the theta/depth sweep of the trained arm."""
         import torch
 
-        from leap_core import experiment, tracking
-        from leap_core.model_card import recipe_facts, write_card
-        from leap_core.pipeline import task_threads
+        from leap_core.pipeline import experiment
+
+        from leap_core import tracking
+        from leap_core.serve.model_card import recipe_facts, write_card
+        from leap_core.pipeline.handoff import task_threads
 
         torch.set_num_threads(task_threads())
         self.spec = dict(self.input)
@@ -231,8 +235,9 @@ class LeapFlow(FlowSpec):
     @step
     def retrieval(self):
         """BEIR of the best LEAP and baseline seeds, theta calibration on STS-B dev, diagnosis of the source models."""
-        from leap_core import experiment, tracking
-        from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+        from leap_core.pipeline import experiment
+        from leap_core import tracking
+        from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 
         settings = self.profile_here()
         best = {arm: best_result(self.results, arm) for arm in (LEAP_ARM, BASELINE_ARM)}
@@ -258,9 +263,10 @@ class LeapFlow(FlowSpec):
     @tracked
     @step
     def latency(self):
-        """Wall-clock latency of every encoder mode of the best LEAP seed vs sentence-transformers (leap_core.bench)."""
-        from leap_core import experiment, tracking
-        from leap_core.pipeline import LEAP_ARM
+        """Wall-clock latency of every encoder mode of the best LEAP seed vs sentence-transformers (leap_core.bench.latency)."""
+        from leap_core.pipeline import experiment
+        from leap_core import tracking
+        from leap_core.pipeline.handoff import LEAP_ARM
 
         best = best_result(self.results, LEAP_ARM)
         self.latency_result = None
@@ -280,7 +286,7 @@ class LeapFlow(FlowSpec):
         """Retrofit each of the profile's retrofit_models (a LEAP fine-tune against itself), beside its original."""
         from leap_core import tracking
         from leap_core.identity import model_slug
-        from leap_core.retrofit import RETROFIT_ARM, retrofit
+        from leap_core.retrofit.retrofit import RETROFIT_ARM, retrofit
 
         self.retrofit_results = {}
         seed = self.settings.seeds[0]
@@ -325,8 +331,8 @@ class LeapFlow(FlowSpec):
     @step
     def promote(self):
         """Register the best LEAP model as a pyfunc and give it `champion` or `challenger` (never retried)."""
-        from leap_core import registry
-        from leap_core.pipeline import LEAP_ARM
+        from leap_core.serve import registry
+        from leap_core.pipeline.handoff import LEAP_ARM
 
         best = best_result(self.results, LEAP_ARM)
         self.promotion = None
@@ -334,8 +340,8 @@ class LeapFlow(FlowSpec):
             log.warning("no successful %r arm: nothing to register", LEAP_ARM)
         else:
             from leap_core.evaluation.pareto import policy_metrics
-            from leap_core.experiment import served_numbers
-            from leap_core.model_card import recipe_facts, write_card
+            from leap_core.pipeline.experiment import served_numbers
+            from leap_core.serve.model_card import recipe_facts, write_card
 
             name = self.settings.registry.model_name
             folder = local_path(best["model"])  # calibrated in place: the registered model serves its policy

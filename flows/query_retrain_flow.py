@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 from metaflow import FlowSpec, JSONType, Parameter, current, resources, retry, schedule, step  # noqa: E402
 
-from leap_core.pipeline import file_ref, local_path, output_location  # noqa: E402
+from leap_core.pipeline.handoff import file_ref, local_path, output_location  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.query_retrain")
@@ -69,7 +69,9 @@ class QueryRetrainFlow(FlowSpec):
         """Check the inputs, fetch the champion (none on the first run), open the MLflow run."""
         from dataclasses import asdict
 
-        from leap_core import retrain, tracking
+        from leap_core.pipeline import retrain
+
+        from leap_core import tracking
 
         missing = [name for name in ("traffic", "model", "corpus") if not getattr(self, name)]
         if missing:
@@ -136,7 +138,8 @@ class QueryRetrainFlow(FlowSpec):
     @step
     def promote(self):
         """Package and register the candidate; `champion` only if it won against the champion it was judged with."""
-        from leap_core import registry, tracking
+        from leap_core.serve import registry
+        from leap_core import tracking
         from leap_core.query_encoder.package import package_router
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri

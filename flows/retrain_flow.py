@@ -4,7 +4,7 @@
     python flows/retrain_flow.py run --traffic s3://bucket/leap-traffic --profile cpu
     python flows/retrain_flow.py argo-workflows create                # weekly on the cluster (@schedule)
 
-start -> extract -> retrofit -> gate -> promote -> end (leap_core.retrain has the logic). The champion is
+start -> extract -> retrofit -> gate -> promote -> end (leap_core.pipeline.retrain has the logic). The champion is
 the registry's `champion` of retrain.model_name, or the original model as shipped when there is none yet. A
 candidate that loses is registered as `challenger`, with the reasons on the version and in the MLflow run; the
 champion is left alone. A monitor alert starts it: `leap monitor --publish-event` with Argo Events (on_monitor_alert),
@@ -27,8 +27,8 @@ from pathlib import Path  # noqa: E402
 from metaflow import FlowSpec, Parameter, current, resources, retry, schedule, step, trigger  # noqa: E402
 from metaflow.metaflow_config import ARGO_EVENTS_EVENT  # noqa: E402
 
-from leap_core.monitor import ALERT_EVENT  # noqa: E402
-from leap_core.pipeline import file_ref, local_path, output_location, task_profile  # noqa: E402
+from leap_core.serve.monitor import ALERT_EVENT  # noqa: E402
+from leap_core.pipeline.handoff import file_ref, local_path, output_location, task_profile  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.retrain")
@@ -66,7 +66,8 @@ class RetrainFlow(FlowSpec):
     @step
     def start(self):
         """Load the profile, fetch the champion (or take the original), open the MLflow run."""
-        from leap_core import retrain, tracking
+        from leap_core.pipeline import retrain
+        from leap_core import tracking
         from leap_core.config import load_profile
         from leap_core.models import resolve_model
 
@@ -99,7 +100,7 @@ class RetrainFlow(FlowSpec):
     @step
     def extract(self):
         """The log's texts, filtered and deduplicated like the corpus, split into training text and a held-out slice."""
-        from leap_core import retrain
+        from leap_core.pipeline import retrain
 
         split = retrain.split_traffic(self.profile_here(), self.traffic, self.run_dir / "traffic")
         self.split = {key: value for key, value in split.items() if key not in ("train", "holdout")}
@@ -111,7 +112,7 @@ class RetrainFlow(FlowSpec):
     @step
     def retrofit(self):
         """The champion fine-tuned against the original's frozen outputs on the training text (teacher rows reused)."""
-        from leap_core import retrain
+        from leap_core.pipeline import retrain
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         folder, self.train_seconds = retrain.retrofit_candidate(self.profile_here(), self.original,
@@ -124,7 +125,8 @@ class RetrainFlow(FlowSpec):
     @step
     def gate(self):
         """Champion and candidate at the policies they would serve (chosen on STS-B dev and the slice); the verdict."""
-        from leap_core import retrain, tracking
+        from leap_core.pipeline import retrain
+        from leap_core import tracking
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         self.result = retrain.gate(self.profile_here(), self.original, local_path(self.champion),
@@ -136,7 +138,8 @@ class RetrainFlow(FlowSpec):
     @step
     def promote(self):
         """Register the candidate; `champion` only if it won against the champion it was judged with (never retried)."""
-        from leap_core import registry, tracking
+        from leap_core.serve import registry
+        from leap_core import tracking
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         decision = self.result["decision"]
@@ -155,7 +158,8 @@ class RetrainFlow(FlowSpec):
     @step
     def end(self):
         """Write reports/retrain/<run id>/retrain.{json,md}, log them to MLflow, close the run."""
-        from leap_core import retrain, tracking
+        from leap_core.pipeline import retrain
+        from leap_core import tracking
 
         out = retrain.write_summary(Path(self.reports_dir) / "retrain" / current.run_id, {
             **self.result, "traffic": self.traffic, "original": self.original, "split": self.split,

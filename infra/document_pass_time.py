@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.retrieval import document_text
 from leap_core.models import resolve_model
 from leap_core.query_encoder.sources import read_corpus

@@ -1,4 +1,4 @@
-"""Issue 32 item 7: int8 by measured quality, reports/int8.{json,md} (leap_core.int8_quality; rendering int8_report).
+"""Issue 32 item 7: int8 by measured quality, reports/int8.{json,md} (leap_core.bench.int8_quality; rendering int8_report).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python infra/int8_report.py \
         --encoder nfcorpus=DIR/nfcorpus-depth0 --encoder nfcorpus=DIR/nfcorpus-depth3 \
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from leap_core.config import load_profile
 from leap_core.evaluation.diagnose import probe_sentences
-from leap_core.int8_quality import run_int8_report
-from leap_core.int8_report import render_markdown
+from leap_core.bench.int8_quality import run_int8_report
+from leap_core.report.int8_report import render_markdown
 from leap_core.io import cache_root, write_report_files
 
 

@@ -159,7 +159,7 @@ class EvaluationConfig:
     calibration_max_sts_drop: Fraction = 0.01  # theta calibration floor on STS-B dev
     bootstrap_resamples: Positive = 2000
     bench_batch_sizes: list[Positive] = field(default_factory=lambda: [1, 8, 32])
-    bench_warmup: Count = 0  # 0 = leap_core.bench's default for the device
+    bench_warmup: Count = 0  # 0 = leap_core.bench.latency's default for the device
     bench_iterations: Count = 0
     diagnose_external: Flag = True  # the paper's diagnosis of the teacher and the student's source
 
@@ -167,7 +167,7 @@ class EvaluationConfig:
 @dataclass
 class BranchConfig:
     """`leap retrofit`'s exit branch: a trained copy of the original's first layers whose exits land in the
-    original's final space, while the full path stays the original, bit for bit (leap_core.exit_branch)."""
+    original's final space, while the full path stays the original, bit for bit (leap_core.retrofit.exit_branch)."""
 
     __pydantic_config__ = CHECKED
     exit_layers: list[Layer] | None = None  # 1-indexed; None = half the depth .. L-1. The branch is max() deep
@@ -197,7 +197,7 @@ class RegistryConfig:
 
 @dataclass
 class RetrainConfig:
-    """RetrainFlow: retrofit the champion on its own traffic, promote the candidate only if it wins (leap_core.retrain)."""
+    """RetrainFlow: retrofit the champion on its own traffic, promote the candidate only if it wins (leap_core.pipeline.retrain)."""
 
     __pydantic_config__ = CHECKED
     model: Text = ""  # the original the champion descends from; "" = the first of retrofit_models

@@ -13,9 +13,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from leap_core import timing
-from leap_core.bench import PEER, run_benchmark, summarize
-from leap_core.bench_report import render_markdown
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.bench.latency import PEER, run_benchmark, summarize
+from leap_core.report.bench_report import render_markdown
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.timing import draw_batches
 
 N_LAYERS = 4
@@ -104,7 +104,7 @@ def test_summarize_hand_computed():
 
 
 def test_batch_mode_bound_is_latest_exit_over_mean_exit():
-    from leap_core.bench import batch_mode_bound
+    from leap_core.bench.latency import batch_mode_bound
 
     # two batches of 2: batch mode runs 4 then 3 layers (3.5 a batch); rows exit at 2.75 on average
     assert batch_mode_bound([2, 4, 3, 2], 2) == pytest.approx(3.5 / 2.75)

@@ -80,7 +80,7 @@ def test_library_logs_are_quiet_unless_verbose():
         _configure_logging(verbose=False)
         assert not logging.getLogger("beir.retrieval.evaluation").isEnabledFor(logging.INFO)
         assert not logging.getLogger("sentence_transformers").isEnabledFor(logging.INFO)
-        assert logging.getLogger("leap_core.experiment").isEnabledFor(logging.INFO)
+        assert logging.getLogger("leap_core.pipeline.experiment").isEnabledFor(logging.INFO)
         _configure_logging(verbose=True)
         assert logging.getLogger("beir.retrieval.evaluation").isEnabledFor(logging.INFO)
     finally:
@@ -88,7 +88,7 @@ def test_library_logs_are_quiet_unless_verbose():
 
 
 def test_any_error_in_a_command_is_one_line_naming_its_type_unless_debug(monkeypatch, capsys):
-    from leap_core import monitor
+    from leap_core.serve import monitor
 
     def bug(*args, **kwargs):
         raise KeyError("theta")  # what a reference lacking a key raised before it had a schema

@@ -246,7 +246,7 @@ def test_read_tags_must_pair_with_the_corpus(tmp_path):
 
 
 def test_real_corpus_balanced_sample(data_dir, tmp_path):
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
     from leap_core.config import load_profile
 
     profile = load_profile("cpu", {"data": {"data_dir": str(data_dir), "n_sentences": 800,

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from leap_core.cli import main  # noqa: E402
-from leap_core.deploy_bench import (OURS_INT8, PEER_INT8, SHIPPED, headlines, quality_drops,  # noqa: E402
+from leap_core.bench.deploy_bench import (OURS_INT8, PEER_INT8, SHIPPED, headlines, quality_drops,  # noqa: E402
                                     ServedPath)
-from leap_core.deploy_report import readme_rows, render_markdown  # noqa: E402
+from leap_core.report.deploy_report import readme_rows, render_markdown  # noqa: E402
 from leap_core.evaluation.pareto import save_policy  # noqa: E402
 from leap_core.models import resolve_model  # noqa: E402
 from leap_core.policy import ExitPolicy  # noqa: E402
@@ -40,7 +40,7 @@ def test_headlines_divide_the_peers_median_by_ours_and_judge_each_target():
 
 def test_profile_times_each_call_and_the_tokenizer_through_the_harness(monkeypatch):
     from leap_core import timing
-    from leap_core.deploy_bench import PROFILE_WARMUP, profile_torch
+    from leap_core.bench.deploy_bench import PROFILE_WARMUP, profile_torch
 
     now, calls_made = [0.0], []
 

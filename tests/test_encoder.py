@@ -12,7 +12,7 @@ from transformers import AutoModel, BertConfig, BertModel, MPNetConfig, MPNetMod
 
 from conftest import minilm_folder
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.model_folder import EXIT_SETTINGS_FILE
 from leap_core.pooling import mean_pool
 
@@ -384,7 +384,7 @@ def test_awkward_rows_leave_their_batch_mates_intact(model, tokenizer, mode, mon
     awkward = ["", SENTENCES[0], "   \t\n", " ".join(["word"] * 3000), SENTENCES[2], "\u00a0", SENTENCES[5]]
     ref_mode = "batch" if mode == "compact" else mode
     singles = [encoder.encode(s, mode=ref_mode, return_exit_layers=True) for s in awkward]
-    monkeypatch.setattr("leap_core.batching.TOKENIZE_CHUNK", 3)  # tokenized in several chunks, same result
+    monkeypatch.setattr("leap_core.serve.batching.TOKENIZE_CHUNK", 3)  # tokenized in several chunks, same result
     got, layers = encoder.encode(awkward, batch_size=len(awkward), mode=mode, return_exit_layers=True)
     assert np.isfinite(got).all() and got.shape == (len(awkward), 32)
     assert layers.tolist() == [int(layer) for _, layer in singles]
@@ -428,11 +428,11 @@ def test_a_folder_without_exit_settings_loads_at_the_default_rule_and_saved_sett
 
     from leap_core.model_folder import exit_rule
     from leap_core.models import resolve_model
-    from leap_core.st_module import load_sentence_transformer
+    from leap_core.serve.st_module import load_sentence_transformer
 
     folder = tmp_path / "plain"
     shutil.copytree(resolve_model("random-bert:layers=4,hidden=32,heads=2,seed=0"), folder)
-    with caplog.at_level(logging.WARNING, logger="leap_core.encoder"):
+    with caplog.at_level(logging.WARNING, logger="leap_core.serve.encoder"):
         encoder = EarlyExitEncoder.from_pretrained(folder, device="cpu")
     assert encoder.rule == exit_rule() and encoder.policy.kind == "rule"
     assert "the exit rule is the default theta=0.95, k=1, l_min=6" in caplog.text

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 from transformers import BertConfig, BertModel
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation import retrieval
 from leap_core.evaluation.calibrate import calibrate_encoder, choose_theta
 from leap_core.evaluation.diagnose import checklist, diagnose, diagnose_encoder, diagnostics

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.layers import common_component, exit_statistics, similarity_to_final
 from leap_core.evaluation.sts import evaluate_sts, pair_rows, spearman
 

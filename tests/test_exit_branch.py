@@ -11,8 +11,8 @@ from leap_core.config import load_profile
 from leap_core.data import DataError
 from leap_core.data.documents import pseudo_documents, read_user_corpus, split_sentences
 from leap_core.evaluation.against_original import beir_against_original, cheapest_cut
-from leap_core.exit_branch import exit_layers
-from leap_core.losses import BranchObjective, branch_loss
+from leap_core.retrofit.exit_branch import exit_layers
+from leap_core.train.losses import BranchObjective, branch_loss
 from leap_core.model_folder import model_fingerprint, read_branch
 from leap_core.models import original_of, resolve_model
 
@@ -184,9 +184,9 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
     from sentence_transformers import SentenceTransformer
 
     from leap_core.cli import main
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.evaluation.against_original import Embedder
-    from leap_core.exit_branch import train_branch
+    from leap_core.retrofit.exit_branch import train_branch
     from leap_core.model_folder import load_heads
 
     branch = train_branch(base, MODEL).model_dir
@@ -204,8 +204,8 @@ def test_a_cut_is_a_standalone_model_equal_to_the_branch_at_that_depth(base, tmp
     assert "It serves the policy **full**" in card and "cut to 2 layers" in card and "SBERT.net" not in card
     # The deployable paths at that point: the same cut, head included, in ONNX Runtime and frozen PyTorch.
     pytest.importorskip("onnxruntime")
-    from leap_core.export import OnnxEncoder, export_onnx
-    from leap_core.served import TorchCutEncoder
+    from leap_core.serve.export import OnnxEncoder, export_onnx
+    from leap_core.serve.served import TorchCutEncoder
 
     exported = OnnxEncoder(export_onnx(str(branch), tmp_path / "onnx2", depth=2), precision="fp32")
     np.testing.assert_allclose(exported.encode(texts), standalone, atol=1e-4)

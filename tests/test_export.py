@@ -10,13 +10,13 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from leap_core.cli import main  # noqa: E402
-from leap_core.encoder import EarlyExitEncoder  # noqa: E402
+from leap_core.serve.encoder import EarlyExitEncoder  # noqa: E402
 from leap_core.evaluation.pareto import save_policy  # noqa: E402
-from leap_core.export import OnnxEncoder, export_onnx  # noqa: E402
+from leap_core.serve.export import OnnxEncoder, export_onnx  # noqa: E402
 from leap_core.model_folder import EXPORT_FILE  # noqa: E402
 from leap_core.models import resolve_model  # noqa: E402
 from leap_core.policy import ExitPolicy  # noqa: E402
-from leap_core.served import TorchCutEncoder, load_deployed  # noqa: E402
+from leap_core.serve.served import TorchCutEncoder, load_deployed  # noqa: E402
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["one", "two words here and more words to pad the batch", "x", "a cat sits on the mat", ""]
@@ -136,7 +136,7 @@ def _only_manifest_files(out) -> None:
 
 @pytest.mark.parametrize("worse", ["per-tensor", "per-channel"])
 def test_auto_keeps_the_candidate_closer_to_fp32_and_records_both(folder, tmp_path, check_texts, monkeypatch, worse):
-    from leap_core import int8_check
+    from leap_core.serve import int8_check
 
     measure = int8_check.measure_graphs
 

@@ -43,7 +43,7 @@ def load_flow_module():
 
 def test_the_flow_file_takes_its_helpers_from_the_library():
     flow = load_flow_module()
-    from leap_core import pipeline
+    from leap_core.pipeline import handoff as pipeline
 
     assert flow.plan_arms is pipeline.plan_arms and flow.local_path is pipeline.local_path
     from metaflow.graph import FlowGraph
@@ -284,7 +284,7 @@ def test_champion_loads_from_the_registry_and_embeds_with_early_exit(smoke_run):
     model_dir = smoke_run["root"] / "runs" / "smoke" / "leap-seed0" / "model"
     script = f"""
 import json, numpy as np, mlflow.pyfunc
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 texts = ["A man is playing a guitar.", "Rain.", "Two children are playing in the snow near a small house."]
 out = mlflow.pyfunc.load_model("models:/{MODEL_NAME}@champion").predict(texts)
 expected, layers = EarlyExitEncoder.from_pretrained({str(model_dir)!r}).encode(texts, return_exit_layers=True)
@@ -308,7 +308,7 @@ print(json.dumps({{"shape": list(got.shape), "max_diff": float(np.abs(got - expe
     # states that policy (the calibrated one, not the exit rule) with its numbers, and no absolute path.
     assert result["st_max_diff"] < 1e-5
     from leap_core.evaluation.served_point import served_from_metrics
-    from leap_core.model_card import served_policy
+    from leap_core.serve.model_card import served_policy
 
     report = json.loads((smoke_run["root"] / "reports" / "smoke" / "report.json").read_text())
     measured = next(a["metrics"] for a in report["arms"] if (a["arm"], a["group"]) == ("leap", "main"))
@@ -357,7 +357,7 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
     assert all(len(p["embedding"]) == 32 and 1 <= p["exit_layer"] <= 4 for p in predictions)
     # The champion serves the policy calibration chose in the promote step, and the registry says which.
     from leap_core import tracking
-    from leap_core.registry import POLICY_TAG
+    from leap_core.serve.registry import POLICY_TAG
 
     client = tracking.client(smoke_run["uri"])
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
@@ -384,9 +384,11 @@ def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same
     profile = smoke_profile(tmp_path / "profile", data_dir, arms={"leap": {}}, lean=True)
     import torch
 
-    from leap_core import experiment, storage
+    from leap_core.pipeline import experiment
+
+    from leap_core import storage
     from leap_core.config import load_profile
-    from leap_core.pipeline import file_ref
+    from leap_core.pipeline.handoff import file_ref
 
     endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
     with running_mlflow_server(tmp_path / "mlflow", MLFLOW_ARTIFACTS_DESTINATION="s3://leap-test/mlflow") as uri:

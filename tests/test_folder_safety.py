@@ -9,7 +9,7 @@ import pytest
 
 from leap_core.cli import main
 from leap_core.evaluation.pareto import calibrate_policy, save_policy
-from leap_core.exit_branch import CUT_KIND, save_cut
+from leap_core.retrofit.exit_branch import CUT_KIND, save_cut
 from leap_core.model_folder import BRANCH_FILE, model_fingerprint, read_branch
 from leap_core.io import (MANIFEST_FILE, check_replaceable, plain_name, read_manifest, replace_folder,
                           writer_lock)
@@ -176,7 +176,7 @@ def test_a_saved_model_replaces_only_its_own_folder_and_never_a_neighbour(tmp_pa
 
 def test_a_saved_reference_takes_the_model_folders_writer_lock(tmp_path):
     from leap_core.model_folder import REFERENCE_FILE
-    from leap_core.monitor import save_reference
+    from leap_core.serve.monitor import save_reference
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model(MODEL), folder)

@@ -21,9 +21,9 @@ def test_schema_1_is_the_formula_the_committed_runs_were_named_by():
             assert identity.student_run(profile, arm, "teacher-x.parquet") == sha256_strings(
                 [config_fingerprint(profile.objective_for(arm)), str(profile.models), "teacher-x.parquet"])
     # Folder names as recorded before identity.py existed (pinned: a changed formula must be a new schema).
-    from leap_core.exit_branch import branch_dir
-    from leap_core.peer import peer_dir
-    from leap_core.retrofit import retrofit_dir
+    from leap_core.retrofit.exit_branch import branch_dir
+    from leap_core.retrofit.peer import peer_dir
+    from leap_core.retrofit.retrofit import retrofit_dir
 
     smoke = load_profile("smoke", {"output_dir": "/runs"})
     slug = "random-bert_layers_4_hidden_64_heads_2_seed_1"
@@ -35,7 +35,7 @@ def test_schema_1_is_the_formula_the_committed_runs_were_named_by():
 def test_the_readmes_retrofit_command_resolves_to_the_committed_run_folder(data_dir):
     """`leap retrofit sentence-transformers/all-MiniLM-L6-v2 --profile cpu_long` trains (or reuses) the folder
     reports/retrofit.json names: same recipe, same texts, same hash."""
-    from leap_core.exit_branch import branch_dir, generic_texts
+    from leap_core.retrofit.exit_branch import branch_dir, generic_texts
 
     model = "sentence-transformers/all-MiniLM-L6-v2"
     recorded = json.loads((REPO / "reports" / "retrofit.json").read_text())[model]["model_dir"]
@@ -62,7 +62,7 @@ def test_one_fingerprint_two_documented_file_sets_and_serving_settings_never_has
     from leap_core.model_folder import (CARD_FILE, EXIT_SETTINGS_FILE, MODEL_SUFFIXES, REFERENCE_FILE,
                                         REMOTE_CODE_FILE, SERVING_SETTINGS, model_fingerprint)
     from leap_core.models import resolve_model
-    from leap_core.pipeline import file_ref
+    from leap_core.pipeline.handoff import file_ref
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model(TINY), folder)

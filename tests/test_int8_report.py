@@ -1,4 +1,4 @@
-"""reports/int8.{json,md} (leap_core.int8_quality, int8_report): every model's int8 drift and NDCG@10 on the fp32
+"""reports/int8.{json,md} (leap_core.bench.int8_quality, int8_report): every model's int8 drift and NDCG@10 on the fp32
 index, the rule computed from the CIs, on a tiny BEIR set with tiny random models."""
 
 import gzip
@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from leap_core.int8_quality import INT8, run_int8_report, verdicts  # noqa: E402
-from leap_core.int8_report import readme_rows, render_markdown, rule_lines  # noqa: E402
+from leap_core.bench.int8_quality import INT8, run_int8_report, verdicts  # noqa: E402
+from leap_core.report.int8_report import readme_rows, render_markdown, rule_lines  # noqa: E402
 
 DOC_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=0"
 TOPICS = ["vitamin D and bone health", "statins and breast cancer", "sugar and heart disease", "fish oil for the brain",

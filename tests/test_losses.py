@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leap_core.config import ObjectiveConfig
-from leap_core.losses import (
+from leap_core.train.losses import (
     LATE_EPS,
     LeapObjective,
     adjacent_loss,

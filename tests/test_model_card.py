@@ -8,13 +8,13 @@ import re
 import pytest
 from huggingface_hub import ModelCard
 
-from leap_core import experiment
+from leap_core.pipeline import experiment
 from leap_core.config import load_profile
 from leap_core.evaluation.pareto import save_policy
-from leap_core.model_card import folder_card, recipe_facts, write_card
+from leap_core.serve.model_card import folder_card, recipe_facts, write_card
 from leap_core.models import MINILM, load_model
 from leap_core.policy import ExitPolicy
-from leap_core.st_module import load_sentence_transformer, save_exit_folder
+from leap_core.serve.st_module import load_sentence_transformer, save_exit_folder
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 

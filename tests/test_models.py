@@ -74,7 +74,7 @@ def test_packaged_minilm_resolves_offline(monkeypatch):
 def test_a_corrupt_or_pickled_only_model_is_named_with_the_way_out(tmp_path):
     import shutil
 
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model("random-bert:layers=2,hidden=32,heads=2,seed=0"), folder)
@@ -150,7 +150,7 @@ def test_max_seq_length_reads_either_sentence_transformers_layout(tmp_path):
 def test_the_models_shape_and_modules_come_from_its_folder(tmp_path):
     from leap_core.model_folder import (folder_positions, has_branch, is_mean_pooling, layer_count, read_branch,
                                         read_modules, read_pooling)
-    from leap_core.st_module import save_exit_folder
+    from leap_core.serve.st_module import save_exit_folder
 
     folder = resolve_model(TINY)
     assert layer_count(folder) == 3 and folder_positions(folder) == 512

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.models import resolve_model
-from leap_core.monitor import ALERT_EXIT_CODE
-from leap_core.traffic import TrafficLog, log_files, read_traffic, replay
+from leap_core.serve.monitor import ALERT_EXIT_CODE
+from leap_core.serve.traffic import TrafficLog, log_files, read_traffic, replay
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 WORDS = "a man woman dog cat plays runs guitar snow kitchen river market city quietly red small old".split()
@@ -39,7 +39,7 @@ def test_the_log_keeps_its_newest_files_whole_and_samples_texts(tmp_path):
 def test_a_killed_server_leaves_only_whole_files(tmp_path):
     location = tmp_path / "log"
     writer = subprocess.Popen([sys.executable, "-c", (
-        "from leap_core.traffic import TrafficLog\n"
+        "from leap_core.serve.traffic import TrafficLog\n"
         f"log = TrafficLog({str(location)!r}, flush_rows=50, max_files=1000)\n"
         "print('ready', flush=True)\n"
         "while True:\n    log.record(['some text'] * 7, [3] * 7, 4)\n")], stdout=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ import pytest
 from leap_core.cli import main
 from leap_core.evaluation.mteb_run import local_task, run_mteb
 from leap_core.models import load_model
-from leap_core.st_module import save_exit_folder
+from leap_core.serve.st_module import save_exit_folder
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 DOCS = {"d1": "Aspirin lowers the risk of a heart attack in adults.", "d2": "Vitamin D deficiency leads to bone loss.",

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.model_folder import read_exit_settings
 from leap_core.evaluation.pareto import save_policy
 from leap_core.evaluation.pareto_choice import choose
 from leap_core.evaluation.pareto_compare import cut_line, minus_cut_line
 from leap_core.evaluation.pareto_points import DepthModel, EvalSet, Replay, oracle_exits, threshold_path
 from leap_core.evaluation.sweep import convergence_exits
-from leap_core.losses import cross_depth_loss
+from leap_core.train.losses import cross_depth_loss
 from leap_core.models import resolve_model
 from leap_core.policy import ALWAYS, ExitPolicy, exit_layers
 
@@ -188,7 +188,8 @@ def test_an_addition_rides_beside_the_calibrated_policy_and_never_moves_it(tmp_p
 
 
 def test_the_floor_resolves_a_profiles_paths_as_experiment_does(tmp_path):
-    from leap_core import experiment, identity
+    from leap_core.pipeline import experiment
+    from leap_core import identity
     from leap_core.config import load_profile
 
     profile = load_profile("smoke", {"output_dir": str(tmp_path / "runs"), "data": {"data_dir": str(tmp_path)}})
@@ -218,7 +219,7 @@ def test_leap_pareto_writes_the_report_keys(tmp_path, data_dir):
 
 def test_the_gate_compares_versions_at_the_policies_they_serve():
     from leap_core.config import RegistryConfig
-    from leap_core.registry import decide
+    from leap_core.serve.registry import decide
 
     gate = RegistryConfig(min_exit_rate=-1, min_similarity_at_exit=-1, min_nn10=0)
     base = {"exit_rate": 1.0, "mean_exit_layer": 2.0, "similarity_to_final": [1.0] * 4}
@@ -231,7 +232,7 @@ def test_the_gate_compares_versions_at_the_policies_they_serve():
 
 def test_the_objective_adds_l_cross_only_when_weighted():
     from leap_core.config import ObjectiveConfig
-    from leap_core.losses import LeapObjective
+    from leap_core.train.losses import LeapObjective
 
     student, teacher = torch.randn(4, 6, 8), torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)
     _, off = LeapObjective(ObjectiveConfig(exit_weight_from=2, late_layers=[3]), 4, 8, 8)(student, teacher, 0.5)
@@ -259,7 +260,7 @@ def test_ndcg10_matches_beirs_per_query_scores_and_drops_identical_ids():
 
 
 def test_bench_times_the_saved_policy_and_compare_calls_reports_ratios(tmp_path, one_thread):
-    from leap_core.bench import compare_calls, run_benchmark
+    from leap_core.bench.latency import compare_calls, run_benchmark
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model(MODEL), folder)

@@ -1,4 +1,4 @@
-"""The flow's helpers in leap_core.pipeline: arm plan, file references, arm outcomes, threads per task."""
+"""The flow's helpers in leap_core.pipeline.handoff: arm plan, file references, arm outcomes, threads per task."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from leap_core import pipeline
+from leap_core.pipeline import handoff as pipeline
 from leap_core.config import load_profile
 
 

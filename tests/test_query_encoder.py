@@ -60,7 +60,7 @@ def test_read_queries_each_format(tmp_path):
 
 
 def test_read_queries_traffic_log(tmp_path):
-    from leap_core.traffic import TrafficLog
+    from leap_core.serve.traffic import TrafficLog
 
     log = TrafficLog(str(tmp_path / "log"), flush_rows=2, sample_text=1.0)
     log.record(["logged one", "logged two"], [3, 3], 6)
@@ -160,7 +160,7 @@ def test_index_is_cached_by_model_and_corpus_hash(beir, index, tmp_path, monkeyp
 
 
 def test_killed_document_pass_resumes_from_its_saved_chunks(beir, index, tmp_path, monkeypatch, caplog):
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.query_encoder import index as index_module
 
     monkeypatch.setattr(index_module, "CHUNK", 8)  # 24 documents: 3 chunks

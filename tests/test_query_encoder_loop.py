@@ -10,7 +10,7 @@ from leap_core.data import DataError
 from leap_core.query_encoder import QueryEncoderConfig, ShallowQueryEncoder, save_query_encoder
 from leap_core.query_encoder.loop import (LoopPlan, decision_markdown, gate_candidate, judge, retrain_query_encoder,
                                           split_queries)
-from leap_core.retrain import held_out
+from leap_core.pipeline.retrain import held_out
 
 DOC_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=0"
 OTHER_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=1"
@@ -42,7 +42,7 @@ def queries(n: int = 80) -> list[str]:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory) -> str:
     """A traffic log whose rows all kept their text (LEAP_TRAFFIC_SAMPLE=1), each query served twice."""
-    from leap_core.traffic import TrafficLog
+    from leap_core.serve.traffic import TrafficLog
 
     location = str(tmp_path_factory.mktemp("traffic") / "log")
     log = TrafficLog(location, flush_rows=50, sample_text=1.0, seed=0)
@@ -151,7 +151,8 @@ def run_flow(root: Path, traffic: str, corpus: Path, plan: dict) -> dict:
 
 
 def test_the_flow_registers_a_winner_as_champion_and_a_loser_as_challenger(corpus, traffic, tmp_path):
-    from leap_core import registry, tracking
+    from leap_core.serve import registry
+    from leap_core import tracking
     from leap_core.query_encoder.package import is_router_package
 
     first = run_flow(tmp_path, traffic, corpus, EASY)

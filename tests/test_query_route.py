@@ -77,7 +77,7 @@ def test_packaging_checks_the_document_model_and_never_replaces_a_users_folder(q
 
 def test_the_query_route_exports_as_onnx_equal_to_the_torch_encoder(query_folder, package, tmp_path, one_thread):
     pytest.importorskip("onnxruntime")
-    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.serve.export import OnnxEncoder, export_onnx
     from leap_core.model_folder import EXPORT_FILE
 
     expected = load_query_encoder(query_folder).encode(TEXTS)
@@ -99,7 +99,7 @@ def test_the_query_route_exports_as_onnx_equal_to_the_torch_encoder(query_folder
 
 def test_the_static_depth_zero_encoder_exports_too(tmp_path, one_thread):
     pytest.importorskip("onnxruntime")
-    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.serve.export import OnnxEncoder, export_onnx
 
     folder = save_query_encoder(_encoder(0), tmp_path / "static", DOC_MODEL)
     out = export_onnx(folder, tmp_path / "onnx")
@@ -109,7 +109,7 @@ def test_the_static_depth_zero_encoder_exports_too(tmp_path, one_thread):
 def test_an_exported_query_route_refuses_another_document_model(query_folder, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from leap_core.cli import main
-    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.serve.export import OnnxEncoder, export_onnx
     from leap_core.query_encoder.onnx_route import check_onnx_pair
 
     assert main(["export", str(query_folder), "--out", str(tmp_path / "onnx"), "--int8"]) == 0  # `leap export`
@@ -128,7 +128,7 @@ def test_an_exported_query_route_refuses_another_document_model(query_folder, tm
 
 def test_bad_export_options_are_refused_before_anything_is_written(query_folder, tmp_path):
     pytest.importorskip("onnxruntime")
-    from leap_core.export import export_onnx
+    from leap_core.serve.export import export_onnx
 
     with pytest.raises(ValueError, match="per_channel quantizes the int8 graph"):
         export_onnx(query_folder, tmp_path / "a", per_channel=True)
@@ -146,7 +146,9 @@ def test_the_registered_package_serves_either_route_by_role(package, tmp_path, o
     from mlflow.pyfunc import scoring_server
     from sentence_transformers import SentenceTransformer
 
-    from leap_core import registry, tracking
+    from leap_core.serve import registry
+
+    from leap_core import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.client(uri).create_run(tracking.experiment_id("route-test", uri)).info.run_id

@@ -44,7 +44,7 @@ RETROFIT = REPO / "reports" / "retrofit.json"
 def test_readme_retrofit_tables_are_the_retrofit_reports():
     import json
 
-    from leap_core.retrofit_report import render_markdown, summary_rows
+    from leap_core.report.retrofit_report import render_markdown, summary_rows
 
     measured = json.loads(RETROFIT.read_text(encoding="utf-8"))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -62,7 +62,7 @@ PARETO = REPO / "reports" / "pareto"
 def test_readme_depth_table_is_the_pareto_reports():
     import json
 
-    from leap_core.pareto_report import readme_rows, report_markdown
+    from leap_core.report.pareto_report import readme_rows, report_markdown
 
     results = {file.stem: json.loads(file.read_text(encoding="utf-8")) for file in sorted(PARETO.glob("*.json"))}
     assert results
@@ -81,7 +81,7 @@ BENCH = REPO / "reports" / "bench_cpu.json"
 def test_readme_serving_table_is_the_deployment_bench():
     import json
 
-    from leap_core.deploy_report import readme_rows, render_markdown
+    from leap_core.report.deploy_report import readme_rows, render_markdown
 
     result = json.loads(BENCH.read_text(encoding="utf-8"))
     assert BENCH.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(result)
@@ -112,7 +112,7 @@ INT8 = REPO / "reports" / "int8.json"
 def test_readme_int8_rule_and_table_are_the_int8_report():
     import json
 
-    from leap_core.int8_report import HEADLINE, readme_rows, render_markdown, rule_lines
+    from leap_core.report.int8_report import HEADLINE, readme_rows, render_markdown, rule_lines
 
     report = json.loads(INT8.read_text(encoding="utf-8"))
     assert INT8.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(report)

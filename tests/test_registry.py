@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leap_core import registry, tracking
+from leap_core.serve import registry
+
+from leap_core import tracking
 from leap_core.config import RegistryConfig
 
 GATE = RegistryConfig()  # the paper's checklist: exit rate > 0.5, similarity >= 0.94, NN@10 >= 0.80, tol 0.005

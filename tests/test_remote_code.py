@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.pareto import save_policy
-from leap_core.leap_early_exit import StandaloneEarlyExit
+from leap_core.serve.leap_early_exit import StandaloneEarlyExit
 from leap_core.models import load_model
 from leap_core.policy import ExitPolicy
-from leap_core.st_module import MODULE_TYPE, load_sentence_transformer, save_exit_folder
+from leap_core.serve.st_module import MODULE_TYPE, load_sentence_transformer, save_exit_folder
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["a man is playing a guitar on stage", "the cat sat on the mat", "stocks fell sharply on monday", "x",

@@ -9,12 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from leap_core import registry, retrain, tracking
+from leap_core.serve import registry
+
+from leap_core.pipeline import retrain
+
+from leap_core import tracking
 from leap_core.config import RetrainConfig, load_profile
 from leap_core.data import DataError
 from leap_core.data.corpus import read_sentences_parquet
 from leap_core.policy import ExitPolicy
-from leap_core.traffic import TrafficLog
+from leap_core.serve.traffic import TrafficLog
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "retrain_flow.py"

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from leap_core import experiment
+from leap_core.pipeline import experiment
 from leap_core.config import load_profile
 from leap_core.models import resolve_model
 from leap_core.config import merge_values
-from leap_core.retrofit import (RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, retrofit_sentences,
+from leap_core.retrofit.retrofit import (RETROFIT_ARM, retrofit, retrofit_dir, retrofit_profile, retrofit_sentences,
                                 theta_for_quality_budget)
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from leap_core import retrofit
+from leap_core.retrofit import retrofit
 from leap_core.cli import main
-from leap_core.retrofit import COMMITTED_PROFILE, check_same_profile, default_report, entry_profile
+from leap_core.retrofit.retrofit import COMMITTED_PROFILE, check_same_profile, default_report, entry_profile
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
@@ -34,9 +34,9 @@ def _fake_run(monkeypatch) -> None:
              "texts": "generic", "train_texts": 8, "train_steps": 1}
     monkeypatch.setattr(retrofit, "retrofit_branch", lambda profile, model, seed, max_sts_drop: dict(entry))
     monkeypatch.setattr("leap_core.evaluation.pareto.calibrate_policy", lambda *args, **kwargs: {"name": "full"})
-    monkeypatch.setattr("leap_core.model_card.write_card", lambda *args, **kwargs: None)
-    monkeypatch.setattr("leap_core.retrofit_report.render_markdown", lambda report, source="": f"from {source}\n")
-    monkeypatch.setattr("leap_core.retrofit_report.summary_rows", lambda report: ["row"])
+    monkeypatch.setattr("leap_core.serve.model_card.write_card", lambda *args, **kwargs: None)
+    monkeypatch.setattr("leap_core.report.retrofit_report.render_markdown", lambda report, source="": f"from {source}\n")
+    monkeypatch.setattr("leap_core.report.retrofit_report.summary_rows", lambda report: ["row"])
 
 
 def test_a_smoke_run_writes_its_own_report_and_leaves_the_committed_one_alone(tmp_path, monkeypatch):

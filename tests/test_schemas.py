@@ -100,17 +100,17 @@ def test_a_file_that_is_not_json_or_not_an_object_is_named(tmp_path):
 
 def test_what_leap_writes_passes_its_schema(tmp_path):
     """The reference monitor measures and the export's leap_onnx.json (with max_positions) are valid records."""
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.model_folder import folder_positions
     from leap_core.models import resolve_model
-    from leap_core.monitor import reference_profile
+    from leap_core.serve.monitor import reference_profile
 
     encoder = EarlyExitEncoder.from_pretrained(resolve_model(TINY), l_min=2, theta=0.9)
     reference = reference_profile(encoder, [f"text {i} on hills and rivers" for i in range(20)], "t")
     assert validate(ReferenceFile, json.loads(json.dumps(reference)), "r.json", n_layers=4)["n"] == 20
     assert folder_positions(resolve_model(TINY)) == 512
     pytest.importorskip("onnxruntime")
-    from leap_core.export import export_onnx
+    from leap_core.serve.export import export_onnx
     from leap_core.model_folder import EXPORT_FILE
 
     out = export_onnx(TINY, tmp_path / "onnx", depth=2, int8=True)
@@ -122,7 +122,7 @@ def test_what_leap_writes_passes_its_schema(tmp_path):
 def test_every_read_site_checks_its_file(tmp_path):
     from leap_core.model_folder import BRANCH_FILE, REFERENCE_FILE, read_branch, read_exit_settings
     from leap_core.models import resolve_model
-    from leap_core.monitor import read_reference
+    from leap_core.serve.monitor import read_reference
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model(TINY), folder)

@@ -1,4 +1,4 @@
-"""Early exit inside sentence-transformers (leap_core/st_module.py): the same embeddings and exit layers as
+"""Early exit inside sentence-transformers (leap_core/serve/st_module.py): the same embeddings and exit layers as
 EarlyExitEncoder, every standard encode argument, settings that travel with save, and folders saved before."""
 
 import json
@@ -10,9 +10,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.quantization import quantize_embeddings
 
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.models import load_model, resolve_model
-from leap_core.st_module import MODULE_TYPE, LeapEarlyExit, load_sentence_transformer, save_exit_folder
+from leap_core.serve.st_module import MODULE_TYPE, LeapEarlyExit, load_sentence_transformer, save_exit_folder
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["a man is playing a guitar on stage", "the cat sat on the mat", "stocks fell sharply on monday",
@@ -201,9 +201,9 @@ def test_mteb_and_leap_eval_exit_each_text_alike_unless_float_noise_sits_on_thet
 
 
 def test_the_model_card_holds_the_runs_own_numbers_and_how_to_exit(leap_folder, data_dir, tmp_path):
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
     from leap_core.config import load_profile
-    from leap_core.model_card import recipe_facts, write_card
+    from leap_core.serve.model_card import recipe_facts, write_card
 
     profile = load_profile("smoke", {"data": {"data_dir": str(data_dir)}})
     folder = tmp_path / "leap-seed0" / "model"
@@ -228,7 +228,7 @@ def test_the_shipped_code_restates_leaps_default_rule_and_load_check_and_imports
     from pathlib import Path
 
     import leap_core
-    from leap_core import leap_early_exit, st_module
+    from leap_core.serve import leap_early_exit, st_module
     from leap_core.model_folder import exit_rule
 
     from leap_core.policy import ExitPolicy
@@ -249,7 +249,7 @@ def test_the_shipped_code_restates_leaps_default_rule_and_load_check_and_imports
     importers = []
     for file in Path(leap_core.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "leap_core.leap_early_exit":
+            if isinstance(node, ast.ImportFrom) and node.module == "leap_core.serve.leap_early_exit":
                 importers.append(file.name)
     assert importers == []
     assert st_module.REMOTE_CODE.read_text() == Path(leap_early_exit.__file__).read_text()

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("boto3")
 
 from leap_core import storage  # noqa: E402
-from leap_core import teacher_cache as tc  # noqa: E402
+from leap_core.train import teacher_cache as tc  # noqa: E402
 
 TEACHER = "random-bert:layers=4,hidden=32,heads=2,seed=3"
 SENTENCES = [f"Sentence number {i} about {'birds ' * (i % 4)}and trees." for i in range(24)]
@@ -59,7 +59,7 @@ def test_a_second_run_on_another_machine_reuses_the_teacher_cache_from_s3(s3_ser
 
 
 def test_a_step_hands_the_next_a_file_or_folder_through_s3_not_a_shared_disk(s3_server, tmp_path, monkeypatch):
-    from leap_core import pipeline
+    from leap_core.pipeline import handoff as pipeline
 
     monkeypatch.setenv("LEAP_CACHE_DIR", str(tmp_path / "other-machine"))
     model = tmp_path / "writer" / "model"
@@ -110,7 +110,7 @@ def test_delete_prefix_removes_only_what_is_under_it(s3_server, tmp_path):
 def test_an_object_replaced_with_matching_metadata_is_refused_by_the_reference(s3_server, tmp_path, monkeypatch):
     """The reader trusts the sha256 the previous step handed on, not the object's metadata (which a writer of the
     bucket replaces along with the object)."""
-    from leap_core import pipeline
+    from leap_core.pipeline import handoff as pipeline
 
     monkeypatch.setenv("LEAP_CACHE_DIR", str(tmp_path / "reader"))
     single = tmp_path / "sentences.parquet"

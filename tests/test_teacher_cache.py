@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from leap_core import teacher_cache as tc
+from leap_core.train import teacher_cache as tc
 from leap_core.models import resolve_model
 from leap_core.pooling import pooled_layers
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from leap_core import experiment
+from leap_core.pipeline import experiment
 from leap_core.config import load_profile
 
 
@@ -114,7 +114,7 @@ class Payload:
 
 def test_a_planted_or_altered_checkpoint_never_runs_its_pickle(smoke, tmp_path):
     from leap_core.io import sha256_file
-    from leap_core.training import CHECKPOINT, CHECKPOINT_META
+    from leap_core.train.training import CHECKPOINT, CHECKPOINT_META
 
     profile, cache = smoke
     marker = tmp_path / "pwned"
@@ -160,11 +160,11 @@ def test_training_moves_the_weights_and_logs_every_term(smoke, tmp_path):
     assert "It serves the policy **rule(theta=0.95,k=1,l_min=2)**" in card and "| arm | leap |" in card
     assert "STS-B Spearman at the served policy" in card and "https://www.SBERT.net" not in card
     # The saved student is a SentenceTransformer that exits: LeapEarlyExit first, as the encoder on the folder.
-    from leap_core.st_module import MODULE_TYPE, load_sentence_transformer
+    from leap_core.serve.st_module import MODULE_TYPE, load_sentence_transformer
 
     assert json.loads((result.model_dir / "modules.json").read_text())[0]["type"] == MODULE_TYPE
     texts = ["a man plays a guitar", "rain"]
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     expected = EarlyExitEncoder.from_pretrained(result.model_dir).encode(texts)
     assert torch.allclose(torch.from_numpy(load_sentence_transformer(result.model_dir).encode(texts)),
@@ -213,7 +213,7 @@ def test_finished_run_is_not_retrained(smoke, tmp_path):
     assert again.steps == 6
     # The whole run is named by identity.run_identity: the fingerprint its checkpoints and result carry.
     from leap_core import identity
-    from leap_core.teacher_cache import load_teacher_cache
+    from leap_core.train.teacher_cache import load_teacher_cache
 
     recorded = json.loads((tmp_path / "done" / "train_result.json").read_text())["fingerprint"]
     assert recorded == identity.run_identity(profile, "leap", 0, load_teacher_cache(cache))
@@ -295,8 +295,8 @@ def test_a_runs_identity_is_unchanged_by_how_the_models_are_fingerprinted(data_d
 
 
 def test_a_non_finite_loss_stops_training_and_saves_no_model(smoke, tmp_path, monkeypatch):
-    from leap_core import teacher_cache
-    from leap_core.training import TrainingDiverged
+    from leap_core.train import teacher_cache
+    from leap_core.train.training import TrainingDiverged
 
     profile, cache = smoke
     real_load = teacher_cache.load_teacher_cache
@@ -313,8 +313,8 @@ def test_a_non_finite_loss_stops_training_and_saves_no_model(smoke, tmp_path, mo
 
 
 def test_weights_that_went_non_finite_are_never_saved(smoke, tmp_path, monkeypatch):
-    from leap_core import training
-    from leap_core.training import TrainingDiverged
+    from leap_core.train import training
+    from leap_core.train.training import TrainingDiverged
 
     profile, cache = smoke
     students = []

@@ -1,4 +1,4 @@
-"""The `leap` command: each subcommand is one stage of leap_core.experiment, or a report built from them.
+"""The `leap` command: each subcommand is one stage of leap_core.pipeline.experiment, or a report built from them.
 
 Every subcommand is a pair: add_<command>_args (its options, each with help) and cmd_<command> (calls the library).
 Options a profile also sets default to None and fall back to the profile's value.

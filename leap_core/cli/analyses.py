@@ -149,7 +149,7 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
 def cmd_monitor(args: argparse.Namespace) -> None:
     from leap_core.data.documents import read_user_corpus
     from leap_core.io import write_report_files
-    from leap_core.monitor import ALERT_EXIT_CODE, monitor, monitor_markdown, prometheus, publish_alert
+    from leap_core.serve.monitor import ALERT_EXIT_CODE, monitor, monitor_markdown, prometheus, publish_alert
 
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
     result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
@@ -184,7 +184,7 @@ def read_json(path: str) -> Any:
 @command("loop-report", "retrain runs and drift checks -> one markdown report (reports/loop.md)", add_loop_report_args)
 def cmd_loop_report(args: argparse.Namespace) -> None:
     from leap_core.io import write_report_files
-    from leap_core.retrain import loop_markdown
+    from leap_core.pipeline.retrain import loop_markdown
 
     retrains = [read_json(path) for path in args.retrain]
     monitors = [read_json(path) for path in args.monitor]
@@ -208,8 +208,8 @@ def add_replay_args(parser: argparse.ArgumentParser) -> None:
          add_replay_args)
 def cmd_replay(args: argparse.Namespace) -> None:
     from leap_core.data.documents import read_user_corpus
-    from leap_core.encoder import EarlyExitEncoder
-    from leap_core.traffic import TrafficLog, replay
+    from leap_core.serve.encoder import EarlyExitEncoder
+    from leap_core.serve.traffic import TrafficLog, replay
 
     texts = read_user_corpus(args.texts, min_chars=1)
     replay(EarlyExitEncoder.from_pretrained(args.model), texts, TrafficLog(args.traffic, sample_text=args.sample_text))

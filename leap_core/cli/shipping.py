@@ -91,8 +91,8 @@ def add_retrofit_args(parser: argparse.ArgumentParser) -> None:
 @command("retrofit", "make existing models exit-compatible -> reports/[<profile>/]retrofit.json", add_retrofit_args)
 def cmd_retrofit(args: argparse.Namespace) -> None:
     """Retrofit each MODEL against itself; its entry in --out gains this run (runs can be separate)."""
-    from leap_core.retrofit import default_report, retrofit_into_report
-    from leap_core.retrofit_report import summary_rows
+    from leap_core.retrofit.retrofit import default_report, retrofit_into_report
+    from leap_core.report.retrofit_report import summary_rows
 
     profile = profile_of(args)
     out = Path(args.out) if args.out else default_report(profile.name)
@@ -111,7 +111,7 @@ def add_cut_args(parser: argparse.ArgumentParser) -> None:
 @command("cut", "an exit branch cut to N layers -> a standalone model for the original's index", add_cut_args)
 def cmd_cut(args: argparse.Namespace) -> None:
     """Write an exit branch cut to N layers as a standalone sentence-transformers folder."""
-    from leap_core.exit_branch import calibrated_depth, save_cut
+    from leap_core.retrofit.exit_branch import calibrated_depth, save_cut
 
     depth = args.depth if args.depth is not None else calibrated_depth(args.branch)
     print(save_cut(args.branch, depth, args.out))
@@ -139,7 +139,7 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder; with --int8, the int8 graph
     chosen by measured cosine to fp32 unless --quantization / --per-channel names one."""
-    from leap_core.export import export_onnx
+    from leap_core.serve.export import export_onnx
 
     scheme = args.quantization or ("auto" if args.int8 and not args.per_channel else None)
     print(export_onnx(args.model, args.out, args.depth, args.int8, args.per_channel, scheme, args.check_texts,

@@ -14,7 +14,7 @@ def add_extract_args(parser: argparse.ArgumentParser) -> None:
 
 @command("extract", "extract and filter training sentences to Parquet", add_extract_args)
 def cmd_extract(args: argparse.Namespace) -> None:
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
 
     print(experiment.extract(profile_of(args), args.out))
 
@@ -25,7 +25,7 @@ def add_cache_teacher_args(parser: argparse.ArgumentParser) -> None:
 
 @command("cache-teacher", "encode the sentences with the teacher once", add_cache_teacher_args)
 def cmd_cache_teacher(args: argparse.Namespace) -> None:
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
 
     profile = profile_of(args)
     sentences = args.sentences or experiment.extract(profile)
@@ -42,7 +42,7 @@ def add_train_args(parser: argparse.ArgumentParser, arms: list[str] | None = Non
 
 @command("train", "train one arm (resumes a killed run)", add_train_args)
 def cmd_train(args: argparse.Namespace) -> None:
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
 
     profile = profile_of(args)
     profile.objective_for(args.arm)  # an unknown arm fails here, before any extraction or teacher pass
@@ -60,7 +60,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 @command("eval", "STS-B and exit statistics of a model", add_eval_args)
 def cmd_eval(args: argparse.Namespace) -> None:
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
     from leap_core.evaluation.tables import eval_table
 
     metrics = experiment.evaluate(profile_of(args), args.model, exit_overrides=exit_overrides(args) or None)
@@ -76,7 +76,7 @@ def add_foundation_args(parser: argparse.ArgumentParser) -> None:
 @command("foundation", "baseline and LEAP from one cache -> reports/foundation.json", add_foundation_args)
 def cmd_foundation(args: argparse.Namespace) -> None:
     """Both arms from one teacher cache, evaluated on STS-B test, summarised in reports/foundation.json."""
-    from leap_core import experiment
+    from leap_core.pipeline import experiment
     from leap_core.io import write_report_files
 
     report = experiment.foundation(profile_of(args), args.baseline_arm, args.leap_arm)

@@ -33,8 +33,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     """Latency of every encoder mode and of sentence-transformers on STS-B test -> JSON and markdown."""
     import torch
 
-    from leap_core.bench import run_benchmark
-    from leap_core.bench_report import render_markdown
+    from leap_core.bench.latency import run_benchmark
+    from leap_core.report.bench_report import render_markdown
     from leap_core.evaluation.diagnose import probe_sentences
     from leap_core.io import write_report_files
 
@@ -71,8 +71,8 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     """Every serving path of the original and of ours at its point: quality and latency -> JSON and markdown."""
     import tempfile
 
-    from leap_core.deploy_bench import branch_original, quality_sets, run_deploy_bench
-    from leap_core.deploy_report import render_markdown
+    from leap_core.bench.deploy_bench import branch_original, quality_sets, run_deploy_bench
+    from leap_core.report.deploy_report import render_markdown
     from leap_core.evaluation.diagnose import probe_sentences
     from leap_core.io import write_report_files
 

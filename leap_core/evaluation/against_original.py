@@ -55,7 +55,7 @@ def _sts_ci(a: np.ndarray, b: np.ndarray, gold: np.ndarray, n_resamples: int) ->
 class Embedder:
     """Every layer's normalised pools of one model (EarlyExitEncoder.layer_embeddings), remembered per text set.
 
-    heads: {layer: (weight, bias)} exit heads (leap_core.exit_branch) applied to those layers' pools, re-normalised.
+    heads: {layer: (weight, bias)} exit heads (leap_core.retrofit.exit_branch) applied to those layers' pools, re-normalised.
     cache_dir and fingerprint (the model folder's weights hash): pools also kept on disk as .npy, keyed by the
     weights, the texts and the max length, so the original's are computed once for every run judged against it.
     """

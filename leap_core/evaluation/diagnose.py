@@ -8,7 +8,7 @@ the depth (the paper's 6 of 12):
 Verdict: "incompatible" when any fires, else "compatible".
 
 Checklist (deploy early exit only if all pass), at the target exit layer t = round(mean exit layer)
-(the rule of leap_core.registry.target_layer): similarity to final at t >= 0.94, NN@10 at t >= 0.80,
+(the rule of leap_core.serve.registry.target_layer): similarity to final at t >= 0.94, NN@10 at t >= 0.80,
 exit rate > 50%.
 
 Overhead = median time of the encoder's "monitored" mode (computes the exit test, never exits) over
@@ -152,7 +152,7 @@ def diagnose(model: str, data_dir: str | Path | None = None, sts_file: str = "st
     The model's own leap_exit.json is ignored: the diagnostics use the paper's fixed settings
     (theta 0.95, k 1, l_min = half the depth unless given). options: diagnose_encoder's.
     """
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.model_folder import layer_count
     from leap_core.models import resolve_model
 

@@ -96,7 +96,7 @@ def run_mteb(model_path: str | Path, task_names: Sequence[str], data_dir: str | 
     import mteb
     from mteb.models import SentenceTransformerEncoderWrapper
 
-    from leap_core.st_module import local_folder, load_sentence_transformer
+    from leap_core.serve.st_module import local_folder, load_sentence_transformer
 
     folder = local_folder(str(model_path), "", {})
     model = load_sentence_transformer(model_path, exit_mode=exit_mode, **exit_overrides)

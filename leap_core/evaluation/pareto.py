@@ -23,7 +23,7 @@ import torch
 from leap_core import identity
 from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.data import read_sts
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.against_original import Embedder
 from leap_core.evaluation.diagnose import probe_sentences
 from leap_core.evaluation.pareto_choice import choose, deployable
@@ -35,7 +35,7 @@ from leap_core.io import note_in_manifest, plain_name, write_report_files, write
 from leap_core.model_folder import (EXIT_SETTINGS_FILE, has_branch, load_heads, model_fingerprint, read_branch,
                                     write_exit_settings)
 from leap_core.models import original_of, resolve_model
-from leap_core.pareto_report import plot, report_markdown
+from leap_core.report.pareto_report import plot, report_markdown
 from leap_core.policy import ExitPolicy
 from leap_core.timing import compare_calls
 

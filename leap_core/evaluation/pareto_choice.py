@@ -20,7 +20,7 @@ def meets_floors(point: dict[str, Any], full: dict[str, Any], sets: list[EvalSet
                  max_ndcg_drop: float | None, min_agreement: float | None = None) -> bool:
     """Within max_sts_drop (absolute Spearman) of full on every STS dev set, and, if given, within max_ndcg_drop
     (relative NDCG@10) of full on every BEIR dev half and at least min_agreement on every agreement set
-    (leap_core.retrain's slice of traffic: NN@10 against a fixed reference model, so an absolute floor)."""
+    (leap_core.pipeline.retrain's slice of traffic: NN@10 against a fixed reference model, so an absolute floor)."""
     for s in sets:
         q, f = point["sets"][s.name]["quality"], full["sets"][s.name]["quality"]
         if s.kind == "sts" and q < f - max_sts_drop:

@@ -6,7 +6,7 @@ within tau of the model's own final one: needs the final, so it is not deployabl
 from one pass per text set (Embedder pools, the policy's replay helpers), on every set: STS-B dev (where choices
 are made), STS-B test and each of its genres, and each BEIR set's queries split by id hash into a dev and a test half.
 
-Depth is what a row costs in layers: its exit layer; for an exit branch (leap_core.exit_branch) a row that
+Depth is what a row costs in layers: its exit layer; for an exit branch (leap_core.retrofit.exit_branch) a row that
 reaches L ran the branch up to its last tested layer and then the original, L more.
 """
 

@@ -6,7 +6,7 @@ with the deployment checklist, and BEIR retrieval per encoder mode. Across model
 differences against a reference model, and t-intervals over seed groups.
 
 The diagnosis here uses each model's exit settings as evaluated (`leap diagnose` always uses the
-paper's theta 0.95, k 1, l_min = half the depth). results["models"][name]["sts"] carries the keys leap_core.registry's gate reads (stsb_exited,
+paper's theta 0.95, k 1, l_min = half the depth). results["models"][name]["sts"] carries the keys leap_core.serve.registry's gate reads (stsb_exited,
 stsb_exited_ci, exit_rate, mean_exit_layer, similarity_to_final, nn10_per_layer).
 """
 
@@ -88,7 +88,7 @@ def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterabl
 def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | None, device: str | None) -> Any:
     """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else the default rule
     (model_folder.exit_rule) with l_min at half the depth."""
-    from leap_core.encoder import EarlyExitEncoder
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.evaluation.diagnose import default_l_min
     from leap_core.model_folder import exit_rule, layer_count, read_exit_settings
     from leap_core.models import resolve_model

@@ -40,7 +40,7 @@ class QueryPath:
 def export_paths(label: str, depth: int | None, source: Path, out: Path, threads: int,
                  per_channel: bool) -> list[QueryPath]:
     """ORT fp32 and int8 (and int8 per channel) of `source`, exported under `out` once (reused when there)."""
-    from leap_core.export import OnnxEncoder, export_onnx
+    from leap_core.serve.export import OnnxEncoder, export_onnx
 
     exports = {"": {}, "-per-channel": {"per_channel": True}} if per_channel else {"": {}}
     paths = []
@@ -59,7 +59,7 @@ def original_paths(original: str, workdir: Path, threads: int, per_channel: bool
     """The original as shipped (sentence-transformers fp32) and exported (ORT fp32, int8)."""
     from leap_core.model_folder import max_seq_length
     from leap_core.models import resolve_model
-    from leap_core.st_module import plain_sentence_transformer
+    from leap_core.serve.st_module import plain_sentence_transformer
 
     folder = resolve_model(original)
     shipped = plain_sentence_transformer(folder, device="cpu")

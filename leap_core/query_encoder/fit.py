@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from leap_core.data import DataError
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.against_original import Embedder
 from leap_core.model_folder import model_fingerprint
 from leap_core.models import resolve_model

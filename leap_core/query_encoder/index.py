@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from leap_core.config import ENCODE_BATCH_SIZE
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.retrieval import document_text, streaming_topk
 from leap_core.io import (atomic_path, cache_root, load_checked_array, save_checked_array, sha256_file,
                           write_json_atomic, writer_lock)

@@ -36,7 +36,7 @@ from leap_core.query_encoder.package import QUERY, route_modules
 from leap_core.query_encoder.sources import read_corpus, read_queries, read_traffic_queries, training_text
 from leap_core.query_encoder.train import QueryEncoderConfig
 from leap_core.report.markdown import fmt, table
-from leap_core.retrain import held_out
+from leap_core.pipeline.retrain import held_out
 from leap_core.storage import is_s3
 from leap_core.timing import compare_calls
 
@@ -137,7 +137,7 @@ def measure(original: str, folders: dict[str, str | Path], slice_texts: list[str
     Returns {role: {"folder", "depth", "agreement10", "latency_ms", "speedup_vs_original"}, "original":
     {"latency_ms"}, "timing": compare_calls' result}. Every folder must pair with the original (check_pair).
     """
-    from leap_core.st_module import plain_sentence_transformer  # imports sentence_transformers (heavy at import)
+    from leap_core.serve.st_module import plain_sentence_transformer  # imports sentence_transformers (heavy at import)
 
     for folder in folders.values():
         check_pair(folder, original)  # ValueError naming both weights hashes: never judged, never promoted

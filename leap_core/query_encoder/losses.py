@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leap_core.losses.contrast import contrastive_kl
-from leap_core.losses.final import final_loss
+from leap_core.train.losses.contrast import contrastive_kl
+from leap_core.train.losses.final import final_loss
 
 
 def listwise_kl(query: torch.Tensor, teacher: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:

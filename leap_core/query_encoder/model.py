@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from leap_core.exit_branch import append_head
+from leap_core.retrofit.exit_branch import append_head
 from leap_core.io import write_json_atomic, write_manifest
 from leap_core.model_folder import layer_count, max_seq_length, model_fingerprint
 from leap_core.models import (

@@ -75,9 +75,9 @@ def write_query_export(source: str | os.PathLike, folder: Path, depth: int | Non
     """The query route's graphs, tokenizer and leap_onnx.json (role "query", its document model) in new `folder`."""
     import torch
 
-    from leap_core.export import quantization, write_graphs, write_settings
+    from leap_core.serve.export import quantization, write_graphs, write_settings
     from leap_core.model_folder import model_fingerprint
-    from leap_core.served import INPUTS, trace_inputs
+    from leap_core.serve.served import INPUTS, trace_inputs
 
     record = read_record(source)
     encoder = encoder_from_route(source)

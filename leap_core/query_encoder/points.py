@@ -27,12 +27,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from leap_core import identity
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.against_original import Embedder
 from leap_core.evaluation.pareto import Addition, calibrate_policy, write_pareto
 from leap_core.evaluation.pareto_choice import meets_floors
 from leap_core.evaluation.pareto_points import EvalSet, beir_sets
-from leap_core.export import OnnxEncoder, export_onnx
+from leap_core.serve.export import OnnxEncoder, export_onnx
 from leap_core.io import plain_name
 from leap_core.model_folder import has_branch, model_fingerprint, read_branch
 from leap_core.models import original_of, resolve_model

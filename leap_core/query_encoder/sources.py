@@ -15,7 +15,7 @@ from typing import Iterable
 from leap_core.data.corpus import iter_lines, jsonl_record, sentence_key
 from leap_core.data.documents import read_parquet_texts, split_sentences
 from leap_core.data.errors import DataError
-from leap_core.traffic import read_traffic
+from leap_core.serve.traffic import read_traffic
 
 QUERY_FILES = ("queries.jsonl", "queries.jsonl.gz")
 
@@ -50,7 +50,7 @@ def read_parquet_queries(path: Path) -> list[str]:
 
 
 def read_traffic_queries(location: str | Path) -> list[str]:
-    """The texts the traffic log (leap_core.traffic) sampled; rows logged without text are skipped."""
+    """The texts the traffic log (leap_core.serve.traffic) sampled; rows logged without text are skipped."""
     table = read_traffic(str(location))
     if "text" not in table.column_names:
         raise DataError(f"{location}: the traffic log has no 'text' column")

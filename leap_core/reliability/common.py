@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from leap_core import experiment
+from leap_core.pipeline import experiment
 from leap_core.config import load_profile
-from leap_core.encoder import EarlyExitEncoder
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.models import resolve_model
-from leap_core.traffic import TrafficLog, replay
+from leap_core.serve.traffic import TrafficLog, replay
 
 TINY = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 

@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from leap_core import experiment
-from leap_core import teacher_cache as tc
+from leap_core.pipeline import experiment
+from leap_core.train import teacher_cache as tc
 from leap_core.io import sha256_file
 from leap_core.models import load_model, save_sentence_transformer
 from leap_core.reliability.common import (TINY, Killed, Main, Payload, Row, error_of, float16_column, held_by_another,
                                           monitor_setup, run_cli, smoke, untouched, user_folder)
-from leap_core.training import CHECKPOINT, CHECKPOINT_META
+from leap_core.train.training import CHECKPOINT, CHECKPOINT_META
 
 
 def probe_checkpoints(work: Path, data_dir: Path, main: Main) -> list[Row]:

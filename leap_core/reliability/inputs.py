@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from leap_core.encoder import EarlyExitEncoder
-from leap_core.export import OnnxEncoder, export_onnx
+from leap_core.serve.encoder import EarlyExitEncoder
+from leap_core.serve.export import OnnxEncoder, export_onnx
 from leap_core.io import sha256_file
 from leap_core.model_folder import BRANCH_FILE, model_fingerprint, read_branch
 from leap_core.models import resolve_model

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leap_core import monitor
+from leap_core.serve import monitor
 from leap_core.reliability.common import Main, Row, error_of, monitor_setup, run_cli
 
 

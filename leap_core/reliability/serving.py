@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from leap_core import experiment, storage
-from leap_core import teacher_cache as tc
+from leap_core.pipeline import experiment
+
+from leap_core import storage
+from leap_core.train import teacher_cache as tc
 from leap_core.models import resolve_model
-from leap_core.pipeline import file_ref, local_path
+from leap_core.pipeline.handoff import file_ref, local_path
 from leap_core.reliability.common import TINY, Killed, Main, Row, error_of, float16_column, smoke
 
 
@@ -25,7 +27,7 @@ def probe_served_model(work: Path, data_dir: Path, main: Main) -> list[Row]:
     from fastapi.testclient import TestClient  # optional: mlflow brings fastapi; its TestClient needs httpx (dev)
     from mlflow.pyfunc import scoring_server  # optional: the pipeline extra
 
-    from leap_core import registry  # imports mlflow at its top (optional: the pipeline extra)
+    from leap_core.serve import registry  # imports mlflow at its top (optional: the pipeline extra)
 
     saved = work / "pyfunc"
     mlflow.pyfunc.save_model(str(saved), python_model=str(registry.MODEL_CODE),

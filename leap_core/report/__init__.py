@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from leap_core.io import write_report_files
-from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import SEED_KEYS, load_reference, seed_summaries
 from leap_core.report.claims import DOES_NOT, NOT_MEASURED, PARTLY, REPLICATES, claims
 from leap_core.report.document import (beir_table, beyond_lines, headline_rows, reduced_rows, render_markdown,

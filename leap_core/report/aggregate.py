@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from leap_core.pipeline import LEAP_ARM
+from leap_core.pipeline.handoff import LEAP_ARM
 from leap_core.stats import paired_difference_ci, seed_summary
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "paper_reference.yaml"

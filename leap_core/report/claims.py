@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import (beir_relative, best_leap, estimate, layer_value, mean_curve, ok_arms,
                                         seed_summaries)
 from leap_core.report.markdown import DATASET_NAMES, fmt, fmt_interval

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import SEED_KEYS, best_leap, layer_value, mean_curve, seed_summaries
 from leap_core.report.markdown import fmt, fmt_interval, table
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from leap_core.io import atomic_path
-from leap_core.pipeline import BASELINE_ARM, LEAP_ARM
+from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 from leap_core.report.aggregate import best_leap, mean_curve, ok_arms
 
 
