@@ -141,3 +141,20 @@ def test_model_kwargs_exit_mode_is_honoured_and_anything_else_refused(folder):
 def test_a_backend_other_than_torch_fails_pointing_to_leap_export(folder, backend):
     with pytest.raises(ValueError, match=rf"backend='{backend}'.*`leap export MODEL --out DIR`"):
         SentenceTransformer(str(folder), trust_remote_code=True, device="cpu", backend=backend)
+
+
+def test_a_folder_saved_before_the_move_still_loads_through_its_old_module_path(folder, tmp_path):
+    """Folders saved before leap_early_exit.py shipped name leap_core.st_module.LeapEarlyExit in modules.json."""
+    import shutil
+
+    from leap_core.serve.st_module import LEGACY_TYPE
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / "leap_early_exit.py").unlink()
+    modules = json.loads((old / "modules.json").read_text())
+    modules[0]["type"] = LEGACY_TYPE
+    (old / "modules.json").write_text(json.dumps(modules))
+    expected = load_sentence_transformer(folder, device="cpu").encode(TEXTS)
+    for loaded in (load_sentence_transformer(old, device="cpu"), SentenceTransformer(str(old), device="cpu", trust_remote_code=True)):
+        np.testing.assert_allclose(loaded.encode(TEXTS), expected, atol=1e-6)
