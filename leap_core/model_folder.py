@@ -37,7 +37,7 @@ HEADS_FILE = "exit_heads.safetensors"  # an exit branch's heads (exit_branch.sav
 REFERENCE_FILE = "leap_reference.json"
 CARD_FILE = "README.md"
 REMOTE_CODE_FILE = "leap_early_exit.py"  # st_module ships it in every folder whose first module is LeapEarlyExit
-EXPORT_FILE = "leap_onnx.json"  # marks an ONNX export folder, not a model folder (served.load_deployed checks)
+EXPORT_FILE = "leap_onnx.json"  # marks an ONNX export folder, not a model folder (export.load_deployed checks)
 
 # How a folder is served (leap calibrate --save writes leap_exit.json), its monitoring reference, its card and the
 # manifest that records them are not its content: no fingerprint hashes them, so writing one changes no reference.

@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 import pytest
 
-from leap_core.cli import COMMANDS, _configure_logging, build_parser, main
+from leap_core.cli import COMMANDS, configure_logging, build_parser, main
 
 TINY = "random-bert:layers=4,hidden=32,heads=2,seed=0"
 
@@ -77,11 +77,11 @@ def test_library_logs_are_quiet_unless_verbose():
     root = logging.getLogger()
     before = root.level
     try:
-        _configure_logging(verbose=False)
+        configure_logging(verbose=False)
         assert not logging.getLogger("beir.retrieval.evaluation").isEnabledFor(logging.INFO)
         assert not logging.getLogger("sentence_transformers").isEnabledFor(logging.INFO)
         assert logging.getLogger("leap_core.pipeline.experiment").isEnabledFor(logging.INFO)
-        _configure_logging(verbose=True)
+        configure_logging(verbose=True)
         assert logging.getLogger("beir.retrieval.evaluation").isEnabledFor(logging.INFO)
     finally:
         root.setLevel(before)

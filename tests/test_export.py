@@ -16,7 +16,8 @@ from leap_core.serve.export import OnnxEncoder, export_onnx  # noqa: E402
 from leap_core.model_folder import EXPORT_FILE  # noqa: E402
 from leap_core.models import resolve_model  # noqa: E402
 from leap_core.policy import ExitPolicy  # noqa: E402
-from leap_core.serve.served import TorchCutEncoder, load_deployed  # noqa: E402
+from leap_core.serve.export import load_deployed  # noqa: E402
+from leap_core.serve.served import TorchCutEncoder  # noqa: E402
 
 MODEL = "random-bert:layers=4,hidden=64,heads=2,seed=1"
 TEXTS = ["one", "two words here and more words to pad the batch", "x", "a cat sits on the mat", ""]

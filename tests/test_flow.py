@@ -369,9 +369,12 @@ def test_mlflow_models_serve_answers_for_the_champion(smoke_run):
 
 def s3_flow_env(root: Path, tracking_uri: str, endpoint: str) -> dict:
     """flow_env with S3 everywhere: Metaflow's datastore (its metadata stays local: no metadata service here)."""
+    (root / "metaflow-tmp").mkdir(exist_ok=True)
     return {**flow_env(root, tracking_uri), **{key: os.environ[key] for key in os.environ if key.startswith("AWS_")},
             "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DATASTORE_SYSROOT_S3": "s3://leap-test/metaflow",
-            "METAFLOW_S3_ENDPOINT_URL": endpoint}
+            "METAFLOW_S3_ENDPOINT_URL": endpoint,
+            # Metaflow's S3 client stages files under ./ by default: a killed step would leave them in the repo
+            "METAFLOW_TEMPDIR": str(root / "metaflow-tmp")}
 
 
 def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same_model(tmp_path, data_dir,

@@ -110,7 +110,7 @@ def test_an_exported_query_route_refuses_another_document_model(query_folder, tm
     pytest.importorskip("onnxruntime")
     from leap_core.cli import main
     from leap_core.serve.export import OnnxEncoder, export_onnx
-    from leap_core.query_encoder.onnx_route import check_onnx_pair
+    from leap_core.serve.onnx_graph import check_onnx_pair
 
     assert main(["export", str(query_folder), "--out", str(tmp_path / "onnx"), "--int8"]) == 0  # `leap export`
     encoder = OnnxEncoder(tmp_path / "onnx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from leap_core.cli.common import command, profile_of
+from leap_core.cli.common import command, main, profile_of
 
 
 def add_reliability_args(parser: argparse.ArgumentParser) -> None:
@@ -16,10 +16,9 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> None:
 @command("reliability", "try every fault and bad input on the smoke profile", add_reliability_args)
 def cmd_reliability(args: argparse.Namespace) -> None:
     """Every fault and bad input of leap_core/reliability/, tried on the smoke profile -> JSON and markdown.
-    The probes that run a command get this module's `main` from here: the reliability package never imports the CLI."""
+    The probes that run a command get the CLI's `main` from here: the reliability package never imports the CLI."""
     import tempfile
 
-    from leap_core.cli import main  # the package imports this module: its entry point is read on use
     from leap_core.io import write_report_files
     from leap_core.reliability import render_markdown, run_probes  # loads torch and every probed module: on use only
 

@@ -7,20 +7,27 @@ exited embeddings' neighbours against the full-depth ones. Among the thetas meet
 given (sts_drop <= max_sts_drop, nn10 >= min_nn10), the chosen one has the largest layer reduction
 (ties: the larger theta, the safer). Its layer reduction is what to expect on data like the held-out set.
 
-This is the exit rule's theta alone, as the eval suite, experiment.calibration and retrofit report it; the policy
-`leap calibrate` serves (full, a fixed cut, the rule or per-layer thresholds) is chosen by
-evaluation.pareto.calibrate_policy.
+This is the exit rule's theta alone, as the eval suite, experiment.calibration and retrofit report it. The choice
+itself is pareto_choice.choose, the one rule `leap calibrate` (evaluation.pareto.calibrate_policy) applies to every
+policy (full, a fixed cut, the rule or per-layer thresholds): here it sees rule points only.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import math
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
 from leap_core.evaluation.neighbours import knn, overlap
+from leap_core.evaluation.pareto_choice import choose
 from leap_core.evaluation.sts import pair_rows, spearman
 from leap_core.evaluation.sweep import threshold_sweep
+
+class _Floor(NamedTuple):
+    name: str
+    kind: str
+
 
 THETAS = tuple(round(0.80 + 0.01 * i, 2) for i in range(20))  # 0.80 .. 0.99
 
@@ -46,12 +53,24 @@ def calibration_points(layer_embs: np.ndarray, idx1: np.ndarray, idx2: np.ndarra
 
 def choose_theta(points: list[dict[str, Any]], max_sts_drop: float | None = None,
                  min_nn10: float | None = None) -> dict[str, Any] | None:
-    """The point meeting every given floor with the largest layer_reduction (ties: larger theta); None if none does."""
+    """The point meeting every given floor with the largest layer_reduction (ties: larger theta); None if none does.
+
+    The choice is pareto_choice.choose's, the one `leap calibrate` makes, over rule points only: sts_drop is an
+    STS floor against full depth and nn10 an absolute agreement floor.
+    """
     if max_sts_drop is None and min_nn10 is None:
         raise ValueError("give a quality floor: max_sts_drop and/or min_nn10")
-    meeting = [p for p in points if (max_sts_drop is None or p["sts_drop"] <= max_sts_drop)
-               and (min_nn10 is None or p["nn10"] >= min_nn10)]
-    return max(meeting, key=lambda p: (p["layer_reduction"], p["theta"])) if meeting else None
+    sets = [_Floor("sts", "sts"), _Floor("nn10", "agreement")]
+    full = {"kind": "full", "sets": {"sts": {"quality": 0.0}, "nn10": {"quality": 1.0}}}
+    # depth = 1 / layer_reduction orders points as the mean exit layer does; by theta downward, an exact tie goes
+    # to the larger (safer) theta
+    rule = [{"kind": "rule", "point": p,
+             "sets": {"sts": {"quality": -p["sts_drop"], "mean_depth": 1 / p["layer_reduction"]},
+                      "nn10": {"quality": p["nn10"], "mean_depth": 1 / p["layer_reduction"]}}}
+            for p in sorted(points, key=lambda p: -p["theta"])]
+    chosen = choose([full, *rule], sets, math.inf if max_sts_drop is None else max_sts_drop, None, min_nn10,
+                    kinds=("rule",))
+    return chosen["point"] if chosen else None
 
 
 def calibrate_encoder(encoder: Any, pairs: Any, max_sts_drop: float | None = None, min_nn10: float | None = None,

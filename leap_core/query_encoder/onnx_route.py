@@ -3,7 +3,7 @@
 The graph is ShallowQueryEncoder.forward itself, traced: the N layers (0: the static encoder's embedding table and
 LayerNorm alone), mean pool, normalise, Dense, normalise. leap export writes it with export.py's machinery (fp32,
 dynamic int8 per tensor or per channel, every file hashed); its leap_onnx.json has role "query" and names the
-document model (name and weights sha256) whose index its queries search, so check_onnx_pair can refuse another.
+document model (name and weights sha256) whose index its queries search, so onnx_graph.check_onnx_pair can refuse another.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from leap_core.model_folder import usable_positions
+from leap_core.model_folder import model_fingerprint, usable_positions
 from leap_core.query_encoder.model import RECORD_FILE, ShallowQueryEncoder, read_record
+from leap_core.serve.onnx_graph import QUERY_ROLE, quantization, write_graphs, write_settings
+from leap_core.serve.served import INPUTS, trace_inputs
 
-ROLE = "query"
+ROLE = QUERY_ROLE
 
 
 def is_query_route(model: str | os.PathLike) -> bool:
@@ -73,12 +76,6 @@ class _QueryGraph(nn.Module):
 def write_query_export(source: str | os.PathLike, folder: Path, depth: int | None, int8: bool,
                        per_channel: bool) -> None:
     """The query route's graphs, tokenizer and leap_onnx.json (role "query", its document model) in new `folder`."""
-    import torch
-
-    from leap_core.serve.export import quantization, write_graphs, write_settings
-    from leap_core.model_folder import model_fingerprint
-    from leap_core.serve.served import INPUTS, trace_inputs
-
     record = read_record(source)
     encoder = encoder_from_route(source)
     if depth is not None and depth != encoder.depth:
@@ -99,25 +96,3 @@ def write_query_export(source: str | os.PathLike, folder: Path, depth: int | Non
         "max_length": encoder.max_length, "max_positions": usable_positions(encoder.model), "pooling": "mean",
         "normalized": True, "head": "dense",
         "inputs": list(names), "quantization": quantization(int8, per_channel)})
-
-
-def check_onnx_pair(folder: str | os.PathLike, document_model: str) -> None:
-    """Refuse (one-line ValueError naming both weights hashes) pairing a query route export with a document model
-    other than the one its leap_onnx.json names; an export that is not a query route is refused too."""
-    from leap_core.model_folder import EXPORT_FILE, model_fingerprint
-    from leap_core.models import resolve_model
-    from leap_core.schemas import OnnxExportFile, read_schema_file
-
-    settings_file = Path(folder) / EXPORT_FILE
-    if not settings_file.is_file():
-        raise ValueError(f"{folder}: not a leap ONNX export (no {EXPORT_FILE})")
-    settings = read_schema_file(settings_file, OnnxExportFile)
-    if settings.get("role") != ROLE:
-        raise ValueError(f"{folder}: not a query route export (role {settings.get('role')!r}): it names no "
-                         "document model to pair with")
-    found = model_fingerprint(resolve_model(document_model))
-    if found != settings["document_fingerprint"]:
-        raise ValueError(
-            f"{folder}: this query route was exported for the document model {settings['document_model']} "
-            f"(weights sha256 {settings['document_fingerprint']}), but {document_model} has weights sha256 {found}: "
-            "its queries would not share that index's space; embed the documents with the recorded model")

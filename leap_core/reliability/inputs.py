@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from leap_core.serve.encoder import EarlyExitEncoder
-from leap_core.serve.export import OnnxEncoder, export_onnx
+from leap_core.serve.export import export_onnx
+from leap_core.serve.onnx_graph import OnnxEncoder
 from leap_core.io import sha256_file
 from leap_core.model_folder import BRANCH_FILE, model_fingerprint, read_branch
 from leap_core.models import resolve_model

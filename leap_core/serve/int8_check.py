@@ -21,6 +21,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from leap_core.config import load_profile
+from leap_core.data import DataError
+from leap_core.evaluation.diagnose import probe_sentences
+from leap_core.io import sha256_file, sha256_strings, write_json_atomic
+from leap_core.model_folder import EXPORT_FILE
+from leap_core.schemas import OnnxExportFile, read_json, read_schema_file
+from leap_core.serve.onnx_graph import GRAPHS, OnnxEncoder, quantization, quantize_graph
+
 SCHEMES = ("auto", "per-tensor", "per-channel")
 CANDIDATES = {"per-tensor": False, "per-channel": True}  # scheme -> quantize_dynamic's per_channel
 CANDIDATE_GRAPHS = {"per-tensor": "model_int8_per_tensor.onnx", "per-channel": "model_int8_per_channel.onnx"}
@@ -54,15 +62,15 @@ def read_check_texts(source: str | os.PathLike | None, limit: int = MAX_CHECK_TE
 
     Any fault is a one-line ValueError naming the file and --check-texts.
     """
-    from leap_core.data import DataError
 
     if source is not None:
-        from leap_core.query_encoder.sources import read_queries
 
         path = Path(source).expanduser()
         if not path.is_file():
             raise ValueError(f"--check-texts {path}: no such file (expected {FORMATS})")
         try:
+            from leap_core.query_encoder.sources import read_queries  # its package imports export: a cycle at import
+
             return str(path), read_queries(path)[:limit]
         except DataError as err:
             raise ValueError(f"--check-texts {err}") from None
@@ -71,8 +79,6 @@ def read_check_texts(source: str | os.PathLike | None, limit: int = MAX_CHECK_TE
 
 def _sts_dev_texts(limit: int) -> tuple[str, list[str]]:
     """The configured STS-B dev file's first `limit` distinct sentences, or an error that names --check-texts."""
-    from leap_core.config import load_profile
-    from leap_core.evaluation.diagnose import probe_sentences
 
     data = load_profile().data
     path = Path(data.data_dir) / data.sts_dev
@@ -101,7 +107,6 @@ def best_candidate(measured: dict[str, dict[str, float]]) -> str:
 def measure_graphs(folder: Path, graphs: dict[str, str], texts: Sequence[str],
                    threads: int | None = None) -> dict[str, dict[str, float]]:
     """{name: cosine_summary} of each graph file in `folder` (listed in its leap_onnx.json) against its fp32 graph."""
-    from leap_core.serve.export import OnnxEncoder
 
     reference = OnnxEncoder(folder, precision="fp32", threads=threads).encode(list(texts), CHECK_BATCH)
     return {name: cosine_summary(OnnxEncoder(folder, graph=graph, threads=threads).encode(list(texts), CHECK_BATCH),
@@ -115,10 +120,6 @@ def add_int8(folder: Path, scheme: str, texts: tuple[str, list[str]], threads: i
 
     `texts` is read_check_texts' (source, texts). Returns the scheme kept.
     """
-    from leap_core.serve.export import GRAPHS, quantization, quantize_graph
-    from leap_core.model_folder import EXPORT_FILE
-    from leap_core.io import sha256_file, write_json_atomic
-    from leap_core.schemas import OnnxExportFile, read_json, read_schema_file
 
     source, items = texts
     if not items:
@@ -148,7 +149,6 @@ def add_int8(folder: Path, scheme: str, texts: tuple[str, list[str]], threads: i
 def check_record(source: str, texts: Sequence[str], measured: dict[str, dict[str, float]],
                  chosen_by: str) -> dict[str, Any]:
     """leap_onnx.json's quantization.check: the texts (source, sha256, n), each candidate's cosine, who chose."""
-    from leap_core.io import sha256_strings
 
     return {"texts": source, "texts_sha256": sha256_strings(list(texts)), "n": len(texts),
             "candidates": measured, "chosen_by": chosen_by}

@@ -196,7 +196,7 @@ def check_load_options(model_kwargs: dict[str, Any] | None, backend: str | None,
     if backend not in (None, "torch"):
         raise ValueError(f"backend={backend!r}: a LEAP early-exit model runs in PyTorch here; for ONNX Runtime, "
                          "export its served point with `leap export MODEL --out DIR` and load DIR with "
-                         "leap_core.serve.served.load_deployed")
+                         "leap_core.serve.export.load_deployed")
     given = dict(model_kwargs or {})
     unknown = sorted(set(given) - set(EXIT_KWARGS))
     if unknown:

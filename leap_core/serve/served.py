@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from leap_core.retrofit.exit_branch import save_cut
 from leap_core.model_folder import (EXPORT_FILE, exit_policy, has_branch, layer_count, max_seq_length, read_branch,
                                     read_exit_settings)
+from leap_core.retrofit.exit_branch import save_cut
 
 # torch, transformers and the leap modules that import them (batching, encoder, models, st_module) are imported
 # inside the functions that run PyTorch: an operating point and an ONNX encoder's loop need neither.
@@ -222,15 +222,3 @@ class TorchCutEncoder(BatchedEncoder):
 
         with torch.inference_mode():
             return self.module(*(torch.from_numpy(feed[name]) for name in self.inputs)).numpy()
-
-
-def load_deployed(path: str | os.PathLike, **options: Any) -> Any:
-    """One call for any leap folder: an ONNX export (leap_onnx.json) -> export.OnnxEncoder (options: precision,
-    threads); a model folder or hub id -> EarlyExitEncoder serving its saved policy (options: its overrides)."""
-    from leap_core.serve.encoder import EarlyExitEncoder  # imports torch and transformers
-    from leap_core.serve.export import OnnxEncoder  # imports this module: a cycle at module level
-    from leap_core.models import resolve_model  # imports torch and transformers
-
-    if (Path(path) / EXPORT_FILE).is_file():
-        return OnnxEncoder(path, **options)
-    return EarlyExitEncoder.from_pretrained(resolve_model(str(path)), **options)
