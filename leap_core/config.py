@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
+from leap_core.policy import check_rule
+
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 DEFAULT_PROFILE = "cpu"
 
@@ -321,7 +323,6 @@ def load_profile(name_or_path: str | None = None, overrides: dict[str, Any] | No
         values = merge_values(values, {"data": {"data_dir": os.environ["LEAP_DATA_DIR"]}})
     values.setdefault("name", path.stem)
     profile = build_config(Profile, values, f"{path}:")
-    from leap_core.policy import check_rule
 
     check_rule(profile.exit.theta, profile.exit.k, profile.exit.l_min, profile.models.student_layers,
                where=f"{path}: exit")

@@ -7,9 +7,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import numpy as np
+from filelock import FileLock, Timeout
 
 
 @contextlib.contextmanager
@@ -154,10 +161,6 @@ def folder_lock(folder: str | os.PathLike, wait: bool = False, what: str = "run"
 def _hold(folder: Path, lock_file: Path, owner: Path, wait: bool, what: str,
           hint: str = "wait for it to finish (--wait) or use another output dir") -> Iterator[None]:
     """Hold `lock_file` (filelock), its holder recorded in `owner`; refused with a line naming the holder."""
-    import socket
-    import time
-
-    from filelock import FileLock, Timeout
 
     lock = FileLock(str(lock_file))
     try:
@@ -201,7 +204,6 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
     Call it only while holding the folder's lock (folder_lock): then no live writer owns them.
     """
-    import shutil
 
     folder, removed = Path(folder), []
     for path in folder.glob(".*"):
@@ -230,7 +232,6 @@ def writer_lock(folder: str | os.PathLike, wait: bool = False, what: str = "writ
     shipped content (model_fingerprint, file_ref) never gains a lock file. Re-entrant within one thread.
     wait=True blocks until the holder is done instead.
     """
-    import threading
 
     folder = Path(folder).resolve()  # one lock per folder, however a writer names it
     key = (str(folder), threading.get_ident())
@@ -339,7 +340,6 @@ def replace_folder(target: str | os.PathLike, build: Callable[[Path], Any], kind
     before the build and again before the swap, under the folder's writer_lock. The old folder is moved into the
     staging folder this call made, and only that is deleted: nothing named `.old` or otherwise is touched.
     """
-    import shutil
 
     target = Path(target)
     check_replaceable(target, kind)  # before a long build: refuse at once
@@ -377,7 +377,6 @@ def save_checked_array(path: str | os.PathLike, array: Any) -> None:
 
     An array without its checksum (a kill between the two writes) is never trusted: load_checked_array refuses it.
     """
-    import numpy as np
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -390,7 +389,6 @@ def save_checked_array(path: str | os.PathLike, array: Any) -> None:
 def load_checked_array(path: str | os.PathLike, shape: tuple[int, ...], dtype: str) -> tuple[Any, str | None]:
     """(array, None) when save_checked_array wrote exactly this file (its sha256 matches) with this shape and dtype,
     all finite; else (None, what is wrong), and the caller computes it again."""
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():

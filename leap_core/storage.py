@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from leap_core.io import atomic_path, sha256_file
 
 SHA256_KEY = "sha256"  # the object's user metadata: the content's sha256, written by upload
 
@@ -28,12 +35,14 @@ def split(uri: str) -> tuple[str, str]:
 
 
 def client() -> Any:
+    # deferred: at top, importing this module would load boto3
     import boto3
 
     return boto3.client("s3")
 
 
 def exists(uri: str) -> bool:
+    # deferred: at top, importing this module would load botocore
     from botocore.exceptions import ClientError
 
     bucket, key = split(uri)
@@ -48,7 +57,6 @@ def exists(uri: str) -> bool:
 
 def upload(local: str | os.PathLike, uri: str) -> str:
     """Put a local file at `uri` with its sha256 as metadata; returns the sha256."""
-    from leap_core.io import sha256_file
 
     digest = sha256_file(local)
     bucket, key = split(uri)
@@ -63,7 +71,6 @@ def download(uri: str, local: str | os.PathLike, sha256: str | None = None) -> P
     The metadata only catches corruption: whoever can replace an object can replace its metadata with it. A
     content-addressed hand-off (pipeline.local_path) therefore passes the sha256 its reference carries.
     """
-    from leap_core.io import atomic_path, sha256_file
 
     bucket, key = split(uri)
     s3 = client()
@@ -105,11 +112,6 @@ def local_server(bucket: str = "leap-test") -> Iterator[str]:
     """A real S3-compatible server process (moto_server) on a free 127.0.0.1 port, with `bucket` created, for
     tests and `leap reliability`; boto3 in this process (and its children) reaches it through AWS_* variables,
     restored on exit. Yields "s3://<bucket>"."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
 
     server = Path(sys.executable).parent / "moto_server"
     if not server.is_file() and not shutil.which("moto_server"):

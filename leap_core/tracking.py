@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,6 +32,7 @@ def tracking_uri() -> str:
 def client(uri: str | None = None):
     """An MlflowClient for `uri` (default: tracking_uri()), with telemetry off (machines here are offline)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # deferred: at top, importing this module would load mlflow
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
@@ -123,8 +125,8 @@ def read_train_log(path: str | Path) -> list[tuple[str, float, int]]:
 
 def log_rows(run_id: str, rows: Iterable[tuple[str, float, int]], uri: str | None = None) -> int:
     """Log (key, value, step) metric rows in batches; returns how many were logged."""
-    import time
 
+    # deferred: at top, importing this module would load mlflow
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -137,6 +139,7 @@ def log_rows(run_id: str, rows: Iterable[tuple[str, float, int]], uri: str | Non
 
 def log_params(run_id: str, params: Mapping[str, Any], uri: str | None = None) -> None:
     """Log a (nested) mapping as flat string params; logging the same values again is harmless."""
+    # deferred: at top, importing this module would load mlflow
     from mlflow.entities import Param
 
     flat = [Param(key, str(value)[:6000]) for key, value in flatten(params).items()]

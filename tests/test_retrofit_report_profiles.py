@@ -34,9 +34,10 @@ def _fake_run(monkeypatch) -> None:
              "texts": "generic", "train_texts": 8, "train_steps": 1}
     monkeypatch.setattr(retrofit, "retrofit_branch", lambda profile, model, seed, max_sts_drop: dict(entry))
     monkeypatch.setattr("leap_core.evaluation.pareto.calibrate_policy", lambda *args, **kwargs: {"name": "full"})
-    monkeypatch.setattr("leap_core.serve.model_card.write_card", lambda *args, **kwargs: None)
-    monkeypatch.setattr("leap_core.report.retrofit_report.render_markdown", lambda report, source="": f"from {source}\n")
-    monkeypatch.setattr("leap_core.report.retrofit_report.summary_rows", lambda report: ["row"])
+    # each name where it is called from (the caller imported it at its top)
+    monkeypatch.setattr(retrofit, "write_card", lambda *args, **kwargs: None)
+    monkeypatch.setattr(retrofit, "render_markdown", lambda report, source="": f"from {source}\n")
+    monkeypatch.setattr("leap_core.cli.shipping.summary_rows", lambda report: ["row"])
 
 
 def test_a_smoke_run_writes_its_own_report_and_leaves_the_committed_one_alone(tmp_path, monkeypatch):

@@ -29,14 +29,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import transformers
 from torch.profiler import ProfilerActivity, profile
 
 from leap_core.data import read_sts
-from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.pareto_points import beir_sets, sts_sets
-from leap_core.serve.export import OnnxEncoder, export_onnx, require_onnx
 from leap_core.model_folder import has_branch, max_seq_length, model_fingerprint, read_branch
 from leap_core.models import resolve_model
+from leap_core.serve.encoder import EarlyExitEncoder
+from leap_core.serve.export import OnnxEncoder, export_onnx, require_onnx
 from leap_core.serve.served import TorchCutEncoder, head_modules
 from leap_core.timing import compare_calls, environment, repeated_seconds
 
@@ -182,8 +183,6 @@ def sentence_transformers_onnx_backend() -> dict[str, Any]:
     try:
         from optimum.onnxruntime import ORTModelForFeatureExtraction  # noqa: F401
     except Exception as err:  # noqa: BLE001 - ImportError, or optimum failing against this transformers
-        import transformers
-
         return {"loads": False, "why": f"optimum.onnxruntime does not import with transformers "
                                        f"{transformers.__version__}: {type(err).__name__}: {err}"}
     return {"loads": True, "why": "optimum.onnxruntime imports: SentenceTransformer(folder, backend='onnx') works"}

@@ -34,6 +34,7 @@ BATCH = 32
 
 def ndcg_floor() -> float:
     """The relative NDCG@10 drop a serving path may cost (deploy_bench.TARGETS["max_ndcg_drop"], 3%)."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.bench.deploy_bench import TARGETS
 
     return float(TARGETS["max_ndcg_drop"])
@@ -54,9 +55,10 @@ def export_model(label: str, source: str, sets: Sequence[str], depth: int | None
                  check_texts: Path | None = None) -> Model:
     """`source` exported three times under `workdir` (per tensor, per channel, auto), each measured on check_texts
     (default: the data dir's STS-B dev, as `leap export`)."""
-    from leap_core.serve.export import OnnxEncoder, export_onnx
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.model_folder import EXPORT_FILE
     from leap_core.schemas import OnnxExportFile, read_schema_file
+    from leap_core.serve.export import OnnxEncoder, export_onnx
 
     folders = {scheme: export_onnx(source, workdir / f"{label}-{scheme}", depth=depth, int8=True, scheme=scheme,
                                    check_texts=check_texts, threads=threads)
@@ -83,6 +85,7 @@ def embed(model: Model, texts: list[str]) -> dict[str, np.ndarray]:
 
 def drift(embedded: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """{int8 precision: cos(int8_i, fp32_i) mean, min, p01} on the same texts (int8_check.cosine_summary)."""
+    # deferred: at top, importing this module would load torch, safetensors, tqdm
     from leap_core.serve.int8_check import cosine_summary
 
     return {name: cosine_summary(embedded[name], embedded["fp32"]) for name in INT8}
@@ -91,6 +94,7 @@ def drift(embedded: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
 def shared_index(embedded: dict[str, np.ndarray], judged: Any, n_resamples: int) -> dict[str, dict[str, Any]]:
     """Each precision's test queries on the original's fp32 index: NDCG@10 change from original/original and (int8)
     from the same model's fp32 queries, each with a paired-bootstrap CI, and top-10 agreement with both."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.query_encoder.evaluate import compare_row, retrieval_row
 
     rows = {name: retrieval_row(judged.index, vectors, judged.query_ids, judged.qrels)
@@ -110,6 +114,7 @@ def _change(row: dict[str, Any]) -> dict[str, Any]:
 
 def int8_index(encode: Encode, judged: Any, folder: str) -> Any:
     """The set's corpus re-embedded by `encode` (an int8 graph) in the original index's document order."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.evaluation.retrieval import document_text
     from leap_core.query_encoder.index import DocumentIndex
     from leap_core.query_encoder.sources import read_corpus
@@ -125,6 +130,7 @@ def int8_index(encode: Encode, judged: Any, folder: str) -> Any:
 def both_sides(model: Model, embedded: dict[str, np.ndarray], judged: Any, folder: str,
                n_resamples: int) -> dict[str, dict[str, Any]]:
     """{int8 precision: NDCG@10 of int8 queries on an index that graph re-embedded, vs original/original}."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.query_encoder.evaluate import compare_row, retrieval_row
 
     out = {}
@@ -171,6 +177,7 @@ def run_int8_report(original: str, encoders: dict[str, list[Path]], beir: dict[s
                     workdir: Path, cache_dir: Path, threads: int = 1, n_resamples: int = 2000,
                     check_texts: Path | None = None) -> dict[str, Any]:
     """The whole report: the original on every set, each query encoder on its own set, then the verdicts."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.query_encoder.bench import judged_set
     from leap_core.query_encoder.model import read_record
 
@@ -192,6 +199,7 @@ def run_int8_report(original: str, encoders: dict[str, list[Path]], beir: dict[s
 
 def _full_depth(model: str) -> int:
     """The original's layer count: it is exported whole, whatever leap_exit.json it may carry."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from transformers import AutoConfig
 
     from leap_core.models import resolve_model

@@ -8,9 +8,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from leap_core.cli.common import (
-    add_exit_rule_args, add_json_args, command, exit_overrides, json_or_table, log, or_default, pairs, positive_int,
-    profile_of)
+from leap_core.cli.common import (add_exit_rule_args, add_json_args, command, exit_overrides, json_or_table, log,
+                                  or_default, pairs, positive_int, profile_of)
+from leap_core.data.corpus import load_corpus, read_tags, sentences_of_sources
+from leap_core.data.documents import read_user_corpus
+from leap_core.evaluation.diagnose import diagnose
+from leap_core.evaluation.mteb_run import mteb_table, run_mteb
+from leap_core.evaluation.suite import evaluate_all, render_markdown
+from leap_core.evaluation.tables import diagnose_table
+from leap_core.io import write_report_files, write_text_atomic
+from leap_core.pipeline.retrain import loop_markdown
+from leap_core.report import verify_against_mlflow
+from leap_core.serve import monitor as monitoring  # called by attribute: probes and tests replace monitoring.monitor
+from leap_core.serve.encoder import EarlyExitEncoder
+from leap_core.serve.traffic import TrafficLog, replay
 
 
 def add_eval_suite_args(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +49,6 @@ def add_eval_suite_args(parser: argparse.ArgumentParser) -> None:
          "with bootstrap CIs", add_eval_suite_args)
 def cmd_eval_suite(args: argparse.Namespace) -> None:
     """Every analysis for several models -> one JSON (--out) and a markdown summary (--markdown)."""
-    from leap_core.evaluation.suite import evaluate_all, render_markdown
-    from leap_core.io import write_report_files
 
     profile = profile_of(args)
     models = pairs(args.model, "--model")
@@ -76,8 +85,6 @@ def add_diagnose_args(parser: argparse.ArgumentParser) -> None:
 @command("diagnose", "is a model exit-compatible? diagnostics, verdict, checklist", add_diagnose_args)
 def cmd_diagnose(args: argparse.Namespace) -> None:
     """The paper's exit-compatibility diagnostics, verdict and deployment checklist for any model."""
-    from leap_core.evaluation.diagnose import diagnose
-    from leap_core.evaluation.tables import diagnose_table
 
     result = diagnose(args.model, profile_of(args).data.data_dir, sts_file=args.sts, max_sentences=args.max_sentences,
                       theta=args.theta, k=args.k if args.k is not None else 1, l_min=args.l_min,
@@ -95,7 +102,6 @@ def add_verify_report_args(parser: argparse.ArgumentParser) -> None:
 @command("verify-report", "check a pipeline report's numbers against its MLflow runs", add_verify_report_args)
 def cmd_verify_report(args: argparse.Namespace) -> None:
     """Exit 1, naming each difference, when the report's numbers are not those of its MLflow runs."""
-    from leap_core.report import verify_against_mlflow
 
     problems = verify_against_mlflow(args.report, args.tracking_uri)
     for problem in problems:
@@ -121,8 +127,6 @@ def add_mteb_args(parser: argparse.ArgumentParser) -> None:
 
 @command("mteb", "MTEB tasks on a model that exits early, with its exit statistics beside the scores", add_mteb_args)
 def cmd_mteb(args: argparse.Namespace) -> None:
-    from leap_core.evaluation.mteb_run import mteb_table, run_mteb
-
     profile = profile_of(args)
     result = run_mteb(args.model, args.tasks, profile.data.data_dir, local=not args.hub, exit_mode=args.mode,
                       batch_size=args.batch_size, results_dir=args.results or Path(profile.output_dir) / "mteb",
@@ -147,20 +151,16 @@ def add_monitor_args(parser: argparse.ArgumentParser) -> None:
 @command("monitor", "the traffic log against the model's reference: depth shift, PSI, NN@10. Exit status: 0 no "
          "alert, 3 an alert, 2 an error (a bad model, reference or log: one line naming the file)", add_monitor_args)
 def cmd_monitor(args: argparse.Namespace) -> None:
-    from leap_core.data.documents import read_user_corpus
-    from leap_core.io import write_report_files
-    from leap_core.serve.monitor import ALERT_EXIT_CODE, monitor, monitor_markdown, prometheus, publish_alert
-
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
-    result = monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
+    result = monitoring.monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
     if args.out:
-        write_report_files(result, args.out, Path(args.out).with_suffix(".md"), monitor_markdown)
-    print(prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
-          else monitor_markdown(result), end="")
+        write_report_files(result, args.out, Path(args.out).with_suffix(".md"), monitoring.monitor_markdown)
+    print(monitoring.prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
+          else monitoring.monitor_markdown(result), end="")
     if result["alert"]:
         if args.publish_event:
-            log.info("published Argo Event %s", publish_alert(result))
-        raise SystemExit(ALERT_EXIT_CODE)
+            log.info("published Argo Event %s", monitoring.publish_alert(result))
+        raise SystemExit(monitoring.ALERT_EXIT_CODE)
 
 
 def add_loop_report_args(parser: argparse.ArgumentParser) -> None:
@@ -183,9 +183,6 @@ def read_json(path: str) -> Any:
 
 @command("loop-report", "retrain runs and drift checks -> one markdown report (reports/loop.md)", add_loop_report_args)
 def cmd_loop_report(args: argparse.Namespace) -> None:
-    from leap_core.io import write_report_files
-    from leap_core.pipeline.retrain import loop_markdown
-
     retrains = [read_json(path) for path in args.retrain]
     monitors = [read_json(path) for path in args.monitor]
     inputs = {"retrains": retrains, "monitors": monitors, "sources": args.retrain + args.monitor}
@@ -207,10 +204,6 @@ def add_replay_args(parser: argparse.ArgumentParser) -> None:
 @command("replay", "serve texts at the model's policy and log them as the served model would (LEAP_TRAFFIC_LOG)",
          add_replay_args)
 def cmd_replay(args: argparse.Namespace) -> None:
-    from leap_core.data.documents import read_user_corpus
-    from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.serve.traffic import TrafficLog, replay
-
     texts = read_user_corpus(args.texts, min_chars=1)
     replay(EarlyExitEncoder.from_pretrained(args.model), texts, TrafficLog(args.traffic, sample_text=args.sample_text))
     print(f"{len(texts)} rows logged to {args.traffic}")
@@ -231,9 +224,6 @@ def add_sample_texts_args(parser: argparse.ArgumentParser) -> None:
 @command("sample-texts", "sentences of chosen sources of the corpus -> a text file (reference or traffic texts)",
          add_sample_texts_args)
 def cmd_sample_texts(args: argparse.Namespace) -> None:
-    from leap_core.data.corpus import load_corpus, read_tags, sentences_of_sources
-    from leap_core.io import write_text_atomic
-
     data = profile_of(args).data
     tag_file = args.tags or data.balance_by or "nli_sentences/sentence_sources.txt.gz"
     corpus = load_corpus(data.corpus, data.data_dir)

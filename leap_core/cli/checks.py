@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from leap_core.cli.common import command, main, profile_of
+from leap_core.io import write_report_files
 
 
 def add_reliability_args(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +19,7 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> None:
 def cmd_reliability(args: argparse.Namespace) -> None:
     """Every fault and bad input of leap_core/reliability/, tried on the smoke profile -> JSON and markdown.
     The probes that run a command get the CLI's `main` from here: the reliability package never imports the CLI."""
-    import tempfile
 
-    from leap_core.io import write_report_files
     from leap_core.reliability import render_markdown, run_probes  # loads torch and every probed module: on use only
 
     with tempfile.TemporaryDirectory(prefix="leap-reliability-") as work:

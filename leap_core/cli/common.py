@@ -9,14 +9,18 @@ import logging
 import sys
 from typing import Any, Callable, NamedTuple
 
+import transformers
+import yaml
+
+from leap_core import __version__
 from leap_core.config import ConfigError, load_profile
+from leap_core.io import write_report_files
 
 log = logging.getLogger("leap")
 
 
 def parse_overrides(items: list[str]) -> dict:
     """["training.lr=1e-4", "arms.leap.beta=0.8"] -> nested dict; values are parsed as YAML."""
-    import yaml
 
     overrides: dict = {}
     for item in items:
@@ -50,8 +54,6 @@ def exit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_and_print(result: dict, out: str | None, shown: dict | None = None) -> None:
-    from leap_core.io import write_report_files
-
     if out:
         write_report_files(result, out)
     print(json.dumps(shown if shown is not None else result, indent=2))
@@ -59,7 +61,6 @@ def write_and_print(result: dict, out: str | None, shown: dict | None = None) ->
 
 def json_or_table(result: dict, args: argparse.Namespace, table: Callable[[], str]) -> None:
     """The JSON to --out; to stdout a table, or the JSON with --json."""
-    from leap_core.io import write_report_files
 
     if args.out:
         write_report_files(result, args.out)
@@ -145,8 +146,6 @@ def _profile_arms(argv: list[str]) -> list[str] | None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from leap_core import __version__
-
     parser = argparse.ArgumentParser(prog="leap", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"leap {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
@@ -173,7 +172,6 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("leap", "leap_core"):
         logging.getLogger(name).setLevel(logging.INFO)
-    import transformers
 
     if verbose:
         transformers.logging.set_verbosity_info()

@@ -6,7 +6,7 @@ import argparse
 
 from leap_core.cli.common import command
 from leap_core.query_encoder.command import add_query_encoder_args, run_query_encoder
-
+from leap_core.query_encoder.package import package_router
 
 command("query-encoder", "a shallow query encoder for the original's index: fit on unlabelled queries "
         "(--corpus) or judge on a BEIR folder (--beir)", add_query_encoder_args)(run_query_encoder)
@@ -22,7 +22,5 @@ def add_package_query_encoder_args(parser: argparse.ArgumentParser) -> None:
 @command("package-query-encoder", "a query encoder and its document model as one sentence-transformers Router "
          "folder (encode_query / encode_document)", add_package_query_encoder_args)
 def cmd_package_query_encoder(args: argparse.Namespace) -> None:
-    from leap_core.query_encoder.package import package_router
-
     folder = package_router(args.query_encoder, args.out, args.document_model)
     print(f"{args.query_encoder} (query route) + its document model (document route) -> {folder}")

@@ -6,6 +6,12 @@ import argparse
 from pathlib import Path
 
 from leap_core.cli.common import command, or_default, positive_int, profile_of, write_and_print
+from leap_core.io import plain_name
+from leap_core.query_encoder.points import calibrate_with_queries, pareto_with_queries
+from leap_core.report.retrofit_report import summary_rows
+from leap_core.retrofit.exit_branch import calibrated_depth, save_cut
+from leap_core.retrofit.retrofit import default_report, retrofit_into_report
+from leap_core.serve.export import export_onnx
 
 
 def add_query_encoders_arg(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +38,6 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
 @command("calibrate", "the fastest policy within quality floors on dev", add_calibrate_args)
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """The fastest deployable policy (full, fixed:N, the exit rule, per-layer thresholds) within the floors on dev."""
-    from leap_core.query_encoder.points import calibrate_with_queries
 
     profile = profile_of(args)
     result = calibrate_with_queries(profile, args.model, or_default(args.max_sts_drop, profile.registry.policy_max_sts_drop),
@@ -53,8 +58,6 @@ def add_pareto_args(parser: argparse.ArgumentParser) -> None:
 @command("pareto", "quality vs depth of every deployable point -> reports/pareto/NAME.*", add_pareto_args)
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Quality against depth for every deployable point -> reports/pareto/<name>.{json,md,png}."""
-    from leap_core.io import plain_name
-    from leap_core.query_encoder.points import pareto_with_queries
 
     plain_name(args.name)  # a report name, never a path out of --out-dir (ValueError: one line, exit 2)
     profile = profile_of(args)
@@ -91,8 +94,6 @@ def add_retrofit_args(parser: argparse.ArgumentParser) -> None:
 @command("retrofit", "make existing models exit-compatible -> reports/[<profile>/]retrofit.json", add_retrofit_args)
 def cmd_retrofit(args: argparse.Namespace) -> None:
     """Retrofit each MODEL against itself; its entry in --out gains this run (runs can be separate)."""
-    from leap_core.retrofit.retrofit import default_report, retrofit_into_report
-    from leap_core.report.retrofit_report import summary_rows
 
     profile = profile_of(args)
     out = Path(args.out) if args.out else default_report(profile.name)
@@ -111,7 +112,6 @@ def add_cut_args(parser: argparse.ArgumentParser) -> None:
 @command("cut", "an exit branch cut to N layers -> a standalone model for the original's index", add_cut_args)
 def cmd_cut(args: argparse.Namespace) -> None:
     """Write an exit branch cut to N layers as a standalone sentence-transformers folder."""
-    from leap_core.retrofit.exit_branch import calibrated_depth, save_cut
 
     depth = args.depth if args.depth is not None else calibrated_depth(args.branch)
     print(save_cut(args.branch, depth, args.out))
@@ -139,7 +139,6 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """The model at its calibrated depth (or --depth) as an ONNX Runtime graph folder; with --int8, the int8 graph
     chosen by measured cosine to fp32 unless --quantization / --per-channel names one."""
-    from leap_core.serve.export import export_onnx
 
     scheme = args.quantization or ("auto" if args.int8 and not args.per_channel else None)
     print(export_onnx(args.model, args.out, args.depth, args.int8, args.per_channel, scheme, args.check_texts,

@@ -6,6 +6,9 @@ import argparse
 import json
 
 from leap_core.cli.common import add_exit_rule_args, add_json_args, command, exit_overrides, json_or_table, profile_of
+from leap_core.evaluation.tables import eval_table
+from leap_core.io import write_report_files
+from leap_core.pipeline import experiment
 
 
 def add_extract_args(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +17,6 @@ def add_extract_args(parser: argparse.ArgumentParser) -> None:
 
 @command("extract", "extract and filter training sentences to Parquet", add_extract_args)
 def cmd_extract(args: argparse.Namespace) -> None:
-    from leap_core.pipeline import experiment
-
     print(experiment.extract(profile_of(args), args.out))
 
 
@@ -25,8 +26,6 @@ def add_cache_teacher_args(parser: argparse.ArgumentParser) -> None:
 
 @command("cache-teacher", "encode the sentences with the teacher once", add_cache_teacher_args)
 def cmd_cache_teacher(args: argparse.Namespace) -> None:
-    from leap_core.pipeline import experiment
-
     profile = profile_of(args)
     sentences = args.sentences or experiment.extract(profile)
     print(experiment.cache_teacher(profile, sentences))
@@ -42,8 +41,6 @@ def add_train_args(parser: argparse.ArgumentParser, arms: list[str] | None = Non
 
 @command("train", "train one arm (resumes a killed run)", add_train_args)
 def cmd_train(args: argparse.Namespace) -> None:
-    from leap_core.pipeline import experiment
-
     profile = profile_of(args)
     profile.objective_for(args.arm)  # an unknown arm fails here, before any extraction or teacher pass
     sentences = experiment.extract(profile)
@@ -60,9 +57,6 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 @command("eval", "STS-B and exit statistics of a model", add_eval_args)
 def cmd_eval(args: argparse.Namespace) -> None:
-    from leap_core.pipeline import experiment
-    from leap_core.evaluation.tables import eval_table
-
     metrics = experiment.evaluate(profile_of(args), args.model, exit_overrides=exit_overrides(args) or None)
     json_or_table(metrics, args, lambda: eval_table(metrics, args.model))
 
@@ -76,8 +70,6 @@ def add_foundation_args(parser: argparse.ArgumentParser) -> None:
 @command("foundation", "baseline and LEAP from one cache -> reports/foundation.json", add_foundation_args)
 def cmd_foundation(args: argparse.Namespace) -> None:
     """Both arms from one teacher cache, evaluated on STS-B test, summarised in reports/foundation.json."""
-    from leap_core.pipeline import experiment
-    from leap_core.io import write_report_files
 
     report = experiment.foundation(profile_of(args), args.baseline_arm, args.leap_arm)
     write_report_files(report, args.out)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+import torch
+
+from leap_core.bench.deploy_bench import branch_original, quality_sets, run_deploy_bench
+from leap_core.bench.latency import run_benchmark
 from leap_core.cli.common import add_exit_rule_args, command, exit_overrides, profile_of
+from leap_core.evaluation.diagnose import probe_sentences
+from leap_core.io import write_report_files
+from leap_core.report import bench_report, deploy_report
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +39,6 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 @command("bench", "latency of every encoder mode vs sentence-transformers -> JSON + markdown", add_bench_args)
 def cmd_bench(args: argparse.Namespace) -> None:
     """Latency of every encoder mode and of sentence-transformers on STS-B test -> JSON and markdown."""
-    import torch
-
-    from leap_core.bench.latency import run_benchmark
-    from leap_core.report.bench_report import render_markdown
-    from leap_core.evaluation.diagnose import probe_sentences
-    from leap_core.io import write_report_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                      else list(profile.evaluation.bench_batch_sizes)), modes=args.modes.split(","),
         warmup=args.warmup, iterations=args.iterations, include_sentence_transformers=not args.no_peer,
         device=args.device, dtype=args.dtype, clock=args.clock, **exit_overrides(args))
-    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), render_markdown)
+    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), bench_report.render_markdown)
     print(markdown)
 
 
@@ -69,12 +71,6 @@ def add_bench_deploy_args(parser: argparse.ArgumentParser) -> None:
          "point, PyTorch and ONNX Runtime: quality and speed side by side", add_bench_deploy_args)
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
     """Every serving path of the original and of ours at its point: quality and latency -> JSON and markdown."""
-    import tempfile
-
-    from leap_core.bench.deploy_bench import branch_original, quality_sets, run_deploy_bench
-    from leap_core.report.deploy_report import render_markdown
-    from leap_core.evaluation.diagnose import probe_sentences
-    from leap_core.io import write_report_files
 
     original = args.original or branch_original(args.model)
     profile = profile_of(args)
@@ -86,5 +82,5 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
                                   Path(workdir), args.depth, [int(x) for x in args.batch_sizes.split(",")],
                                   args.threads, args.warmup, args.iterations, quality=not args.no_quality)
     result["max_docs"] = args.max_docs
-    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), render_markdown)
+    _, markdown = write_report_files(result, args.out, Path(args.out).with_suffix(".md"), deploy_report.render_markdown)
     print(markdown)

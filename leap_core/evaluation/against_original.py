@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from leap_core.config import ENCODE_BATCH_SIZE
+from leap_core.io import atomic_path, sha256_strings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def mean_cosine(embeddings: np.ndarray, reference: np.ndarray) -> float:
 def rank_ndcg10(query_embs: np.ndarray, doc_embs: np.ndarray, query_ids: list[str], doc_ids: list[str],
                 qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """Per-query NDCG@10 of exact cosine search (retrieval.streaming_topk, scored by beir via score_results)."""
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.evaluation.retrieval import RECALL_K, score_results, streaming_topk
 
     scores, index = streaming_topk(query_embs, [doc_embs], RECALL_K)
@@ -39,6 +41,7 @@ def rank_ndcg10(query_embs: np.ndarray, doc_embs: np.ndarray, query_ids: list[st
 
 
 def _ci(a: Sequence[float], b: Sequence[float], n_resamples: int) -> dict[str, float]:
+    # deferred: at top, importing this module would load scipy
     from leap_core.stats import paired_difference_ci
 
     ci = paired_difference_ci(a, b, n_resamples=n_resamples, seed=0)
@@ -46,6 +49,7 @@ def _ci(a: Sequence[float], b: Sequence[float], n_resamples: int) -> dict[str, f
 
 
 def _sts_ci(a: np.ndarray, b: np.ndarray, gold: np.ndarray, n_resamples: int) -> dict[str, float]:
+    # deferred: at top, importing this module would load scipy
     from leap_core.stats import spearman_difference_ci
 
     ci = spearman_difference_ci(a, b, gold, n_resamples=n_resamples, seed=0)
@@ -66,8 +70,6 @@ class Embedder:
         self.cache_dir, self.fingerprint = (Path(cache_dir) if cache_dir else None), fingerprint
 
     def _pools(self, texts: list[str]) -> np.ndarray:
-        from leap_core.io import atomic_path, sha256_strings
-
         if self.cache_dir is None or self.fingerprint is None:
             return self.encoder.layer_embeddings(texts, batch_size=self.batch_size)
         key = sha256_strings([self.fingerprint, str(self.encoder.max_length), sha256_strings(texts)])[:24]
@@ -94,6 +96,7 @@ class Embedder:
 def sts_against_original(original: Embedder, full: Embedder, cuts: Embedder, depths: Sequence[int], pairs: Any,
                          name: str, n_resamples: int = 2000) -> dict[str, Any]:
     """STS Spearman of the full path and each cut, each minus the original's, with CIs; cosines to the original."""
+    # deferred: at top, importing this module would load scipy
     from leap_core.evaluation.sts import pair_rows
 
     unique, idx1, idx2 = pair_rows(pairs)
@@ -117,6 +120,7 @@ def sts_against_original(original: Embedder, full: Embedder, cuts: Embedder, dep
 
 
 def _spearman(predicted: np.ndarray, gold: np.ndarray) -> float:
+    # deferred: at top, importing this module would load scipy
     from scipy.stats import spearmanr
 
     return float(spearmanr(predicted, gold).statistic)
@@ -129,6 +133,7 @@ def beir_against_original(original: Embedder, full: Embedder, cuts: Embedder, de
 
     max_docs / max_queries: retrieval.subsample's quick-run cut (None, the default, keeps every document).
     """
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.data.beir import load_beir
     from leap_core.evaluation.retrieval import document_text, subsample
 

@@ -23,9 +23,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from leap_core.config import RegistryConfig
-from leap_core.evaluation.layers import (contraction_ratios, exit_statistics, inter_layer_stability,
-                                         similarity_to_final)
+from leap_core.config import DataConfig, RegistryConfig
+from leap_core.evaluation.layers import contraction_ratios, exit_statistics, inter_layer_stability, similarity_to_final
 from leap_core.evaluation.neighbours import nn_statistics
 from leap_core.timing import repeated_seconds
 
@@ -134,7 +133,7 @@ def diagnose_encoder(encoder: Any, sentences: Sequence[str], batch_size: int = 3
 def probe_sentences(data_dir: str | Path | None = None, sts_file: str = "stsb/test.tsv",
                     max_sentences: int | None = None) -> list[str]:
     """Distinct sentences of an STS file (relative to data_dir, default the profile default's), first max_sentences."""
-    from leap_core.config import DataConfig
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
 
     path = Path(sts_file)
@@ -152,9 +151,10 @@ def diagnose(model: str, data_dir: str | Path | None = None, sts_file: str = "st
     The model's own leap_exit.json is ignored: the diagnostics use the paper's fixed settings
     (theta 0.95, k 1, l_min = half the depth unless given). options: diagnose_encoder's.
     """
-    from leap_core.serve.encoder import EarlyExitEncoder
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.model_folder import layer_count
     from leap_core.models import resolve_model
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     folder = resolve_model(str(model))
     n_layers = layer_count(folder)

@@ -27,6 +27,7 @@ LOCAL_TASKS = {"STSBenchmark": ("test", "stsb/test.tsv"), "SciFact": ("test", "b
 
 def local_task(name: str, data_dir: str | Path) -> Any:
     """MTEB's task `name` with its evaluation split read from the data directory (no hub access)."""
+    # deferred: at top, importing this module would load mteb
     import mteb
 
     if name not in LOCAL_TASKS:
@@ -43,6 +44,7 @@ def local_task(name: str, data_dir: str | Path) -> Any:
 
 def _sts_split(file: Path) -> Any:
     """An STS task's split: sentence1, sentence2, score."""
+    # deferred: at top, importing this module would load datasets, pyarrow
     from datasets import Dataset
 
     from leap_core.data import read_sts
@@ -54,6 +56,7 @@ def _sts_split(file: Path) -> Any:
 
 def _retrieval_split(folder: Path, split: str) -> dict[str, Any]:
     """A retrieval task's split from a BEIR folder (data.beir.load_beir), as MTEB's RetrievalSplitData."""
+    # deferred: at top, importing this module would load datasets, pyarrow
     from datasets import Dataset
 
     from leap_core.data.beir import load_beir
@@ -69,12 +72,14 @@ def _retrieval_split(folder: Path, split: str) -> dict[str, Any]:
 def model_meta(model: Any, folder: Path, name: str, experiment: dict[str, Any] | None) -> Any:
     """MTEB's ModelMeta of the run: name, weights revision, base model, license and language from the folder's card,
     and the exit settings as experiment_kwargs when they are not the folder's own (so results stay apart)."""
+    # deferred: at top, importing this module would load mteb, safetensors
     from mteb.models.model_meta import ModelMeta
 
     from leap_core.model_folder import CARD_FILE, model_fingerprint
 
     card = {}
     if (folder / CARD_FILE).is_file():
+        # deferred: at top, importing this module would load huggingface_hub
         from huggingface_hub import metadata_load
 
         card = metadata_load(folder / CARD_FILE) or {}
@@ -93,10 +98,11 @@ def run_mteb(model_path: str | Path, task_names: Sequence[str], data_dir: str | 
     """Each task through mteb.evaluate with the model exiting as it serves; per task its scores (MTEB's own
     result dict) and the exit statistics of every text MTEB encoded for it. results_dir: MTEB writes its results
     folder there (ResultCache layout), each task run again rather than read back."""
+    # deferred: at top, importing this module would load torch, transformers, sentence_transformers
     import mteb
     from mteb.models import SentenceTransformerEncoderWrapper
 
-    from leap_core.serve.st_module import local_folder, load_sentence_transformer
+    from leap_core.serve.st_module import load_sentence_transformer, local_folder
 
     folder = local_folder(str(model_path), "", {})
     model = load_sentence_transformer(model_path, exit_mode=exit_mode, **exit_overrides)
@@ -141,6 +147,7 @@ def _task_entry(task: Any, task_result: Any, exit_log: list[np.ndarray], n_layer
 
 def mteb_table(result: dict[str, Any]) -> str:
     """`leap mteb`: one row per task, its main score beside the exit statistics of the same run."""
+    # deferred: at top, importing this module would load scipy, safetensors
     from leap_core.report.markdown import fmt, table
 
     lines = [f"{result['model']} through MTEB at mode {result['mode']} (theta={result['theta']} k={result['k']} "

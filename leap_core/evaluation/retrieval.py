@@ -124,6 +124,7 @@ def score_results(qrels: dict[str, dict[str, int]], results: dict[str, dict[str,
     beir drops documents whose id equals the query id when ignore_identical_ids), so their mean is
     beir's NDCG@10 up to beir's rounding to 5 decimals.
     """
+    # deferred: at top, importing this module would load beir, pytrec_eval
     import pytrec_eval
     from beir.retrieval.evaluation import EvaluateRetrieval
 
@@ -148,6 +149,7 @@ def evaluate_retrieval(encoder: Any, folder: str | Path, modes: Iterable[str] = 
     ndcg@10_per_query, ndcg@10_ci (bootstrap over queries), query_exit, corpus_exit (exit
     statistics; absent for "full")}}}. max_docs / max_queries: see subsample (default: everything).
     """
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data.beir import load_beir
 
     corpus, queries, qrels = subsample(*load_beir(folder, split), max_docs, max_queries)
@@ -177,6 +179,7 @@ class Ndcg10:
     """
 
     def __init__(self, qrels: dict[str, dict[str, int]], query_ids: list[str], doc_ids: list[str]):
+        # deferred: at top, importing this module would load pytrec_eval
         import pytrec_eval
 
         self.query_ids, self.doc_ids = query_ids, doc_ids

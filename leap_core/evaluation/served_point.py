@@ -47,6 +47,7 @@ def _exits_at(depth: int, n_layers: int) -> dict[str, float]:
 
 def measure_served(encoder: Any, pairs: Any, batch_size: int = 32) -> dict[str, Any]:
     """One pass of `encoder` over the STS pairs' distinct sentences at the mode of the policy it serves."""
+    # deferred: at top, importing this module would load scipy
     from leap_core.evaluation.sts import pair_rows, spearman
 
     unique, idx1, idx2 = pair_rows(pairs)

@@ -19,14 +19,15 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from leap_core.evaluation.calibrate import THETAS as CALIBRATION_THETAS
-from leap_core.evaluation.calibrate import calibration_points, choose_theta
-from leap_core.evaluation.diagnose import checklist, diagnostics, monitoring_overhead
-from leap_core.evaluation.sts import pair_rows, progress
+from leap_core.evaluation.calibrate import THETAS as CALIBRATION_THETAS, calibration_points, choose_theta
+from leap_core.evaluation.diagnose import checklist, default_l_min, diagnostics, monitoring_overhead
 from leap_core.evaluation.layers import (contraction_ratios, cumulative_exit_rate, exit_statistics,
                                          inter_layer_stability, similarity_to_final)
 from leap_core.evaluation.neighbours import nn_statistics
+from leap_core.evaluation.retrieval import evaluate_retrieval
+from leap_core.evaluation.sts import pair_rows, progress, spearman
 from leap_core.evaluation.sweep import THETAS, full_sweep
+from leap_core.model_folder import exit_rule, layer_count, read_exit_settings
 from leap_core.report.markdown import fmt, fmt_interval, table
 from leap_core.stats import paired_difference_ci, seed_summary, spearman_ci, spearman_difference_ci
 
@@ -64,8 +65,6 @@ def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterabl
     full_ci, exited_ci = spearman_ci(cos["full"], gold, **ci), spearman_ci(cos["exited"], gold, **ci)
 
     def quality(embs: np.ndarray) -> dict[str, float]:
-        from leap_core.evaluation.sts import spearman
-
         return {"stsb": spearman(embs[idx1], embs[idx2], gold)}
 
     results = {
@@ -88,10 +87,10 @@ def sts_analysis(encoder: Any, pairs: Any, batch_size: int = 32, thetas: Iterabl
 def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | None, device: str | None) -> Any:
     """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else the default rule
     (model_folder.exit_rule) with l_min at half the depth."""
-    from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.evaluation.diagnose import default_l_min
-    from leap_core.model_folder import exit_rule, layer_count, read_exit_settings
+    # deferred: at top, importing this module would load torch, transformers, boto3
+    # deferred: at top, importing this module would load torch, transformers, boto3
     from leap_core.models import resolve_model
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     folder = resolve_model(str(path))
     given = {key: value for key, value in {"theta": theta, "k": k, "l_min": l_min}.items() if value is not None}
@@ -107,8 +106,8 @@ def evaluate_encoder(encoder: Any, data_dir: str | Path, sts_test: str = "stsb/t
                    calibration_floor: Mapping[str, float] | None = None, measure_overhead: bool = True,
                    ci: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Every analysis of one encoder. Returns (results, per-pair STS cosines {"full", "exited"} for comparisons)."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
-    from leap_core.evaluation.retrieval import evaluate_retrieval
 
     data_dir = Path(data_dir)
     ci = dict(ci or {})
@@ -201,6 +200,7 @@ def evaluate_all(model_paths: Mapping[str, str], data_dir: str | Path, reference
     {"max_sts_drop": ..., "min_nn10": ...} (default max_sts_drop 0.01). options: evaluate_encoder's
     (sts_test, sts_dev, beir_sets, beir_modes, batch_size, max_docs, max_queries, measure_overhead).
     """
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
 
     if not model_paths:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from leap_core.policy import ExitPolicy
 from leap_core.report.markdown import fmt, table
 
 
@@ -40,7 +41,6 @@ def eval_table(metrics: Mapping[str, Any], model: str) -> str:
 
 def _policy_name(metrics: Mapping[str, Any]) -> str:
     """The name of the policy compact mode measured: the rule, or the folder's per-layer thresholds."""
-    from leap_core.policy import ExitPolicy
 
     measured = metrics.get("measured_policy")
     return ExitPolicy.from_dict(measured).name if measured else "the rule"

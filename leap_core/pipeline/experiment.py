@@ -8,14 +8,18 @@ caches live in <profile.output_dir>/cache/ so every profile, arm, seed and run s
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from leap_core import identity
-from leap_core.identity import cache_dir, data_path  # every stage's caches and data files (one definition)
 from leap_core.config import ENCODE_BATCH_SIZE, Profile
-from leap_core.io import sha256_strings
+from leap_core.evaluation.served_point import measure_served, served_from_metrics
+from leap_core.identity import cache_dir, data_path  # every stage's caches and data files (one definition)
+from leap_core.io import sha256_file, sha256_strings, write_json_atomic
+from leap_core.policy import ALWAYS, ExitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ def run_dir(profile: Profile) -> Path:
 
 def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
     """Corpus -> unique, long-enough sentences, evaluation sentences removed, subsampled -> Parquet."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import extract_sentences, load_corpus, read_tags, sts_sentences, write_sentences_parquet
 
     data = profile.data
@@ -41,9 +46,10 @@ def extract(profile: Profile, out_path: str | Path | None = None) -> Path:
 
 def teacher_layer_map(profile: Profile) -> list[int]:
     """The teacher layer (1-indexed) each student layer is compared with; the last is the teacher's final."""
-    from leap_core.train.losses import uniform_layer_map
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.model_folder import layer_count
     from leap_core.models import resolve_model
+    from leap_core.train.losses import uniform_layer_map
 
     teacher_layers = layer_count(resolve_model(profile.models.teacher))
     return uniform_layer_map(profile.models.student_layers, teacher_layers)
@@ -51,6 +57,7 @@ def teacher_layer_map(profile: Profile) -> list[int]:
 
 def cache_teacher(profile: Profile, sentences_path: str | Path, show_progress: bool = True) -> Path:
     """Teacher embeddings for the extracted sentences, at every layer the objective needs (reused if valid)."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data import read_sentences_parquet
     from leap_core.train.teacher_cache import build_teacher_cache
 
@@ -74,11 +81,12 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
     wait: when another process holds the run folder, wait for it (default: refuse, naming its pid).
     checkpoint_store: s3://... to mirror checkpoints in, so that a restart on another machine resumes them.
     """
-    from leap_core.train.losses import LeapObjective
-    from leap_core.models import build_student, freeze_lower_layers
-    from leap_core.train.teacher_cache import load_teacher_cache
+    # deferred: at top, importing this module would load torch, transformers, sentence_transformers
     import torch
 
+    from leap_core.models import build_student, freeze_lower_layers
+    from leap_core.train.losses import LeapObjective
+    from leap_core.train.teacher_cache import load_teacher_cache
     from leap_core.train.training import LeapTrainer, seed_everything
 
     cache = load_teacher_cache(teacher_cache_path)
@@ -113,6 +121,7 @@ def train_arm(profile: Profile, arm: str, seed: int, teacher_cache_path: str | P
 def write_trained_card(profile: Profile, arm: str, seed: int, folder: str | Path) -> Path:
     """The student folder's README.md (leap's card): its recipe and, when the STS eval file is there, the STS-B
     numbers of the policy it serves (one encoding pass)."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.serve.model_card import recipe_facts, write_card
 
     measurable = data_path(profile, profile.data.sts_eval).is_file()
@@ -121,11 +130,9 @@ def write_trained_card(profile: Profile, arm: str, seed: int, folder: str | Path
 
 
 def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> dict:
-    import json
 
-    from leap_core.io import sha256_file, write_json_atomic
+    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import model_fingerprint, read_exit_settings
-
 
     model_dir = Path(model_dir)
     sts_file = data_path(profile, profile.data.sts_eval)
@@ -149,8 +156,9 @@ def _remembered(profile: Profile, model_dir: str | Path, kind: str, compute) -> 
 def load_encoder(profile: Profile, model: str | Path, **overrides: Any):
     """The early-exit encoder of MODEL (folder, hub id or random-bert spec) at the profile's exit settings;
     overrides (theta, k, l_min, device, policy, ...) win."""
-    from leap_core.serve.encoder import EarlyExitEncoder
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.models import resolve_model
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     return EarlyExitEncoder.from_pretrained(str(resolve_model(str(model))), **{**dataclasses.asdict(profile.exit),
                                                                                **overrides})
@@ -161,6 +169,7 @@ def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, .
 
     models: {name: (model path, modes)}, e.g. {"leap": (path, ("full", "compact")), "baseline": (path, ("full",))}.
     """
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.evaluation.retrieval import evaluate_retrieval
 
     settings = profile.evaluation
@@ -176,6 +185,7 @@ def retrieval(profile: Profile, models: dict[str, tuple[str | Path, tuple[str, .
 
 def calibration(profile: Profile, model: str | Path, batch_size: int = ENCODE_BATCH_SIZE) -> dict:
     """theta chosen on the profile's STS dev set for the profile's quality floor, with every theta's point."""
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.data import read_sts
     from leap_core.evaluation.calibrate import calibrate_encoder
 
@@ -187,6 +197,7 @@ def calibration(profile: Profile, model: str | Path, batch_size: int = ENCODE_BA
 def diagnose_external(profile: Profile, batch_size: int = ENCODE_BATCH_SIZE) -> dict:
     """The paper's diagnosis (theta 0.95, k 1, l_min half the depth) of the models the profile starts from:
     the teacher and the student's source, as published. No timing: only exits and layer dynamics."""
+    # deferred: at top, importing this module would load torch, tqdm
     from leap_core.evaluation.diagnose import diagnose
 
     return {role: diagnose(model, profile.data.data_dir, profile.data.sts_eval, batch_size=batch_size,
@@ -196,6 +207,7 @@ def diagnose_external(profile: Profile, batch_size: int = ENCODE_BATCH_SIZE) -> 
 
 def latency(profile: Profile, model: str | Path) -> dict:
     """leap_core.bench.latency on the profile's STS test sentences: every encoder mode vs sentence-transformers."""
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.bench.latency import run_benchmark
     from leap_core.data import read_sts
 
@@ -219,10 +231,11 @@ def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_o
     if remember:
         return _remembered(profile, model, "analysis" if analysis else "eval",
                            lambda: evaluate(profile, model, analysis, exit_overrides, batch_size))
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data import read_sts
-    from leap_core.model_folder import EXIT_SETTINGS_FILE, read_exit_settings
     from leap_core.evaluation.sts import evaluate_sts
     from leap_core.evaluation.suite import sts_analysis
+    from leap_core.model_folder import EXIT_SETTINGS_FILE, read_exit_settings
     from leap_core.models import resolve_model
 
     folder = resolve_model(str(model))
@@ -245,10 +258,11 @@ def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_o
 def served_numbers(profile: Profile, model: str | Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """STS-B numbers of the policy the folder serves now (a model card's): read off `metrics` (an evaluate result
     of the same weights) when they tell, else one pass of the encoder at the served mode."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
-    from leap_core.evaluation.served_point import measure_served, served_from_metrics
-    from leap_core.serve.model_card import served_policy
     from leap_core.models import resolve_model
+    # deferred: at top, importing this module would load torch, transformers, scipy
+    from leap_core.serve.model_card import served_policy
 
     folder = resolve_model(str(model))
     served = served_from_metrics(metrics, served_policy(folder)) if metrics else None
@@ -262,9 +276,8 @@ def served_numbers(profile: Profile, model: str | Path, metrics: dict[str, Any] 
 def served_section(encoder: Any, metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
     """What `leap eval` leads with: the point the folder serves (its leap_exit.json policy) read off `metrics`,
     and the policy the compact-mode numbers were measured at (the rule, or the folder's thresholds)."""
+    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import EXIT_SETTINGS_FILE, read_exit_settings
-    from leap_core.evaluation.served_point import served_from_metrics
-    from leap_core.policy import ALWAYS, ExitPolicy
 
     policy = encoder.policy
     # "compact" tests the thresholds of a thresholds policy, else the rule (EarlyExitEncoder.exit_thresholds).
@@ -280,8 +293,8 @@ def served_section(encoder: Any, metrics: dict[str, Any], folder: Path) -> dict[
 def foundation(profile: Profile, baseline_arm: str = "baseline", leap_arm: str = "leap") -> dict[str, Any]:
     """Both arms trained from one teacher cache with the first seed and evaluated on the STS eval set: the
     headline numbers of each (report.SEED_KEYS), their settings, train seconds and every detail."""
-    import time
 
+    # deferred: at top, importing this module would load scipy, safetensors
     from leap_core.report.aggregate import SEED_KEYS
 
     seed = profile.seeds[0]

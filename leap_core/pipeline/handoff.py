@@ -6,6 +6,7 @@ Kept here (not in flows/) so the flow stays a list of thin steps and all of this
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -14,7 +15,10 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from leap_core import storage
+from leap_core.io import cache_root, sha256_file, temp_dir_beside
 from leap_core.model_folder import model_fingerprint
+from leap_core.storage import is_s3
 
 LEAP_ARM = "leap"  # the arm whose best seed is registered, benchmarked and retrieval-tested
 BASELINE_ARM = "baseline"
@@ -33,7 +37,6 @@ def plan_arms(profile: Any) -> list[dict[str, Any]]:
 def _digest(path: Path) -> str:
     """A file's sha256; a folder's model_folder.model_fingerprint over every file but its serving settings (leap
     calibrate --save writes leap_exit.json in the promote step, the card comes once its numbers are measured)."""
-    from leap_core.io import sha256_file
 
     return model_fingerprint(path, scope="files") if path.is_dir() else sha256_file(path)
 
@@ -41,8 +44,6 @@ def _digest(path: Path) -> str:
 def output_location(output_dir: str) -> tuple[str, str | None]:
     """(local run folder, store) of an --output-dir: s3://bucket/prefix is the store every step hands its files
     through, and runs train in a scratch folder of the task's own machine; a path is a disk every step sees."""
-    from leap_core.io import cache_root
-    from leap_core.storage import is_s3
 
     if is_s3(output_dir):
         return str(cache_root() / "runs"), output_dir.rstrip("/")
@@ -54,7 +55,6 @@ def task_profile(profile: Any, store: str | None) -> Any:
     (a step retried or resumed elsewhere fetches what it needs from the store, never from another's disk)."""
     if not store:
         return profile
-    import dataclasses
 
     return dataclasses.replace(profile, output_dir=output_location(store)[0])
 
@@ -69,7 +69,6 @@ def file_ref(path: str | Path, store: str | None = None) -> dict[str, Any]:
     digest = _digest(path)
     if not store:
         return {"uri": path.as_uri(), "sha256": digest}
-    from leap_core import storage
 
     uri = f"{store.rstrip('/')}/{digest[:16]}/{path.name}"
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -86,8 +85,6 @@ def file_ref(path: str | Path, store: str | None = None) -> dict[str, Any]:
 def _fetch(ref: dict[str, Any]) -> Path:
     """An s3:// reference's content in this machine's artifact cache, every byte checked against the reference
     (each file's sha256 in it; a folder's digest too) before it is put in place: a mismatch leaves nothing."""
-    from leap_core import storage
-    from leap_core.io import cache_root, temp_dir_beside
 
     uri = ref["uri"]
     target = cache_root() / "artifacts" / ref["sha256"][:16] / uri.rstrip("/").rsplit("/", 1)[-1]
@@ -121,7 +118,6 @@ def local_path(ref: dict[str, Any]) -> Path:
 
     An s3:// reference is downloaded first (into the leap cache, keyed by its sha256).
     """
-    from leap_core.storage import is_s3
 
     if is_s3(ref["uri"]):
         path = _fetch(ref)
@@ -180,6 +176,7 @@ def step_usage(flow_name: str, run_id: str, origin_run_id: str | None = None) ->
 
     After `resume`, steps cloned from the origin run are timed from the origin run's tasks.
     """
+    # deferred: at top, importing this module would load metaflow
     from metaflow import Run, namespace
 
     namespace(None)

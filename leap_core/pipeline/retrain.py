@@ -23,9 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from leap_core.pipeline import experiment
-from leap_core.config import Profile
+from leap_core import identity, tracking
+from leap_core.config import Profile, build_config, merge_values
+from leap_core.evaluation.pareto_choice import choose, deployable
 from leap_core.identity import model_slug
+from leap_core.io import note_in_manifest, sha256_strings, write_json_atomic, write_text_atomic, writer_lock
+from leap_core.pipeline import experiment
+from leap_core.policy import ExitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 
 def held_out(text: str, fraction: float) -> bool:
     """Whether `text` belongs to the held-out slice: fixed by a hash of its dedup key, so never trained on later."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data.corpus import sentence_key
 
     bucket = int.from_bytes(hashlib.sha256(sentence_key(text).encode()).digest()[:8], "big") / 2.0 ** 64
@@ -47,6 +52,7 @@ def split_traffic(profile: Profile, location: str, out_dir: str | Path) -> dict[
     Training texts are capped at retrain.max_sentences (drawn with data.seed); the slice keeps every held-out text
     up to the same cap. Raises DataError when the log holds too few texts for either part.
     """
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import DataError, sts_sentences
     from leap_core.data.corpus import extract_sentences, write_sentences_parquet
     from leap_core.serve.traffic import read_traffic
@@ -77,7 +83,7 @@ def split_traffic(profile: Profile, location: str, out_dir: str | Path) -> dict[
 
 def candidate_profile(base: Profile, original: str, champion: str | Path) -> Profile:
     """The retrofit profile of `original` (teacher: its frozen outputs), its student starting from the champion."""
-    from leap_core.config import build_config, merge_values
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.retrofit.retrofit import retrofit_profile
 
     profile = retrofit_profile(base, original)
@@ -93,9 +99,9 @@ def retrofit_candidate(base: Profile, original: str, champion: str | Path, train
     text a previous retrain already encoded costs no teacher pass. The run folder is named by what decides it
     (the candidate recipe, the champion's weights and the texts), so a resumed or repeated run retrains nothing.
     """
-    from leap_core import identity
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data.corpus import read_sentences_parquet
-    from leap_core.io import sha256_strings
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.model_folder import model_fingerprint
     from leap_core.models import resolve_model
     from leap_core.retrofit.retrofit import RETROFIT_ARM
@@ -116,6 +122,7 @@ def original_neighbours(profile: Profile, original: str, texts: list[str], k: in
     From the original's pools, cached on disk like every measured model's: when the champion is the original, its
     measurement reads them instead of encoding the slice again.
     """
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.evaluation.neighbours import knn
     from leap_core.evaluation.pareto import depth_model
 
@@ -124,6 +131,7 @@ def original_neighbours(profile: Profile, original: str, texts: list[str], k: in
 
 def agreement_set(texts: list[str], reference: np.ndarray) -> Any:
     """The slice as a Pareto set: per text, NN@k of the served embeddings against the original's neighbours."""
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.evaluation.neighbours import knn, overlap
     from leap_core.evaluation.pareto_points import EvalSet
 
@@ -139,11 +147,11 @@ def measure(profile: Profile, model: str | Path, slice_set: Any, save: bool = Fa
     folder's leap_exit.json (the candidate serves what it was judged at). Also measured once, used for no choice:
     STS-B test and each of its genres at that policy.
     """
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data import read_sts
     from leap_core.evaluation.pareto import depth_model, evaluation_sets, save_policy
-    from leap_core.evaluation.pareto_choice import choose, deployable
+    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.evaluation.pareto_points import Replay, candidate_policies, sts_sets
-    from leap_core.policy import ExitPolicy
 
     depth, described = depth_model(profile, str(model))
     dev_sets = evaluation_sets(profile, dev_only=True, beir=False) + [slice_set]
@@ -189,12 +197,12 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
 
     The encoder folder's sha256 recorded at registration (registry.ENCODER_SHA_TAG) must match what was downloaded.
     """
+    # deferred: at top, importing this module would load mlflow, scipy, pandas
     import mlflow
 
-    from leap_core.serve import registry
-
-    from leap_core import tracking
+    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import model_fingerprint
+    from leap_core.serve import registry
 
     mlflow_client = tracking.client(uri)
     try:
@@ -218,6 +226,7 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """One retrain run: the verdict and its reasons, then champion and candidate side by side (dev, then test)."""
+    # deferred: at top, importing this module would load scipy, safetensors
     from leap_core.report.markdown import fmt, table
 
     verdict = "promoted" if result["promoted"] else "not promoted"
@@ -261,10 +270,11 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
     The candidate's policy is saved in its folder, with its monitoring reference (leap_reference.json: its depth
     profile on the held-out slice), so that what is promoted serves and is watched as it was judged.
     """
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data.corpus import read_sentences_parquet
-    from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
+    # deferred: at top, importing this module would load torch, safetensors, tqdm
     from leap_core.model_folder import REFERENCE_FILE
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.serve.monitor import reference_profile
 
     texts = read_sentences_parquet(holdout_path)
@@ -282,7 +292,6 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
 
 def write_summary(out_dir: str | Path, result: dict[str, Any]) -> Path:
     """out_dir/retrain.{json,md}, each written atomically; returns out_dir."""
-    from leap_core.io import write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
     write_json_atomic(out / "retrain.json", result)
@@ -294,6 +303,7 @@ def loop_markdown(retrains: list[dict[str, Any]], monitors: list[dict[str, Any]]
                   command: str = "", relative: bool = False) -> str:
     """reports/loop.md: the retrain runs in order, with the drift checks (leap monitor) between them; `command`
     is what made the inputs, shown so that anyone can run it again; relative: paths are relative to its work folder."""
+    # deferred: at top, importing this module would load torch, safetensors, tqdm
     from leap_core.serve.monitor import monitor_markdown
 
     lines = ["# The loop on real traffic: retrain, monitor, retrain", "",

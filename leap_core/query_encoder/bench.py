@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from leap_core.data.beir import load_beir
+from leap_core.model_folder import max_seq_length
+from leap_core.models import resolve_model
+from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
+from leap_core.query_encoder.experiment import original_pools
+from leap_core.query_encoder.index import build_index
+from leap_core.serve.export import OnnxEncoder, export_onnx
 from leap_core.timing import compare_calls
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,6 @@ class QueryPath:
 def export_paths(label: str, depth: int | None, source: Path, out: Path, threads: int,
                  per_channel: bool) -> list[QueryPath]:
     """ORT fp32 and int8 (and int8 per channel) of `source`, exported under `out` once (reused when there)."""
-    from leap_core.serve.export import OnnxEncoder, export_onnx
 
     exports = {"": {}, "-per-channel": {"per_channel": True}} if per_channel else {"": {}}
     paths = []
@@ -57,8 +64,7 @@ def export_paths(label: str, depth: int | None, source: Path, out: Path, threads
 
 def original_paths(original: str, workdir: Path, threads: int, per_channel: bool) -> list[QueryPath]:
     """The original as shipped (sentence-transformers fp32) and exported (ORT fp32, int8)."""
-    from leap_core.model_folder import max_seq_length
-    from leap_core.models import resolve_model
+    # deferred: at top, importing this module would load transformers, sentence_transformers, datasets
     from leap_core.serve.st_module import plain_sentence_transformer
 
     folder = resolve_model(original)
@@ -96,10 +102,6 @@ class JudgedSet:
 
 def judged_set(original: str, folder: str, cache_dir: Path) -> JudgedSet:
     """The set as reports/query_encoder.json judged it: the same cached index and original query pools."""
-    from leap_core.data.beir import load_beir
-    from leap_core.query_encoder.evaluate import retrieval_row
-    from leap_core.query_encoder.experiment import original_pools
-    from leap_core.query_encoder.index import build_index
 
     name = Path(folder).name
     index = build_index(original, folder, cache_dir)
@@ -113,7 +115,6 @@ def judged_set(original: str, folder: str, cache_dir: Path) -> JudgedSet:
 
 def path_quality(paths: Sequence[QueryPath], judged: JudgedSet, n_resamples: int = 2000) -> dict[str, Any]:
     """{path name: compare_row} of each path's test queries against the set's original index."""
-    from leap_core.query_encoder.evaluate import compare_row, retrieval_row, topk_overlap
 
     out = {}
     for path in paths:
@@ -147,7 +148,6 @@ def run_query_bench(original: str, encoders: dict[str, dict[int, Path]], folders
                     iterations: int = 100, per_channel: bool = True, n_resamples: int = 2000) -> dict[str, Any]:
     """Quality of every path on each set (its own encoders), then timing on every set's test queries together
     (the first set's encoders: one architecture per depth, so the same cost), interleaved in one process."""
-    import torch
 
     torch.set_num_threads(threads)
     base = original_paths(original, workdir, threads, per_channel)

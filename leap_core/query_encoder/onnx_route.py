@@ -18,6 +18,7 @@ from torch import nn
 
 from leap_core.model_folder import model_fingerprint, usable_positions
 from leap_core.query_encoder.model import RECORD_FILE, ShallowQueryEncoder, read_record
+from leap_core.query_encoder.package import route_modules
 from leap_core.serve.onnx_graph import QUERY_ROLE, quantization, write_graphs, write_settings
 from leap_core.serve.served import INPUTS, trace_inputs
 
@@ -39,7 +40,6 @@ def encoder_from_route(folder: str | Path) -> ShallowQueryEncoder:
     The route must be exactly what save_query_encoder writes, so the graph is that encoder's forward and nothing
     a different module list would compute.
     """
-    from leap_core.query_encoder.package import route_modules
 
     modules = route_modules(folder)
     kinds = [_kind(module) for module in modules]

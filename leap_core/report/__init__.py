@@ -15,6 +15,7 @@ hand. The paper's numbers come from paper_reference.yaml. The rooms:
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -80,7 +81,6 @@ def write_report(out_dir: str | Path, profile: Any, results: Sequence[Mapping[st
 def rebuild(report_path: str | Path, profile: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
     """write_report again from the inputs a report.json records (arms, analysis, latency, retrofit, run), into
     out_dir (default: beside it): what `resume report` does, without the run's Metaflow datastore."""
-    import json
 
     recorded = json.loads(Path(report_path).read_text(encoding="utf-8"))
     return write_report(out_dir or Path(report_path).parent, profile, recorded["arms"],

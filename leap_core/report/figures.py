@@ -11,9 +11,11 @@ from leap_core.report.aggregate import best_leap, mean_curve, ok_arms
 
 
 def _figure(path: Path, draw: Callable[[Any], None]) -> Path:
+    # deferred: at top, importing this module would load matplotlib
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: at top, importing this module would load matplotlib
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))

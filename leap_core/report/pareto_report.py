@@ -101,6 +101,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     import matplotlib  # optional and heavy: only the figure needs it
 
     matplotlib.use("Agg")
+    # deferred: at top, importing this module would load matplotlib
     import matplotlib.pyplot as plt
 
     shown = [s for s in FIGURE_SETS if s in result["sets"]]

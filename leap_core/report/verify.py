@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from leap_core import tracking
 from leap_core.report.aggregate import SEED_KEYS
 
 LATENCY_KEYS = ("speedup_bs1", "speedup_bs32_compact", "speedup_bs32_batch", "overhead_monitored",
@@ -21,7 +22,6 @@ def verify_against_mlflow(report_path: str | Path, tracking_uri: str | None = No
     Every arm's headline metrics against its nested run, and the latency headline against the parent run.
     tracking_uri: the report's own when None and $MLFLOW_TRACKING_URI is unset.
     """
-    from leap_core import tracking
 
     report = json.loads(Path(report_path).read_text(encoding="utf-8"))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or report["run"].get("tracking_uri")
@@ -29,6 +29,7 @@ def verify_against_mlflow(report_path: str | Path, tracking_uri: str | None = No
     problems = []
 
     def compare(run_id: str, expected: Mapping[str, Any], what: str) -> None:
+        # deferred: at top, importing this module would load mlflow
         from mlflow.exceptions import MlflowException
 
         try:

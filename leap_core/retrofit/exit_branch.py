@@ -19,14 +19,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-from leap_core.pipeline import experiment
+import numpy as np
 
 from leap_core import identity
 from leap_core.config import BranchConfig, Profile
 from leap_core.identity import model_slug
-from leap_core.io import note_in_manifest, sha256_file, sha256_strings, write_json_atomic, writer_lock
-from leap_core.model_folder import (BRANCH_FILE, HEADS_FILE, layer_count, load_heads, max_seq_length,
-                                    model_fingerprint, read_branch, read_exit_settings)
+from leap_core.io import (atomic_path, note_in_manifest, replace_folder, sha256_file, sha256_strings, write_json_atomic,
+                          writer_lock)
+from leap_core.model_folder import (BRANCH_FILE, HEADS_FILE, layer_count, load_heads, max_seq_length, model_fingerprint,
+                                    read_branch, read_exit_settings)
+from leap_core.pipeline import experiment
 
 log = logging.getLogger(__name__)
 CUT_KIND = "cut model"  # the kind in a cut folder's manifest (io.replace_folder)
@@ -43,6 +45,7 @@ def exit_layers(branch: BranchConfig, depth: int) -> list[int]:
 
 def generic_texts(profile: Profile) -> list[str]:
     """Corpus sentences (balanced over sources when data.balance_by is set) and pseudo-documents from others."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import extract_sentences, load_corpus, read_tags, sts_sentences
     from leap_core.data.documents import pseudo_documents
 
@@ -60,6 +63,7 @@ def generic_texts(profile: Profile) -> list[str]:
 
 def corpus_texts(profile: Profile, corpus: str | Path) -> list[str]:
     """A user's documents (data.documents.read_user_corpus) and up to branch.corpus_sentences of their sentences."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data.documents import read_user_corpus, split_sentences
 
     documents = read_user_corpus(corpus, profile.data.min_chars)
@@ -77,11 +81,12 @@ def branch_dir(profile: Profile, model: str, seed: int, texts_key: str) -> Path:
 
 def train_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path | None = None):
     """Train MODEL's exit branch (resumes a killed run, reuses a finished one); returns its TrainResult."""
+    # deferred: at top, importing this module would load torch, transformers, sentence_transformers
     import torch
 
     from leap_core.data import write_sentences_parquet
-    from leap_core.train.losses import BranchObjective
     from leap_core.models import build_student, resolve_model
+    from leap_core.train.losses import BranchObjective
     from leap_core.train.teacher_cache import build_teacher_cache, load_teacher_cache
     from leap_core.train.training import LeapTrainer, seed_everything
 
@@ -131,7 +136,7 @@ def fit_heads(student, tokenizer, texts: list[str], targets, layers: list[int], 
     On HEAD_FIT_TEXTS texts drawn with `seed`; closed form, so training starts from the best linear map of
     the untrained layers (on all-MiniLM-L6-v2 that alone lifts layer 4's cosine to the final from 0.32 to 0.69).
     """
-    import numpy as np
+    # deferred: at top, importing this module would load torch, tqdm
     import torch
 
     from leap_core.pooling import pooled_layers
@@ -158,9 +163,8 @@ def fit_heads(student, tokenizer, texts: list[str], targets, layers: list[int], 
 
 def save_heads(objective, folder: str | Path) -> None:
     """The exit heads as safetensors (no pickle): layer_<l>.weight (d, d) and layer_<l>.bias (d,)."""
+    # deferred: at top, importing this module would load safetensors
     from safetensors.torch import save_file
-
-    from leap_core.io import atomic_path
 
     tensors = {}
     for layer, head in zip(objective.exit_layers, objective.heads):
@@ -190,7 +194,6 @@ def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
     absent, empty or an earlier leap cut whose manifest lists every file in it (io.replace_folder): a folder
     holding anything else is refused and left untouched.
     """
-    from leap_core.io import replace_folder
 
     record = read_branch(branch)
     if depth not in record["exit_layers"]:
@@ -200,8 +203,9 @@ def save_cut(branch: str | Path, depth: int, out: str | Path) -> Path:
 
 def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: Path) -> None:
     """The cut's model, exit head and leap_branch.json, written into the new `folder`."""
-    from leap_core.serve.model_card import write_card
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.models import build_student, save_sentence_transformer
+    from leap_core.serve.model_card import write_card
 
     model, tokenizer = build_student(str(branch), depth)
     save_sentence_transformer(model, tokenizer, folder, max_seq_length=max_seq_length(branch) or 256)
@@ -215,6 +219,7 @@ def _write_cut(branch: str | Path, record: dict[str, Any], depth: int, folder: P
 
 def append_head(folder: str | Path, weight, bias) -> None:
     """Transformer, Pooling, Normalize -> + Dense (the exit head, no activation) + Normalize, re-saved in place."""
+    # deferred: at top, importing this module would load torch, sentence_transformers
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_modules

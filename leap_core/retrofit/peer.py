@@ -14,11 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
-from leap_core.pipeline import experiment
+import numpy as np
 
 from leap_core import identity
 from leap_core.identity import model_slug
 from leap_core.io import replace_folder, sha256_strings, write_json_atomic
+from leap_core.pipeline import experiment
 
 log = logging.getLogger(__name__)
 DONE_FILE = "peer_result.json"
@@ -32,9 +33,10 @@ def peer_dir(profile, model: str, texts_key: str, seed: int) -> Path:
 
 def train_peer(profile, model: str, texts_path: str | Path, seed: int = 0) -> Path:
     """Fine-tune MODEL with AdaptiveLayerLoss(MSELoss) on the branch's texts; returns the saved model folder."""
-    import numpy as np
+    # deferred: at top, importing this module would load torch, transformers, sentence_transformers
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
     from sentence_transformers.sentence_transformer.losses import AdaptiveLayerLoss, MSELoss
 
     from leap_core.data import read_sentences_parquet
@@ -83,6 +85,7 @@ class BranchBatches:
     rows in the same order, and batches of like lengths (random batches pad every row to the longest text)."""
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, texts: list[str], seed: int, **_: object):
+        # deferred: at top, importing this module would load torch, transformers, sentence_transformers
         from leap_core.train.training import length_grouped_batches
 
         self.batches_for = lambda epoch: length_grouped_batches(texts, batch_size, seed, epoch)

@@ -21,13 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from leap_core.pipeline import experiment
-
 from leap_core import identity
 from leap_core.config import ENCODE_BATCH_SIZE, Profile, build_config, merge_values
+from leap_core.evaluation.against_original import Embedder, beir_against_original, cheapest_cut, sts_against_original
+from leap_core.evaluation.calibrate import THETAS, calibration_points, choose_theta
+from leap_core.evaluation.sts import pair_rows, spearman
 from leap_core.identity import model_slug
-from leap_core.io import sha256_file, sha256_strings, write_json_atomic
-from leap_core.models import resolve_model
+from leap_core.io import sha256_file, sha256_folder, sha256_strings, write_json_atomic, write_text_atomic
+from leap_core.model_folder import layer_count, load_heads, model_fingerprint, read_branch
+from leap_core.models import original_of, resolve_model
+from leap_core.pipeline import experiment
+from leap_core.report.retrofit_report import render_markdown
+from leap_core.retrofit.exit_branch import train_branch
+from leap_core.retrofit.peer import peer_result, train_peer
+from leap_core.serve.model_card import write_card
 from leap_core.stats import spearman_difference_ci
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,6 @@ RETROFIT_ARM = "retrofit"
 
 def retrofit_profile(base: Profile, model: str) -> Profile:
     """`base` with MODEL as both teacher and student, l_min at half depth and the profile's retrofit overrides."""
-    from leap_core.model_folder import layer_count
 
     depth = layer_count(resolve_model(model))
     l_min = max(2, depth // 2)
@@ -91,9 +97,9 @@ def _pair_cosines(embeddings: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) ->
 
 def compare_with_truncation(profile: Profile, original: str, retrofitted: str | Path, mean_exit_layer: float) -> dict:
     """The retrofit's exited embeddings vs the original cut to depth round(mean exit layer), on the STS set."""
+    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
     from leap_core.data import read_sts
     from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.evaluation.sts import pair_rows
 
     pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
     unique, idx1, idx2 = pair_rows(pairs)
@@ -111,8 +117,8 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
 
     The exit test's pass rate depends on the text: it holds for text like the retrofit's training text.
     """
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import DataError, read_sts
-    from leap_core.evaluation.sts import pair_rows
 
     path = experiment.data_path(profile, profile.data.sts_eval_genres)
     pairs = read_sts(path)
@@ -140,10 +146,9 @@ def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str |
     max_drop (ties: the larger theta). Then measured once on the STS eval set, which played no part in the
     choice. "theta": None when no theta, not even full depth, meets the budget on dev.
     """
+    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
     from leap_core.data import read_sts
     from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.evaluation.calibrate import THETAS, calibration_points, choose_theta
-    from leap_core.evaluation.sts import pair_rows, spearman
 
     k, l_min = profile.exit.k, profile.exit.l_min
     dev_pairs = read_sts(experiment.data_path(profile, profile.data.sts_dev))
@@ -180,6 +185,7 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
     quality_budget: also report the theta chosen on STS dev for exited STS-B within this much of the
     original (theta_for_quality_budget); None skips it.
     """
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sentences_parquet
 
     profile = retrofit_profile(base, model)
@@ -228,10 +234,9 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
     full: the full path's folder (None: the original itself, as for an exit branch); cuts: the folder whose
     layers 1..max(depths) give the cuts. Every BEIR document is encoded at each model's own max length.
     """
+    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
     from leap_core.data import read_sts
     from leap_core.serve.encoder import EarlyExitEncoder
-    from leap_core.evaluation.against_original import Embedder, beir_against_original, sts_against_original
-    from leap_core.model_folder import load_heads, model_fingerprint
 
     original_folder = resolve_model(model)
     key = _evaluation_key(profile, [original_folder, full or original_folder, cuts], depths)
@@ -263,8 +268,6 @@ def against_original(profile: Profile, model: str, full: str | Path | None, cuts
 
 def _evaluation_key(profile: Profile, folders: list[str | Path], depths: list[int]) -> str:
     """What an against_original result depends on: the models' weights, the data files and the settings."""
-    from leap_core.io import sha256_folder
-    from leap_core.model_folder import model_fingerprint
 
     data = [experiment.data_path(profile, profile.data.sts_dev), experiment.data_path(profile, profile.data.sts_eval)]
     beir = [sha256_folder(experiment.data_path(profile, folder)) for folder in profile.evaluation.beir]
@@ -276,7 +279,6 @@ def _evaluation_key(profile: Profile, folders: list[str | Path], depths: list[in
 
 def summarize_against_original(model: str, evaluation: dict[str, Any], max_sts_drop: float = 0.01) -> dict[str, Any]:
     """The report's keys: originals and full path, and the cheapest cut chosen on STS-B dev, measured on the rest."""
-    from leap_core.evaluation.against_original import cheapest_cut
 
     test = evaluation["sts_test"]
     summary: dict[str, Any] = {
@@ -301,9 +303,6 @@ def summarize_against_original(model: str, evaluation: dict[str, Any], max_sts_d
 def retrofit_branch(profile: Profile, model: str, seed: int = 0, corpus: str | Path | None = None,
                     max_sts_drop: float = 0.01) -> dict[str, Any]:
     """Train MODEL's exit branch (leap_core.retrofit.exit_branch) and judge it against MODEL: the report's entry."""
-    from leap_core.retrofit.exit_branch import train_branch
-    from leap_core.model_folder import read_branch
-    from leap_core.models import original_of
 
     trained = train_branch(profile, model, seed, corpus=corpus)
     record = read_branch(trained.model_dir)
@@ -320,8 +319,6 @@ def retrofit_branch(profile: Profile, model: str, seed: int = 0, corpus: str | P
 def retrofit_peer(profile: Profile, model: str, branch_dir: str | Path, seed: int = 0,
                   max_sts_drop: float = 0.01) -> dict[str, Any]:
     """sentence-transformers' AdaptiveLayerLoss fine-tune on the branch's texts and budget, judged the same way."""
-    from leap_core.model_folder import read_branch
-    from leap_core.retrofit.peer import peer_result, train_peer
 
     record = read_branch(branch_dir)
     peer = train_peer(profile, model, Path(branch_dir).parent / "texts.parquet", seed)
@@ -386,10 +383,8 @@ def retrofit_into_report(profile: Profile, models: list[str], out: Path, seed: i
                          max_ndcg_drop: float | None = 0.03):
     """`leap retrofit`: each model's entry in the report `out` (.json, with its .md) gains this run; yields
     (model, entry) as each is written, so runs of several models or designs can be separate."""
+    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
     from leap_core.evaluation.pareto import calibrate_policy
-    from leap_core.io import write_text_atomic
-    from leap_core.serve.model_card import write_card
-    from leap_core.report.retrofit_report import render_markdown
 
     report = json.loads(out.read_text()) if out.is_file() else {}
     check_same_profile(report, profile.name, out)

@@ -110,7 +110,7 @@ def _attention(model: Any, hidden: torch.Tensor, mask: torch.Tensor, padded: boo
     if not padded:
         return None
     try:
-        from transformers.masking_utils import create_bidirectional_mask
+        from transformers.masking_utils import create_bidirectional_mask  # in the try: older transformers lack it
     except ImportError:  # transformers before 4.56 builds the extended mask itself
         return model.get_extended_attention_mask(mask, mask.shape)
     return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask.to(hidden.device))

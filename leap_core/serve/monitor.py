@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from leap_core.evaluation.neighbours import knn, overlap
+from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
 from leap_core.model_folder import REFERENCE_FILE
+from leap_core.schemas import ReferenceFile, read_schema_file
 
 MAX_DEPTH_SHIFT = 1.0  # layers (the paper: the exit-layer distribution shifts by more than one layer)
 MAX_NN10_DROP = 0.20  # relative (the paper: NN@10 against a full-depth reference drops by more than 20%)
@@ -103,7 +105,6 @@ def sample_warnings(rows: int, texts: int) -> list[str]:
 
 def read_reference(folder: Path, n_layers: int) -> dict[str, Any]:
     """The folder's saved reference, checked (schemas.ReferenceFile) and for a model of `n_layers` layers."""
-    from leap_core.schemas import ReferenceFile, read_schema_file
 
     saved = folder / REFERENCE_FILE
     if not saved.is_file():
@@ -114,7 +115,6 @@ def read_reference(folder: Path, n_layers: int) -> dict[str, Any]:
 
 def save_reference(folder: Path, reference: Mapping[str, Any]) -> Path:
     """Write the reference into the model folder under its writer lock, listed in its manifest if leap made it."""
-    from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
 
     with writer_lock(folder, what="writer of the model folder"):  # refused while calibrate --save etc. hold it
         write_json_atomic(folder / REFERENCE_FILE, dict(reference))
@@ -139,8 +139,9 @@ def traffic_exit_layers(table: Any, traffic: str, n_layers: int) -> list[int]:
 def monitor(model: str | Path, traffic: str, reference_texts: Sequence[str] | None = None,
             reference_source: str = "", save_reference_file: bool = False) -> dict[str, Any]:
     """`leap monitor`: the traffic log at `traffic` against the model's reference (saved, or measured now)."""
-    from leap_core.serve.encoder import EarlyExitEncoder
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.models import resolve_model
+    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.serve.traffic import read_traffic
 
     folder = resolve_model(str(model))
@@ -162,6 +163,7 @@ def monitor(model: str | Path, traffic: str, reference_texts: Sequence[str] | No
 
 def monitor_markdown(result: Mapping[str, Any]) -> str:
     """A short summary: the verdict, then reference and traffic side by side."""
+    # deferred: at top, importing this module would load scipy
     from leap_core.report.markdown import fmt, table
 
     ref, now = result["reference"], result["traffic"]
@@ -205,6 +207,7 @@ def prometheus(result: Mapping[str, Any]) -> str:
 def publish_alert(result: Mapping[str, Any], url: str | None = None) -> str:
     """Publish ALERT_EVENT to the Argo Events webhook (Metaflow's ARGO_EVENTS_WEBHOOK_URL, or `url`); its payload's
     `traffic` becomes RetrainFlow's --traffic. Returns the event id; raises when the webhook cannot be reached."""
+    # deferred: at top, importing this module would load metaflow
     from metaflow.integrations import ArgoEvent
     from metaflow.metaflow_config import ARGO_EVENTS_WEBHOOK_URL
 

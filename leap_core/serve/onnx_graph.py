@@ -48,6 +48,7 @@ def quantization(int8: bool, per_channel: bool) -> dict[str, Any] | None:
 def quantize_graph(fp32: Path, target: Path, per_channel: bool) -> Path:
     """onnxruntime's dynamic int8 of the graph `fp32` as `target`: QInt8 weights, one scale per tensor or (per_channel)
     per output channel; activations quantised per call."""
+    # deferred: at top, importing this module would load onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -65,6 +66,7 @@ def write_graphs(module: Any, example: tuple[Any, ...], names: tuple[str, ...], 
     """`module` traced on `example` as out/model.onnx (dynamic batch and length) and, with int8, its dynamic int8
     quantisation as out/model_int8.onnx (weights per tensor, or per output channel); the graph file names.
     export_onnx asks only for the fp32 graph and adds the measured int8 one itself (int8_check.add_int8)."""
+    # deferred: at top, importing this module would load torch
     import torch
 
     torch.onnx.export(module, example, str(out / GRAPHS["fp32"]), input_names=list(names),
@@ -104,6 +106,7 @@ class OnnxEncoder(BatchedEncoder):
 
     def __init__(self, folder: str | os.PathLike, precision: str | None = None, threads: int | None = None,
                  graph: str | None = None):
+        # deferred: at top, importing this module would load transformers
         from transformers import AutoTokenizer
 
         ort = require_onnx()

@@ -26,6 +26,11 @@ from typing import Any, Mapping
 import mlflow.pyfunc
 import pandas as pd
 import pydantic
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
+
+from leap_core import tracking
+from leap_core.policy import check_rule
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +167,7 @@ def params_example(model_dir: str | Path) -> dict[str, Any]:
     """What a request may set (MLflow's params schema is inferred from it, with these values as defaults):
     mode: "policy" (the calibrated one), "full", "compact" or "fixed:N"; theta: the exit threshold of the rule
     (default: the model's); return_exit_layers: each row's exit layer in the answer."""
+    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import exit_rule, read_exit_settings
 
     return {"mode": "policy", "theta": float(exit_rule(read_exit_settings(model_dir))["theta"]),
@@ -178,8 +184,8 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
+        # deferred: at top, importing this module would load torch, transformers, scipy
         from leap_core.serve.encoder import EarlyExitEncoder
-
         from leap_core.serve.traffic import TrafficLog
 
         self.encoder = EarlyExitEncoder.from_pretrained(context.artifacts["encoder"])
@@ -188,8 +194,8 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
 
     def _encoder(self, theta: float) -> Any:
         """The encoder at another theta shares the weights; one per theta, so concurrent requests never race."""
+        # deferred: at top, importing this module would load torch, transformers, scipy
         from leap_core.serve.encoder import EarlyExitEncoder
-        from leap_core.policy import check_rule
 
         if theta not in self._by_theta:
             base = self.encoder
@@ -200,8 +206,6 @@ class EarlyExitModel(mlflow.pyfunc.PythonModel):
         return self._by_theta[theta]
 
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Embedded]:
-        from mlflow.exceptions import MlflowException
-
         asked = {"mode": "policy", "theta": self.encoder.theta, "return_exit_layers": True, **(params or {})}
         texts = texts_from(model_input)
         try:
@@ -233,13 +237,12 @@ class QueryRouteModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
+        # deferred: at top, importing this module would load sentence_transformers
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(context.artifacts["encoder"], device="cpu")
 
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Embedded]:
-        from mlflow.exceptions import MlflowException
-
         texts = texts_from(model_input)
         try:
             role = check_role((params or {}).get("role", DEFAULT_ROLE))
@@ -271,6 +274,7 @@ def served_as(model_dir: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
 
     A Router package (query and document routes) takes {"role"}; any other leap folder EarlyExitModel's params.
     """
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.query_encoder.package import is_router_package
 
     if is_router_package(model_dir):
@@ -289,7 +293,6 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
     pip requirements; the version is tagged with gate_metrics(metrics). Re-running it for the same
     run (a resumed flow) returns the version already registered from that run.
     """
-    from leap_core import tracking
 
     uri = uri or tracking.tracking_uri()
     existing = tracking.client(uri).search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
@@ -307,6 +310,7 @@ def register(model_dir: str | Path, metrics: Mapping[str, Any], run_id: str, mod
             input_example=(INPUT_EXAMPLE, params), registered_model_name=model_name,
         )
     version = str(info.registered_model_version)
+    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import model_fingerprint
 
     tracking.client(uri).set_model_version_tag(model_name, version, GATE_METRICS_TAG, json.dumps(gate_metrics(metrics)))
@@ -349,9 +353,6 @@ def promote(model_name: str, version: str | int, gate: Any, uri: str | None = No
     alias it is read back; if another writer moved it meanwhile, the decision is made again against
     the new champion. Returns {"version", "alias", "changed", "reasons", "previous_champion"}.
     """
-    from filelock import FileLock
-
-    from leap_core import tracking
 
     uri = uri or tracking.tracking_uri()
     mlflow_client = mlflow_client or tracking.client(uri)
@@ -390,9 +391,6 @@ def promote_if_won(model_name: str, version: str | int, won: bool, reasons: list
     """A retrained version becomes `champion` only if it `won` against the champion it was judged with (version
     `gated_against`, None: there was none); otherwise `challenger`, the champion untouched. If the champion moved
     since that judgement, the win is stale: challenger, and the reason says so. Under the promotion lock."""
-    from filelock import FileLock
-
-    from leap_core import tracking
 
     uri = uri or tracking.tracking_uri()
     mlflow_client = tracking.client(uri)

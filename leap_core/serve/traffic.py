@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leap_core import storage
+from leap_core.io import atomic_path
 
 ENV_LOCATION, ENV_SAMPLE, ENV_FLUSH, ENV_FILES = ("LEAP_TRAFFIC_LOG", "LEAP_TRAFFIC_SAMPLE",
                                                  "LEAP_TRAFFIC_FLUSH_ROWS", "LEAP_TRAFFIC_MAX_FILES")
@@ -85,8 +86,6 @@ class TrafficLog:
                 pq.write_table(table, Path(scratch) / name)
                 storage.upload(Path(scratch) / name, f"{self.location.rstrip('/')}/{name}")
         else:
-            from leap_core.io import atomic_path
-
             with atomic_path(Path(self.location) / name) as tmp:
                 pq.write_table(table, tmp)
         self._rotate()

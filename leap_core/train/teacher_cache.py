@@ -22,12 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from leap_core.config import ENCODE_BATCH_SIZE
 from leap_core.io import atomic_path, load_checked_array, save_checked_array, sha256_strings
 from leap_core.model_folder import model_fingerprint
 from leap_core.models import load_weights, resolve_model
 from leap_core.pooling import pooled_layers
+from leap_core.storage import download, exists, upload
 
 log = logging.getLogger(__name__)
 POOLING = "mean-normalised"
@@ -161,8 +164,6 @@ def build_teacher_cache(teacher: str, sentences: list[str], layers: list[int], c
     _write_table(path, key, teacher, sentences, layers, max_length, embeddings, spec)
     shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)
     if remote:
-        from leap_core.storage import upload
-
         upload(path, remote)
         log.info("teacher cache shared at %s", remote)
     return path
@@ -172,8 +173,6 @@ def _encode_resumable(folder: Path, sentences: list[str], layers: list[int], max
                       device: str, path: Path, key: str, show_progress: bool) -> np.ndarray:
     """(len(layers), N, D) float16 pools of `sentences`, CHUNK rows at a time, each chunk saved beside `path`
     (named by the cache key and these sentences) so that a killed build resumes where it stopped."""
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
     run_device = pick_device(device)
     model = load_weights(folder).to(run_device).eval()
@@ -260,7 +259,6 @@ def _write_table(path: Path, key: str, teacher: str, sentences: list[str], layer
 
 def _fetch_verified(remote: str, path: Path, key: str, n_rows: int) -> bool:
     """Download a shared cache (sha256-checked) and keep it only if it verifies like a local one."""
-    from leap_core.storage import download, exists
 
     if not exists(remote):
         return False
@@ -280,7 +278,6 @@ def _spot_check(path: Path, remote: str, folder: Path, layers: list[int], max_le
     teacher (cosine >= SPOT_CHECK_MIN_COSINE at every layer); else delete the local copy and raise a ValueError
     naming the cache. Its key and sha256 only prove it is self-consistent: whoever can write the bucket can write
     both, so the content itself is sampled (at random: a forger cannot know which rows are checked)."""
-    from transformers import AutoTokenizer
 
     cache = load_teacher_cache(path)
     rows = np.random.default_rng().choice(len(cache.sentences), min(SPOT_CHECK_ROWS, len(cache.sentences)),

@@ -24,19 +24,20 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from leap_core.train import checkpoint_store as mirror
 from leap_core import identity
 from leap_core.config import ExitConfig, TrainConfig
 from leap_core.io import (atomic_path, folder_files, folder_lock, note_in_manifest, remove_stale_temps, sha256_file,
-                         write_json_atomic, write_text_atomic, writer_lock)
-from leap_core.train.losses import LeapObjective
+                          write_json_atomic, write_text_atomic, writer_lock)
 from leap_core.model_folder import write_exit_settings
 from leap_core.models import save_sentence_transformer
 from leap_core.policy import ExitPolicy
 from leap_core.pooling import pooled_layers
 from leap_core.serve.st_module import save_exit_folder
+from leap_core.train import checkpoint_store as mirror
+from leap_core.train.losses import LeapObjective
 from leap_core.train.teacher_cache import TeacherCache, pick_device
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,6 @@ class LeapTrainer:
         elif step and log_path.exists():  # drop lines logged after the checkpoint, and a line torn by a kill
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
             write_text_atomic(log_path, "".join(line + "\n" for line in kept))
-        from tqdm.auto import tqdm
 
         started = time.perf_counter()
         terms: dict[str, float] = {}
