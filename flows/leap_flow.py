@@ -35,7 +35,7 @@ from metaflow import (FlowSpec, Parameter, card, catch, current, resources, retr
                       user_step_decorator)
 
 from leap_core.pipeline.handoff import (arm_result, best_result, failure_text, file_ref, local_path,  # noqa: E402
-                                 output_location, plan_arms, step_usage, task_profile)
+                                        output_location, plan_arms, step_usage, task_profile)
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("leap.flow")
@@ -165,9 +165,8 @@ class LeapFlow(FlowSpec):
         """Train one arm with one seed from the teacher cache (resuming its checkpoint if one exists)."""
         import torch
 
-        from leap_core.pipeline import experiment
-
         from leap_core import tracking
+        from leap_core.pipeline import experiment
         from leap_core.pipeline.handoff import task_threads
 
         torch.set_num_threads(task_threads())
@@ -191,11 +190,10 @@ class LeapFlow(FlowSpec):
         """STS-B with bootstrap CIs, exits, layer dynamics, NN@10 and the theta/depth sweep of the trained arm."""
         import torch
 
-        from leap_core.pipeline import experiment
-
         from leap_core import tracking
-        from leap_core.serve.model_card import recipe_facts, write_card
+        from leap_core.pipeline import experiment
         from leap_core.pipeline.handoff import task_threads
+        from leap_core.serve.model_card import recipe_facts, write_card
 
         torch.set_num_threads(task_threads())
         self.spec = dict(self.input)
@@ -235,8 +233,8 @@ class LeapFlow(FlowSpec):
     @step
     def retrieval(self):
         """BEIR of the best LEAP and baseline seeds, theta calibration on STS-B dev, diagnosis of the source models."""
-        from leap_core.pipeline import experiment
         from leap_core import tracking
+        from leap_core.pipeline import experiment
         from leap_core.pipeline.handoff import BASELINE_ARM, LEAP_ARM
 
         settings = self.profile_here()
@@ -264,8 +262,8 @@ class LeapFlow(FlowSpec):
     @step
     def latency(self):
         """Wall-clock latency of every encoder mode of the best LEAP seed vs sentence-transformers (leap_core.bench.latency)."""
-        from leap_core.pipeline import experiment
         from leap_core import tracking
+        from leap_core.pipeline import experiment
         from leap_core.pipeline.handoff import LEAP_ARM
 
         best = best_result(self.results, LEAP_ARM)
@@ -306,7 +304,8 @@ class LeapFlow(FlowSpec):
         """reports/<profile>/: markdown, figures and JSON beside the paper's numbers; also a card and MLflow artifacts."""
         from metaflow.cards import Image, Markdown
 
-        from leap_core import report, tracking
+        from leap_core import tracking
+        from leap_core.report import pipeline_report as report
 
         out_dir = Path(self.reports_dir) / self.settings.name
         failures = {name: failure_text(getattr(self, f"{name}_failure", None))
@@ -331,8 +330,8 @@ class LeapFlow(FlowSpec):
     @step
     def promote(self):
         """Register the best LEAP model as a pyfunc and give it `champion` or `challenger` (never retried)."""
-        from leap_core.serve import registry
         from leap_core.pipeline.handoff import LEAP_ARM
+        from leap_core.serve import registry
 
         best = best_result(self.results, LEAP_ARM)
         self.promotion = None

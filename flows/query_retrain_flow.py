@@ -69,9 +69,8 @@ class QueryRetrainFlow(FlowSpec):
         """Check the inputs, fetch the champion (none on the first run), open the MLflow run."""
         from dataclasses import asdict
 
-        from leap_core.pipeline import retrain
-
         from leap_core import tracking
+        from leap_core.pipeline import retrain
 
         missing = [name for name in ("traffic", "model", "corpus") if not getattr(self, name)]
         if missing:
@@ -138,9 +137,9 @@ class QueryRetrainFlow(FlowSpec):
     @step
     def promote(self):
         """Package and register the candidate; `champion` only if it won against the champion it was judged with."""
-        from leap_core.serve import registry
         from leap_core import tracking
         from leap_core.query_encoder.package import package_router
+        from leap_core.serve import registry
 
         os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         decision, candidate = self.result["decision"], self.result["candidate"]
@@ -162,7 +161,7 @@ class QueryRetrainFlow(FlowSpec):
         """Write reports/query-retrain/<run id>/query_retrain.{json,md}, log them to MLflow, close the run."""
         from leap_core import tracking
         from leap_core.io import write_json_atomic, write_text_atomic
-        from leap_core.query_encoder.loop import decision_markdown
+        from leap_core.report.query_loop_report import decision_markdown
 
         out = Path(self.reports_dir) / "query-retrain" / current.run_id
         result = {**self.result, "split": self.split_counts, "training": self.training, "promotion": self.promotion,

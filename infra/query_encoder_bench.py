@@ -19,7 +19,8 @@ from pathlib import Path
 
 from leap_core.io import cache_root, write_report_files
 from leap_core.query_encoder.bench import run_query_bench
-from leap_core.query_encoder.report import attach_other_cuts, render_markdown
+from leap_core.query_encoder.results import attach_other_cuts
+from leap_core.report.query_encoder_report import render_markdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

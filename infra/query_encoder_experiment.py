@@ -19,7 +19,8 @@ from pathlib import Path
 from leap_core.io import cache_root, write_report_files
 from leap_core.query_encoder.command import recipe_config
 from leap_core.query_encoder.experiment import SetPlan, judge_set
-from leap_core.query_encoder.report import attach_other_cuts, chosen_entry, merge_set, render_markdown
+from leap_core.query_encoder.results import attach_other_cuts, chosen_entry, merge_set
+from leap_core.report.query_encoder_report import render_markdown
 
 TRAIN_SOURCES = {"scifact": "queries_train.jsonl.gz"}  # sets whose training queries are not their own non-test ones
 

@@ -22,8 +22,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from leap_core.query_encoder.loop import LoopPlan, decision_markdown, retrain_query_encoder
+from leap_core.query_encoder.loop import LoopPlan, retrain_query_encoder
 from leap_core.query_encoder.train import QueryEncoderConfig
+from leap_core.report.query_loop_report import decision_markdown
 
 log = logging.getLogger("leap.query_loop_demo")
 

@@ -11,14 +11,13 @@ import torch
 from scipy.stats import spearmanr
 from transformers import BertConfig, BertModel
 
-from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation import retrieval
 from leap_core.evaluation.calibrate import calibrate_encoder, choose_theta
 from leap_core.evaluation.diagnose import checklist, diagnose, diagnose_encoder, diagnostics
 from leap_core.evaluation.layers import contraction_ratios, cumulative_exit_rate, inter_layer_stability
 from leap_core.evaluation.neighbours import knn, nn_statistics, overlap
-from leap_core.evaluation.sweep import (convergence_exits, exited_embeddings, full_sweep, pareto_front,
-                                        patience_exits)
+from leap_core.evaluation.sweep import convergence_exits, exited_embeddings, full_sweep, pareto_front, patience_exits
+from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.stats import mean_ci, paired_difference_ci, seed_summary, spearman_ci, spearman_difference_ci
 
 N_LAYERS = 4
@@ -372,7 +371,8 @@ def test_calibrate_encoder_picks_the_fastest_theta_meeting_the_floor(tokenizer):
 # ---------------------------------------------------------------- the whole suite
 
 def test_evaluate_all_on_tiny_models(tmp_path, tokenizer):
-    from leap_core.evaluation.suite import evaluate_all, render_markdown
+    from leap_core.evaluation.suite import evaluate_all
+    from leap_core.report.eval_report import render_markdown
 
     for seed in (0, 1):
         folder = tmp_path / f"model{seed}"

@@ -224,7 +224,7 @@ def test_flow_reports_every_arm(smoke_run):
 
 
 def test_the_report_agrees_with_its_mlflow_runs(smoke_run):
-    from leap_core.report import verify_against_mlflow
+    from leap_core.report.verify import verify_against_mlflow
 
     path = smoke_run["root"] / "reports" / "smoke" / "report.json"
     assert verify_against_mlflow(path, smoke_run["uri"]) == []
@@ -387,10 +387,9 @@ def test_with_s3_for_every_file_a_killed_run_resumes_on_another_disk_to_the_same
     profile = smoke_profile(tmp_path / "profile", data_dir, arms={"leap": {}}, lean=True)
     import torch
 
-    from leap_core.pipeline import experiment
-
     from leap_core import storage
     from leap_core.config import load_profile
+    from leap_core.pipeline import experiment
     from leap_core.pipeline.handoff import file_ref
 
     endpoint = os.environ["AWS_ENDPOINT_URL_S3"]

@@ -10,8 +10,8 @@ import torch
 
 from leap_core.data import DataError
 from leap_core.query_encoder import (QueryEncoderConfig, ShallowQueryEncoder, TrainingSet, build_index, check_pair,
-                                     load_query_encoder, pseudo_queries, read_corpus, read_queries,
-                                     save_query_encoder, train)
+                                     load_query_encoder, pseudo_queries, read_corpus, read_queries, save_query_encoder,
+                                     train)
 from leap_core.query_encoder.losses import listwise_kl, query_loss
 
 DOC_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=0"
@@ -160,8 +160,8 @@ def test_index_is_cached_by_model_and_corpus_hash(beir, index, tmp_path, monkeyp
 
 
 def test_killed_document_pass_resumes_from_its_saved_chunks(beir, index, tmp_path, monkeypatch, caplog):
-    from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.query_encoder import index as index_module
+    from leap_core.serve.encoder import EarlyExitEncoder
 
     monkeypatch.setattr(index_module, "CHUNK", 8)  # 24 documents: 3 chunks
     real_encode, calls = EarlyExitEncoder.encode, []
@@ -267,7 +267,8 @@ def test_depth_outside_the_original_is_refused():
 
 def test_judge_set_rows_and_report(beir, tmp_path, one_thread):
     from leap_core.query_encoder.experiment import SetPlan, judge_set
-    from leap_core.query_encoder.report import chosen_entry, render_markdown
+    from leap_core.query_encoder.results import chosen_entry
+    from leap_core.report.query_encoder_report import render_markdown
 
     plan = SetPlan(str(beir), n_pseudo=30, dev_size=3, depths=[1], steps={1: 6}, zero_shot_depths=[1])
     config = QueryEncoderConfig(steps=4, batch_size=8, eval_every=3, kl_top_k=10, in_batch=0.5)
@@ -391,7 +392,7 @@ def test_only_the_static_encoder_trains_the_token_table(beir, index, one_thread)
 def test_query_bench_times_every_path_against_the_peer_and_judges_int8(beir, tmp_path, one_thread):
     pytest.importorskip("onnxruntime")
     from leap_core.query_encoder.bench import PEER, SHIPPED, run_query_bench
-    from leap_core.query_encoder.report import render_speed
+    from leap_core.report.query_encoder_report import render_speed
 
     folder = save_query_encoder(ShallowQueryEncoder.from_original(DOC_MODEL, 1), tmp_path / "tiny-depth1", DOC_MODEL)
     result = run_query_bench(DOC_MODEL, {"tiny": {1: folder}}, {"tiny": str(beir)}, tmp_path / "work",
@@ -413,7 +414,8 @@ def test_query_bench_times_every_path_against_the_peer_and_judges_int8(beir, tmp
 
 
 def test_report_merges_runs_and_shows_a_retrofits_cuts_as_query_encoders(tmp_path):
-    from leap_core.query_encoder.report import attach_other_cuts, merge_set, render_markdown
+    from leap_core.query_encoder.results import attach_other_cuts, merge_set
+    from leap_core.report.query_encoder_report import render_markdown
 
     row = {"ndcg10": 0.2, "recall100": 0.3, "ndcg10_rel": -0.1, "ndcg10_rel_ci": [-0.2, 0.0], "agreement10": 0.5,
            "dev_agreement10": 0.5}

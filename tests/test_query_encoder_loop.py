@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from leap_core.data import DataError
-from leap_core.query_encoder import QueryEncoderConfig, ShallowQueryEncoder, save_query_encoder
-from leap_core.query_encoder.loop import (LoopPlan, decision_markdown, gate_candidate, judge, retrain_query_encoder,
-                                          split_queries)
 from leap_core.pipeline.retrain import held_out
+from leap_core.query_encoder import QueryEncoderConfig, ShallowQueryEncoder, save_query_encoder
+from leap_core.query_encoder.loop import LoopPlan, gate_candidate, judge, retrain_query_encoder, split_queries
+from leap_core.report.query_loop_report import decision_markdown
 
 DOC_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=0"
 OTHER_MODEL = "random-bert:layers=2,hidden=32,heads=2,seed=1"
@@ -151,9 +151,9 @@ def run_flow(root: Path, traffic: str, corpus: Path, plan: dict) -> dict:
 
 
 def test_the_flow_registers_a_winner_as_champion_and_a_loser_as_challenger(corpus, traffic, tmp_path):
-    from leap_core.serve import registry
     from leap_core import tracking
     from leap_core.query_encoder.package import is_router_package
+    from leap_core.serve import registry
 
     first = run_flow(tmp_path, traffic, corpus, EASY)
     assert first["promoted"] and first["promotion"]["alias"] == "champion" and first["champion"] is None

@@ -11,9 +11,10 @@ import pytest
 
 from leap_core.model_folder import model_fingerprint
 from leap_core.models import resolve_model
-from leap_core.query_encoder import ShallowQueryEncoder, check_pair, load_query_encoder, save_query_encoder
-from leap_core.query_encoder import points as qp
-from leap_core.query_encoder.points import asymmetric_markdown, asymmetric_section, asymmetric_points, choose_asymmetric
+from leap_core.query_encoder import (ShallowQueryEncoder, check_pair, load_query_encoder, points as qp,
+                                     save_query_encoder)
+from leap_core.query_encoder.points import asymmetric_points, asymmetric_section, choose_asymmetric
+from leap_core.report.asymmetric_report import asymmetric_markdown
 
 pytest.importorskip("onnxruntime")
 

@@ -97,7 +97,7 @@ QUERY_ENCODER = REPO / "reports" / "query_encoder.json"
 def test_readme_search_table_is_the_query_encoder_report():
     import json
 
-    from leap_core.query_encoder.report import readme_rows, render_markdown
+    from leap_core.report.query_encoder_report import readme_rows, render_markdown
 
     report = json.loads(QUERY_ENCODER.read_text(encoding="utf-8"))
     assert QUERY_ENCODER.with_suffix(".md").read_text(encoding="utf-8") == render_markdown(report)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from leap_core.cli import main
-from leap_core.reliability import SCHEMA_AND_EXIT_PROBES, render_markdown, run_probes
+from leap_core.reliability import SCHEMA_AND_EXIT_PROBES, run_probes
+from leap_core.report.reliability_report import render_markdown
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "reliability.json"
 

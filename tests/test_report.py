@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from leap_core import report
 from leap_core.config import load_profile
+from leap_core.report import pipeline_report as report
 
 REF = report.load_reference()
 
@@ -182,7 +182,7 @@ def test_verify_report_names_runs_missing_from_the_store_in_one_line_each(tmp_pa
     """On another machine the committed report's runs are not in the local store: each is named, no traceback."""
     from pathlib import Path
 
-    from leap_core.report import verify_against_mlflow
+    from leap_core.report.verify import verify_against_mlflow
 
     committed = Path(__file__).resolve().parents[1] / "reports" / "cpu" / "report.json"
     problems = verify_against_mlflow(committed, f"sqlite:///{tmp_path / 'empty.db'}")

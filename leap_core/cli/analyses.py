@@ -13,12 +13,14 @@ from leap_core.cli.common import (add_exit_rule_args, add_json_args, command, ex
 from leap_core.data.corpus import load_corpus, read_tags, sentences_of_sources
 from leap_core.data.documents import read_user_corpus
 from leap_core.evaluation.diagnose import diagnose
-from leap_core.evaluation.mteb_run import mteb_table, run_mteb
-from leap_core.evaluation.suite import evaluate_all, render_markdown
-from leap_core.evaluation.tables import diagnose_table
+from leap_core.evaluation.mteb_run import run_mteb
+from leap_core.evaluation.suite import evaluate_all
 from leap_core.io import write_report_files, write_text_atomic
-from leap_core.pipeline.retrain import loop_markdown
-from leap_core.report import verify_against_mlflow
+from leap_core.report import eval_report
+from leap_core.report.monitor_report import monitor_markdown
+from leap_core.report.retrain_report import loop_markdown
+from leap_core.report.tables import diagnose_table, mteb_table
+from leap_core.report.verify import verify_against_mlflow
 from leap_core.serve import monitor as monitoring  # called by attribute: probes and tests replace monitoring.monitor
 from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.serve.traffic import TrafficLog, replay
@@ -66,7 +68,7 @@ def cmd_eval_suite(args: argparse.Namespace) -> None:
         beir_modes=args.modes.split(","), batch_size=args.batch_size, max_docs=args.max_docs,
         max_queries=args.max_queries, measure_overhead=not args.no_overhead)
     _, markdown = write_report_files(results, args.out, args.markdown or str(Path(args.out).with_suffix(".md")),
-                                     render_markdown)
+                                     eval_report.render_markdown)
     print(markdown)
 
 
@@ -154,9 +156,9 @@ def cmd_monitor(args: argparse.Namespace) -> None:
     texts = read_user_corpus(args.reference_texts, min_chars=1) if args.reference_texts else None
     result = monitoring.monitor(args.model, args.traffic, texts, args.reference_texts or "", args.save_reference)
     if args.out:
-        write_report_files(result, args.out, Path(args.out).with_suffix(".md"), monitoring.monitor_markdown)
+        write_report_files(result, args.out, Path(args.out).with_suffix(".md"), monitor_markdown)
     print(monitoring.prometheus(result) if args.prometheus else json.dumps(result, indent=2) if args.json
-          else monitoring.monitor_markdown(result), end="")
+          else monitor_markdown(result), end="")
     if result["alert"]:
         if args.publish_event:
             log.info("published Argo Event %s", monitoring.publish_alert(result))

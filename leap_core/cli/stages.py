@@ -6,9 +6,9 @@ import argparse
 import json
 
 from leap_core.cli.common import add_exit_rule_args, add_json_args, command, exit_overrides, json_or_table, profile_of
-from leap_core.evaluation.tables import eval_table
 from leap_core.io import write_report_files
 from leap_core.pipeline import experiment
+from leap_core.report.tables import eval_table
 
 
 def add_extract_args(parser: argparse.ArgumentParser) -> None:

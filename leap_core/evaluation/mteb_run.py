@@ -143,21 +143,3 @@ def _task_entry(task: Any, task_result: Any, exit_log: list[np.ndarray], n_layer
     log.info("%s: %s %.4f, exit rate %.3f", task.metadata.name, task.metadata.main_score, entry["main_score"],
              entry["exit"]["exit_rate"])
     return entry
-
-
-def mteb_table(result: dict[str, Any]) -> str:
-    """`leap mteb`: one row per task, its main score beside the exit statistics of the same run."""
-    # deferred: at top, importing this module would load scipy, safetensors
-    from leap_core.report.markdown import fmt, table
-
-    lines = [f"{result['model']} through MTEB at mode {result['mode']} (theta={result['theta']} k={result['k']} "
-             f"l_min={result['l_min']}), mteb {result['mteb_version']}", ""]
-    rows = [[name, task["main_metric"], fmt(task["main_score"], ".4f"), fmt(task["exit"]["exit_rate"], ".1%"),
-             fmt(task["exit"]["mean_exit_layer"], ".2f"), fmt(task["exit"]["layer_reduction"], ".2f") + "x",
-             task["exit"]["n_texts"], task["data"]] for name, task in result["tasks"].items()]
-    lines += table(["task", "metric", "score", "exit rate", "mean exit layer", "layer reduction", "texts", "data"],
-                   rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---"])
-    if result.get("results_dir"):
-        lines += [f"MTEB results folder (mteb.ResultCache layout, as {result['mteb_name']}): {result['results_dir']}",
-                  ""]
-    return "\n".join(lines).rstrip() + "\n"

@@ -23,8 +23,9 @@ from leap_core.model_folder import layer_count
 from leap_core.models import resolve_model
 from leap_core.query_encoder.experiment import SetPlan, judge_set
 from leap_core.query_encoder.fit import FitPlan, fit_query_encoder
-from leap_core.query_encoder.report import chosen_entry, render_markdown
+from leap_core.query_encoder.results import chosen_entry
 from leap_core.query_encoder.train import QueryEncoderConfig
+from leap_core.report.query_encoder_report import render_markdown
 
 
 def recipe_config(pairs: list[str]) -> QueryEncoderConfig:

@@ -28,6 +28,7 @@ import numpy as np
 from leap_core.data import DataError
 from leap_core.io import cache_root
 from leap_core.models import resolve_model
+from leap_core.pipeline.retrain import held_out
 from leap_core.query_encoder.evaluate import topk_overlap
 from leap_core.query_encoder.fit import MIN_QUERIES, FitPlan, original_pools, train_at_depth
 from leap_core.query_encoder.index import DocumentIndex, build_index
@@ -35,13 +36,11 @@ from leap_core.query_encoder.model import check_pair, read_record, save_query_en
 from leap_core.query_encoder.package import QUERY, route_modules
 from leap_core.query_encoder.sources import read_corpus, read_queries, read_traffic_queries, training_text
 from leap_core.query_encoder.train import QueryEncoderConfig
-from leap_core.report.markdown import fmt, table
-from leap_core.pipeline.retrain import held_out
+from leap_core.roles import CANDIDATE, CHAMPION, ORIGINAL
 from leap_core.storage import is_s3
 from leap_core.timing import compare_calls
 
 log = logging.getLogger(__name__)
-CANDIDATE, CHAMPION, ORIGINAL = "candidate", "champion", "original"
 TOP = 10
 
 
@@ -218,25 +217,3 @@ def retrain_query_encoder(original: str, champion_folder: str | Path | None, tra
                           "traffic": str(traffic_location), "corpus": str(corpus)},
                   wall_seconds=round(time.perf_counter() - started, 1))
     return result
-
-
-def decision_markdown(result: dict[str, Any], title: str) -> str:
-    """One retrain as markdown: the verdict and its reasons, then original, champion and candidate side by side."""
-    decision = result["decision"]
-    verdict = "promoted" if decision["promoted"] else "not promoted"
-    lines = [f"## {title}: candidate {verdict}", "",
-             f"{result['split']['logged']} logged query texts: {result['split']['n_train']} to train on, "
-             f"{result['split']['n_holdout']} held out by hash (never trained on). Candidate: depth "
-             f"{result['training']['depth']}, {result['training']['train_texts']} training texts (with "
-             f"pseudo-queries), stopped at step {result['training']['best_step']} on {result['training']['dev_texts']}"
-             f" dev texts ({result['training']['seconds'] / 60:.1f} min).", ""]
-    lines += [f"- {line}" for line in decision["reasons"] + decision["facts"]] + [""]
-    rows = [[ORIGINAL, "all", "1.0000 (reference)", fmt(result[ORIGINAL]["latency_ms"], ".2f"), "1.00x"]]
-    for role in (CHAMPION, CANDIDATE):
-        if result.get(role):
-            m = result[role]
-            rows.append([role, str(m["depth"]), fmt(m["agreement10"], 4), fmt(m["latency_ms"], ".2f"),
-                         f"{m['speedup_vs_original']:.2f}x"])
-    lines += table(["", "layers", "slice top-10 agreement", "batch-1 median ms", "speed vs original"], rows,
-                   ["---", "---:", "---:", "---:", "---:"])
-    return "\n".join(lines + [""])

@@ -27,16 +27,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from leap_core import identity
-from leap_core.serve.encoder import EarlyExitEncoder
 from leap_core.evaluation.against_original import Embedder
 from leap_core.evaluation.pareto import Addition, calibrate_policy, write_pareto
 from leap_core.evaluation.pareto_choice import meets_floors
 from leap_core.evaluation.pareto_points import EvalSet, beir_sets
-from leap_core.serve.export import OnnxEncoder, export_onnx
 from leap_core.io import plain_name
 from leap_core.model_folder import has_branch, model_fingerprint, read_branch
 from leap_core.models import original_of, resolve_model
 from leap_core.query_encoder.model import check_pair, read_record
+from leap_core.report.asymmetric_report import asymmetric_markdown
+from leap_core.serve.encoder import EarlyExitEncoder
+from leap_core.serve.export import OnnxEncoder, export_onnx
 from leap_core.stats import paired_difference_ci
 
 log = logging.getLogger(__name__)
@@ -289,35 +290,6 @@ def profile_section(profile: Any, model: str, encoders: Sequence[str | Path], ma
                                precisions, evaluation.max_beir_docs or None, evaluation.max_beir_queries or None,
                                identity.cache_dir(profile), n_resamples=n_resamples or evaluation.bootstrap_resamples)
     return asymmetric_section(name, folder, points, choose_asymmetric(points, max_ndcg_drop), max_ndcg_drop)
-
-
-def _cell(row: dict[str, Any]) -> str:
-    rel = "-" if row["ndcg10_rel"] is None else f"{row['ndcg10_rel']:+.1%}"
-    ci = row.get("ndcg10_rel_ci")
-    return f"{row['quality']:.3f} ({rel}" + (f", CI {ci[0]:+.1%}..{ci[1]:+.1%})" if ci else ")")
-
-
-def asymmetric_markdown(section: dict[str, Any] | None) -> str:
-    """The section as markdown: one row per query path, NDCG@10 per half (relative change, CI), and the choice."""
-    if not section:
-        return ""
-    names = list(section["sets"])
-    floor = section["floor"]["max_ndcg_drop"]
-    lines = ["", "## Asymmetric points: a query encoder against the original's index", "",
-             f"Documents: {section['document_model']} at full depth, never re-embedded. NDCG@10 of each BEIR set's "
-             f"query halves (relative to original/original, paired CI). Chosen: the fewest query layers, then int8, "
-             f"within {floor:.1%} on every dev half; test halves are reported, never used to choose.", "",
-             "| query path | depth | precision | " + " | ".join(names) + " | within floor |",
-             "|---|---|---|" + "---|" * len(names) + "---|"]
-    for p in section["points"]:
-        cells = " | ".join(_cell(p["sets"][name]) for name in names)
-        lines.append(f"| {p['name']} | {p['depth']} | {p['precision']} | {cells} | "
-                     f"{'yes' if p['within_floor'] else 'no'} |")
-    chosen, serve = section["chosen"], section["serve"]
-    lines += ["", f"**Chosen:** {chosen['name']} (depth {chosen['depth']}, {chosen['precision']}) against "
-              f"{section['document_model']}'s full-depth index." if chosen else f"**Chosen:** none. {serve['note']}."]
-    lines += [f"- ship: `{command}`" for command in serve.get("ship", [])]
-    return "\n".join(lines) + "\n"
 
 
 def asymmetric_addition(profile: Any, model: str, encoders: Sequence[str | Path], max_ndcg_drop: float) -> Addition:

@@ -18,10 +18,9 @@ from leap_core.reliability.common import Main, Probe, Row
 from leap_core.reliability.files import probe_checkpoints, probe_chunks, probe_lock_and_cache, probe_writers
 from leap_core.reliability.inputs import probe_encode_inputs, probe_folders, probe_inputs, probe_schemas
 from leap_core.reliability.monitoring import probe_cli_errors, probe_monitor_log, probe_reference
-from leap_core.reliability.render import render_markdown
 from leap_core.reliability.serving import probe_s3, probe_served_model
 
-__all__ = ["PROBES", "SCHEMA_AND_EXIT_PROBES", "render_markdown", "run_probes"]
+__all__ = ["PROBES", "SCHEMA_AND_EXIT_PROBES", "run_probes"]
 
 PROBES: tuple[Probe, ...] = (probe_checkpoints, probe_lock_and_cache, probe_inputs, probe_folders, probe_chunks,
                              probe_served_model, probe_s3, probe_schemas, probe_reference, probe_monitor_log,

@@ -1,4 +1,4 @@
-"""The reliability report as markdown (to move into leap_core/report/ with the other renderers)."""
+"""`leap reliability`'s markdown: every probe, what it tried, what happened, whether it held."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What `leap eval` and `leap diagnose` print: their JSON results as short markdown tables a person can read."""
+"""What `leap eval`, `leap diagnose` and `leap mteb` print: their JSON results as short markdown tables a person can read."""
 
 from __future__ import annotations
 
@@ -64,4 +64,19 @@ def diagnose_table(result: Mapping[str, Any]) -> str:
                     for name, item in checks["items"].items()], ["---", "---:", "---:", "---"])
     lines += _per_layer(result, {"similarity_to_final": "cos to final", "nn10_per_layer": "NN@10 vs final",
                                  "exit_distribution": "exits here"}, {"exit_distribution": ".1%"})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def mteb_table(result: dict[str, Any]) -> str:
+    """`leap mteb`: one row per task, its main score beside the exit statistics of the same run."""
+    lines = [f"{result['model']} through MTEB at mode {result['mode']} (theta={result['theta']} k={result['k']} "
+             f"l_min={result['l_min']}), mteb {result['mteb_version']}", ""]
+    rows = [[name, task["main_metric"], fmt(task["main_score"], ".4f"), fmt(task["exit"]["exit_rate"], ".1%"),
+             fmt(task["exit"]["mean_exit_layer"], ".2f"), fmt(task["exit"]["layer_reduction"], ".2f") + "x",
+             task["exit"]["n_texts"], task["data"]] for name, task in result["tasks"].items()]
+    lines += table(["task", "metric", "score", "exit rate", "mean exit layer", "layer reduction", "texts", "data"],
+                   rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---"])
+    if result.get("results_dir"):
+        lines += [f"MTEB results folder (mteb.ResultCache layout, as {result['mteb_name']}): {result['results_dir']}",
+                  ""]
     return "\n".join(lines).rstrip() + "\n"
