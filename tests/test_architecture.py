@@ -60,3 +60,35 @@ def test_no_module_imports_another_modules_private_name() -> None:
                 crossings += [f"{path.relative_to(ROOT)}: {node.module}.{alias.name}" for alias in node.names
                               if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert not crossings, crossings
+
+
+def _silent_imports(lines: list[str], function: ast.AST) -> list[int]:
+    """Lines of imports inside `function` whose block of consecutive imports has no comment on it or above it."""
+    silent = []
+    for node in ast.walk(function):
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, [])
+            if not isinstance(statements, list):  # a lambda's or an if-expression's body is one expression
+                continue
+            block: list[ast.stmt] = []
+            for statement in [*statements, None]:
+                if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                    block.append(statement)
+                    continue
+                if block and not any("#" in line for line in lines[max(block[0].lineno - 2, 0):block[-1].end_lineno]):
+                    silent += [b.lineno for b in block]
+                block = []
+    return silent
+
+
+def test_every_import_inside_a_function_says_why() -> None:
+    """Imports sit at module top; one inside a function (a heavy or optional dependency kept off its module's
+    import, or a cycle) carries a one-line comment saying which, on it or above its block of imports."""
+    silent = []
+    for path in sorted((ROOT / "leap_core").rglob("*.py")):
+        text = path.read_text()
+        lines = text.splitlines()
+        for function in ast.walk(ast.parse(text)):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                silent += [f"{path.relative_to(ROOT)}:{line}" for line in _silent_imports(lines, function)]
+    assert not silent, sorted(set(silent))

@@ -172,6 +172,7 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("leap", "leap_core"):
         logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("beir").setLevel(logging.INFO if verbose else logging.WARNING)  # a line per metric otherwise
 
     if verbose:
         transformers.logging.set_verbosity_info()

@@ -87,7 +87,6 @@ def _load_encoder(path: str, theta: float | None, k: int | None, l_min: int | No
     """The encoder of a model folder / hub id; exit settings: given, else its leap_exit.json, else the default rule
     (model_folder.exit_rule) with l_min at half the depth."""
     # deferred: at top, importing this module would load torch, transformers, boto3
-    # deferred: at top, importing this module would load torch, transformers, boto3
     from leap_core.models import resolve_model
     from leap_core.serve.encoder import EarlyExitEncoder
 

@@ -258,10 +258,9 @@ def evaluate(profile: Profile, model: str | Path, analysis: bool = False, exit_o
 def served_numbers(profile: Profile, model: str | Path, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """STS-B numbers of the policy the folder serves now (a model card's): read off `metrics` (an evaluate result
     of the same weights) when they tell, else one pass of the encoder at the served mode."""
-    # deferred: at top, importing this module would load pyarrow
+    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data import read_sts
     from leap_core.models import resolve_model
-    # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.serve.model_card import served_policy
 
     folder = resolve_model(str(model))

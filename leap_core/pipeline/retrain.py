@@ -99,9 +99,8 @@ def retrofit_candidate(base: Profile, original: str, champion: str | Path, train
     text a previous retrain already encoded costs no teacher pass. The run folder is named by what decides it
     (the candidate recipe, the champion's weights and the texts), so a resumed or repeated run retrains nothing.
     """
-    # deferred: at top, importing this module would load pyarrow
-    from leap_core.data.corpus import read_sentences_parquet
     # deferred: at top, importing this module would load torch, transformers, scipy
+    from leap_core.data.corpus import read_sentences_parquet
     from leap_core.model_folder import model_fingerprint
     from leap_core.models import resolve_model
     from leap_core.retrofit.retrofit import RETROFIT_ARM
@@ -150,7 +149,6 @@ def measure(profile: Profile, model: str | Path, slice_set: Any, save: bool = Fa
     # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data import read_sts
     from leap_core.evaluation.pareto import depth_model, evaluation_sets, save_policy
-    # deferred: at top, importing this module would load torch, scipy, tqdm
     from leap_core.evaluation.pareto_points import Replay, candidate_policies, sts_sets
 
     depth, described = depth_model(profile, str(model))
@@ -200,7 +198,6 @@ def champion_folder(model_name: str, dst: str | Path, uri: str | None = None) ->
     # deferred: at top, importing this module would load mlflow, scipy, pandas
     import mlflow
 
-    # deferred: at top, importing this module would load safetensors
     from leap_core.model_folder import model_fingerprint
     from leap_core.serve import registry
 
@@ -248,7 +245,6 @@ def gate(profile: Profile, original: str, champion: str | Path, candidate: str |
     """
     # deferred: at top, importing this module would load torch, transformers, scipy
     from leap_core.data.corpus import read_sentences_parquet
-    # deferred: at top, importing this module would load torch, safetensors, tqdm
     from leap_core.model_folder import REFERENCE_FILE
     from leap_core.serve.encoder import EarlyExitEncoder
     from leap_core.serve.monitor import reference_profile

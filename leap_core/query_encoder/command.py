@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,6 @@ def _judge(args: argparse.Namespace, config: QueryEncoderConfig, cache: Path, de
 
 def run_query_encoder(args: argparse.Namespace) -> None:
     """Fit (--corpus) or judge (--beir); print the result's JSON unless --report took it."""
-    logging.getLogger("beir").setLevel(logging.WARNING)  # a line per metric per evaluation otherwise
     config = recipe_config(args.recipe)
     cache = Path(args.cache_dir) if args.cache_dir else cache_root() / "query_encoder"
     depths = _depths(args.model, args.depth)

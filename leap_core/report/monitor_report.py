@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from leap_core.report.markdown import fmt, table
-from leap_core.serve.monitor import MAX_DEPTH_SHIFT, MAX_NN10_DROP, PSI_MAJOR
+from leap_core.serve.alerts import MAX_DEPTH_SHIFT, MAX_NN10_DROP, PSI_MAJOR
 
 
 def monitor_markdown(result: Mapping[str, Any]) -> str:

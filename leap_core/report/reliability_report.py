@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from leap_core.reliability.common import Row
+from typing import Any
 
 
-def render_markdown(results: list[Row]) -> str:
+def render_markdown(results: list[dict[str, Any]]) -> str:
     """The probes' rows as one markdown table, under a line saying how many held."""
     held = sum(row["held"] for row in results)
     lines = ["# Reliability: faults and bad inputs, tried", "",

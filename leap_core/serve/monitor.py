@@ -21,10 +21,8 @@ from leap_core.evaluation.neighbours import knn, overlap
 from leap_core.io import note_in_manifest, write_json_atomic, writer_lock
 from leap_core.model_folder import REFERENCE_FILE
 from leap_core.schemas import ReferenceFile, read_schema_file
+from leap_core.serve.alerts import MAX_DEPTH_SHIFT, MAX_NN10_DROP, PSI_MAJOR
 
-MAX_DEPTH_SHIFT = 1.0  # layers (the paper: the exit-layer distribution shifts by more than one layer)
-MAX_NN10_DROP = 0.20  # relative (the paper: NN@10 against a full-depth reference drops by more than 20%)
-PSI_MAJOR = 0.25  # the usual mark of a major population shift; reported, not an alert rule of the paper
 NN_SAMPLE = 1000  # texts re-encoded at full depth to measure NN@10 (k = 10 needs at least 11)
 ALERT_EVENT = "leap_monitor_alert"  # the Argo Event an alert publishes; RetrainFlow is triggered by it (@trigger)
 ALERT_EXIT_CODE = 3  # `leap monitor`'s exit status on an alert: apart from errors (2), so cron retrains on alerts only

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from leap_core.model_folder import (EXPORT_FILE, exit_policy, has_branch, layer_count, max_seq_length, read_branch,
-                                    read_exit_settings)
+from leap_core.model_folder import exit_policy, has_branch, layer_count, max_seq_length, read_branch, read_exit_settings
 from leap_core.retrofit.exit_branch import save_cut
 
 # torch, transformers and the leap modules that import them (batching, encoder, models, st_module) are imported
