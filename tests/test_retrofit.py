@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,8 +92,22 @@ def test_student_starts_identical_and_final_term_is_zero_at_step_0(base, tmp_pat
     assert first["exit_teacher"] > 0.1  # while intermediate layers are still far from the final one
 
 
-def test_smoke_retrofit_runs_end_to_end(base):
+def test_smoke_retrofit_runs_end_to_end(base, monkeypatch):
+    from collections import Counter
+
+    from leap_core.serve.encoder import EarlyExitEncoder
+
+    loads, real = Counter(), EarlyExitEncoder.from_pretrained.__func__
+
+    def counted(cls, path, **kwargs):
+        loads[Path(path).resolve()] += 1
+        return real(cls, path, **kwargs)
+
+    monkeypatch.setattr(EarlyExitEncoder, "from_pretrained", classmethod(counted))
     summary = retrofit(base, MODEL)
+    # each model once for the STS evaluation (at its folder's own rule) and once for every judge after it; the
+    # retrofit also once as its card is written (was 3 and 5 loads when each judge loaded its own)
+    assert loads == {resolve_model(MODEL).resolve(): 2, Path(summary["model_dir"]).resolve(): 3}, loads
     for key in ("original_stsb", "stsb_full", "stsb_exited", "exit_rate", "mean_exit_layer", "layer_reduction",
                 "train_seconds"):
         assert isinstance(summary[key], float), key
@@ -112,10 +127,11 @@ def test_theta_for_quality_budget_counts_the_budget_from_the_original(base):
     from leap_core.evaluation.calibrate import THETAS
 
     profile = retrofit_profile(base, MODEL)
-    loose = theta_for_quality_budget(profile, MODEL, resolve_model(MODEL), max_drop=5.0)
+    itself = experiment.load_encoder(profile, MODEL)
+    loose = theta_for_quality_budget(profile, itself, itself, max_drop=5.0)
     assert loose["theta"] in THETAS and loose["chosen_on"] == "stsb/dev.tsv" and loose["measured_on"] == "stsb/test.tsv"
     assert 0.0 <= loose["exit_rate"] <= 1.0 and loose["layer_reduction"] >= 1.0
     assert loose["layer_reduction"] == pytest.approx(4 / loose["mean_exit_layer"])
     assert -1.0 <= loose["stsb_exited"] <= 1.0
-    impossible = theta_for_quality_budget(profile, MODEL, resolve_model(MODEL), max_drop=-2.0)
+    impossible = theta_for_quality_budget(profile, itself, itself, max_drop=-2.0)
     assert impossible["theta"] is None and "stsb_exited" not in impossible

@@ -95,25 +95,25 @@ def _pair_cosines(embeddings: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) ->
     return (embeddings[idx1] * embeddings[idx2]).sum(-1)
 
 
-def compare_with_truncation(profile: Profile, original: str, retrofitted: str | Path, mean_exit_layer: float) -> dict:
-    """The retrofit's exited embeddings vs the original cut to depth round(mean exit layer), on the STS set."""
-    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
+def compare_with_truncation(profile: Profile, original: Any, retrofitted: Any, mean_exit_layer: float) -> dict:
+    """The retrofit's exited embeddings vs the original cut to depth round(mean exit layer), on the STS set.
+
+    original, retrofitted: their encoders at the profile's exit settings (experiment.load_encoder)."""
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
-    from leap_core.serve.encoder import EarlyExitEncoder
 
     pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
     unique, idx1, idx2 = pair_rows(pairs)
     depth = int(round(mean_exit_layer))
-    settings = dataclasses.asdict(profile.exit)
-    exited = EarlyExitEncoder.from_pretrained(str(retrofitted), **settings).encode(unique, batch_size=ENCODE_BATCH_SIZE, mode="compact")
-    cut = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), **settings).encode(
-        unique, batch_size=ENCODE_BATCH_SIZE, mode=f"fixed:{depth}")
+    exited = retrofitted.encode(unique, batch_size=ENCODE_BATCH_SIZE, mode="compact")
+    cut = original.encode(unique, batch_size=ENCODE_BATCH_SIZE, mode=f"fixed:{depth}")
     ci = spearman_difference_ci(_pair_cosines(exited, idx1, idx2), _pair_cosines(cut, idx1, idx2), pairs.scores)
     return {"truncated_depth": depth, "difference": ci["estimate"], "ci_low": ci["low"], "ci_high": ci["high"]}
 
 
-def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Exit rate and mean exit layer over each genre's distinct sentences of data.sts_eval_genres.
+def exit_rate_by_genre(profile: Profile, encoder: Any) -> dict[str, dict[str, float]]:
+    """Exit rate and mean exit layer over each genre's distinct sentences of data.sts_eval_genres (encoder: at the
+    profile's exit settings).
 
     The exit test's pass rate depends on the text: it holds for text like the retrofit's training text.
     """
@@ -124,7 +124,6 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
     pairs = read_sts(path)
     if pairs.genres is None:
         raise DataError(f"{path}: no genre field (data.sts_eval_genres needs the raw STS-B layout)")
-    encoder = experiment.load_encoder(profile, model_dir)
     unique, idx1, idx2 = pair_rows(pairs)
     _, exit_layers = encoder.encode(unique, batch_size=ENCODE_BATCH_SIZE, mode="compact", return_exit_layers=True)
     exit_layers = np.asarray(exit_layers)
@@ -137,25 +136,23 @@ def exit_rate_by_genre(profile: Profile, model_dir: str | Path) -> dict[str, dic
     return result
 
 
-def theta_for_quality_budget(profile: Profile, original: str, retrofitted: str | Path,
-                             max_drop: float) -> dict[str, Any]:
+def theta_for_quality_budget(profile: Profile, original: Any, retrofitted: Any, max_drop: float) -> dict[str, Any]:
     """The theta a user would deploy for "exited STS-B at most max_drop below the original model".
 
     Chosen on the STS dev set (profile.data.sts_dev): among calibrate's thetas (0.80-0.99, k and l_min of
     the profile), the largest layer reduction whose exited Spearman is >= the original's dev Spearman minus
     max_drop (ties: the larger theta). Then measured once on the STS eval set, which played no part in the
-    choice. "theta": None when no theta, not even full depth, meets the budget on dev.
+    choice. "theta": None when no theta, not even full depth, meets the budget on dev. original, retrofitted: their
+    encoders (full depth and every layer are read, so their own theta plays no part).
     """
-    # deferred: at top, importing this module would load transformers, tqdm, pyarrow
+    # deferred: at top, importing this module would load pyarrow
     from leap_core.data import read_sts
-    from leap_core.serve.encoder import EarlyExitEncoder
 
     k, l_min = profile.exit.k, profile.exit.l_min
     dev_pairs = read_sts(experiment.data_path(profile, profile.data.sts_dev))
     dev, dev1, dev2 = pair_rows(dev_pairs)
-    retro = EarlyExitEncoder.from_pretrained(str(retrofitted), k=k, l_min=l_min)
-    original_full = EarlyExitEncoder.from_pretrained(str(resolve_model(original)), k=k, l_min=l_min).encode(
-        dev, batch_size=ENCODE_BATCH_SIZE, mode="full")
+    retro = retrofitted
+    original_full = original.encode(dev, batch_size=ENCODE_BATCH_SIZE, mode="full")
     original_dev = spearman(original_full[dev1], original_full[dev2], dev_pairs.scores)
     dev_layers = retro.layer_embeddings(dev, batch_size=ENCODE_BATCH_SIZE)
     dev_points = calibration_points(dev_layers, dev1, dev2, dev_pairs.scores, THETAS, k, l_min)
@@ -217,12 +214,15 @@ def retrofit(base: Profile, model: str, seed: int = 0, sentences_path: str | Pat
         "original_stsb_per_layer": original["stsb_per_layer"],
         "stsb_per_layer": result["stsb_per_layer"],
     }
-    summary["vs_truncated_original"] = compare_with_truncation(profile, model, trained.model_dir,
+    # each model loaded once for the judges below, at the profile's exit settings
+    original_encoder, retrofit_encoder = (experiment.load_encoder(profile, path) for path in (model, trained.model_dir))
+    summary["vs_truncated_original"] = compare_with_truncation(profile, original_encoder, retrofit_encoder,
                                                                result["mean_exit_layer"])
     if profile.data.sts_eval_genres:
-        summary["exit_by_genre"] = exit_rate_by_genre(profile, trained.model_dir)
+        summary["exit_by_genre"] = exit_rate_by_genre(profile, retrofit_encoder)
     if quality_budget is not None:
-        summary["at_quality_budget"] = theta_for_quality_budget(profile, model, trained.model_dir, quality_budget)
+        summary["at_quality_budget"] = theta_for_quality_budget(profile, original_encoder, retrofit_encoder,
+                                                                quality_budget)
     return summary
 
 
