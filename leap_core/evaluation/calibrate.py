@@ -24,7 +24,8 @@ from leap_core.evaluation.pareto_choice import choose
 from leap_core.evaluation.sts import pair_rows, spearman
 from leap_core.evaluation.sweep import threshold_sweep
 
-class _Floor(NamedTuple):
+
+class _Floor(NamedTuple):  # a set as pareto_choice.FloorSet reads it
     name: str
     kind: str
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from leap_core.bench.int8_quality import COMMAND, INT8, PRECISIONS, SET_NAMES
+from leap_core.report.markdown import fmt_relative_ci
 
 HEADLINE = "### int8 by measured quality: when int8 query vectors can share an fp32 index"
-
-
-def _pct_ci(value: float, ci: list[float]) -> str:
-    """A relative change and its CI in percent: "-1.2% [-2.3, -0.1]"."""
-    return f"{value:+.1%} [{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
 
 
 def _cos(summary: dict[str, float] | None) -> str:
@@ -53,8 +49,8 @@ def shared_table(report: dict[str, Any]) -> list[str]:
                 clears = "-" if own is None else ("yes" if own["ndcg10_rel_ci"][0] >= -report["floor"] else "**no**")
                 lines.append("| " + " | ".join([
                     SET_NAMES.get(s, s), label, name, f"{row['ndcg10']:.3f}",
-                    _pct_ci(row["ndcg10_rel"], row["ndcg10_rel_ci"]),
-                    "-" if own is None else _pct_ci(own["ndcg10_rel"], own["ndcg10_rel_ci"]),
+                    fmt_relative_ci(row["ndcg10_rel"], row["ndcg10_rel_ci"]),
+                    "-" if own is None else fmt_relative_ci(own["ndcg10_rel"], own["ndcg10_rel_ci"]),
                     "-" if own is None else f"{own['agreement10']:.3f}", clears]) + " |")
     return lines
 
@@ -67,7 +63,7 @@ def both_sides_table(report: dict[str, Any]) -> list[str]:
         for name in INT8:
             row = original["retrieval"][s]["int8_index"][name]
             lines.append(f"| {SET_NAMES.get(s, s)} | {INT8[name]} | {row['ndcg10']:.3f} | "
-                         f"{_pct_ci(row['ndcg10_rel'], row['ndcg10_rel_ci'])} | {row['agreement10']:.3f} |")
+                         f"{fmt_relative_ci(row['ndcg10_rel'], row['ndcg10_rel_ci'])} | {row['agreement10']:.3f} |")
     return lines
 
 
@@ -88,7 +84,7 @@ def _scheme_sentence(report: dict[str, Any], name: str) -> str:
     share = [label for label, v in verdicts.items() if v["shares_fp32_index"]]
     fail = [label for label, v in verdicts.items() if not v["shares_fp32_index"]]
     worst = min(verdicts, key=lambda label: verdicts[label]["worst_rel_ci_low"])
-    changes = "; ".join(f"{label} " + ", ".join(f"{SET_NAMES.get(s, s)} {_pct_ci(rel, v['ndcg10_rel_ci'][s])}"
+    changes = "; ".join(f"{label} " + ", ".join(f"{SET_NAMES.get(s, s)} {fmt_relative_ci(rel, v['ndcg10_rel_ci'][s])}"
                                                 for s, rel in v["ndcg10_rel"].items())
                         for label, v in verdicts.items())
     said = (f"**{INT8[name]}**: " + (f"clears the floor for {', '.join(share)}" if share else "clears it for no model")
@@ -121,7 +117,7 @@ def readme_rows(report: dict[str, Any]) -> list[str]:
         entry = report["models"][label]
         for name, v in found.items():
             cells = [label, INT8[name], f"{entry['cosine']['stsb-test'][name]['mean']:.3f}",
-                     *[_pct_ci(v["ndcg10_rel"][s], v["ndcg10_rel_ci"][s]) if s in v["ndcg10_rel"] else "-"
+                     *[fmt_relative_ci(v["ndcg10_rel"][s], v["ndcg10_rel_ci"][s]) if s in v["ndcg10_rel"] else "-"
                        for s in sets], "yes" if v["shares_fp32_index"] else "**no**"]
             lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -37,6 +37,11 @@ def fmt_interval(summary: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{fmt(summary['estimate'], digits)} [{fmt(summary['low'], digits)}, {fmt(summary['high'], digits)}]"
 
 
+def fmt_relative_ci(value: float, ci: Sequence[float]) -> str:
+    """"-1.2% [-2.3, -0.1]": a relative change and its CI, in percent."""
+    return f"{100 * value:+.1f}% [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def fmt_diff(diff: Mapping[str, Any]) -> str:
     """"+0.012 [+0.004, +0.020]": a paired difference {diff, ci_low, ci_high} with its CI."""
     return f"{diff['diff']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from leap_core.report.markdown import fmt_relative_ci
+
 ROWS = (("raw_cut", "raw cut (no training)"), ("ridge_head", "ridge head only"), ("recipe", "recipe"))
 
 
@@ -26,9 +28,8 @@ def render_other_cuts(cuts: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def _cells(row: dict[str, Any]) -> str:
-    low, high = row["ndcg10_rel_ci"]
-    return (f"{row['ndcg10']:.3f} | {row['recall100']:.3f} | {100 * row['ndcg10_rel']:+.1f}% "
-            f"[{100 * low:+.1f}, {100 * high:+.1f}] | {row['agreement10']:.3f} | {row['dev_agreement10']:.3f}")
+    return (f"{row['ndcg10']:.3f} | {row['recall100']:.3f} | {_relative(row)} | {row['agreement10']:.3f} | "
+            f"{row['dev_agreement10']:.3f}")
 
 
 def render_set(result: dict[str, Any]) -> list[str]:
@@ -75,8 +76,7 @@ def render_speed(speed: dict[str, Any]) -> list[str]:
 
 
 def _relative(row: dict[str, Any]) -> str:
-    low, high = row["ndcg10_rel_ci"]
-    return f"{100 * row['ndcg10_rel']:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return fmt_relative_ci(row["ndcg10_rel"], row["ndcg10_rel_ci"])
 
 
 def render_markdown(report: dict[str, Any]) -> str:

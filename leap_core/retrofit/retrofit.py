@@ -151,10 +151,9 @@ def theta_for_quality_budget(profile: Profile, original: Any, retrofitted: Any, 
     k, l_min = profile.exit.k, profile.exit.l_min
     dev_pairs = read_sts(experiment.data_path(profile, profile.data.sts_dev))
     dev, dev1, dev2 = pair_rows(dev_pairs)
-    retro = retrofitted
     original_full = original.encode(dev, batch_size=ENCODE_BATCH_SIZE, mode="full")
     original_dev = spearman(original_full[dev1], original_full[dev2], dev_pairs.scores)
-    dev_layers = retro.layer_embeddings(dev, batch_size=ENCODE_BATCH_SIZE)
+    dev_layers = retrofitted.layer_embeddings(dev, batch_size=ENCODE_BATCH_SIZE)
     dev_points = calibration_points(dev_layers, dev1, dev2, dev_pairs.scores, THETAS, k, l_min)
     retro_dev = spearman(dev_layers[-1][dev1], dev_layers[-1][dev2], dev_pairs.scores)
     # calibrate's sts_drop is measured from the retrofit's own full depth; the budget is from the original's.
@@ -165,8 +164,8 @@ def theta_for_quality_budget(profile: Profile, original: Any, retrofitted: Any, 
         return result
     test_pairs = read_sts(experiment.data_path(profile, profile.data.sts_eval))
     test, test1, test2 = pair_rows(test_pairs)
-    measured = calibration_points(retro.layer_embeddings(test, batch_size=ENCODE_BATCH_SIZE), test1, test2, test_pairs.scores,
-                                  [chosen["theta"]], k, l_min)[0]
+    test_layers = retrofitted.layer_embeddings(test, batch_size=ENCODE_BATCH_SIZE)
+    measured = calibration_points(test_layers, test1, test2, test_pairs.scores, [chosen["theta"]], k, l_min)[0]
     result.update({"measured_on": profile.data.sts_eval, "dev_layer_reduction": chosen["layer_reduction"],
                    "dev_stsb_exited": chosen["stsb"],
                    **{key: measured[key] for key in ("exit_rate", "mean_exit_layer", "layer_reduction")},
